@@ -1,0 +1,3 @@
+"""dicomnode: a DICOM de-identification gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+"""Reading instances, and writing them fast.
+
+pydicom parses; we keep what it leaves raw as raw. Writing is ours: pydicom's writer costs
+about 10 µs per element (4 ms for a 400-element header), most of the budget of an instance,
+while copying the raw bytes of unchanged elements costs well under 1 µs. Elements that were
+decoded and changed are encoded by pydicom's own element writer, so every VR is encoded as
+pydicom encodes it. The file meta information is rebuilt from the dataset, never copied:
+PS3.15 E.1.1 asks that it describe the de-identifying application.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.datadict import dictionary_VR
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from dicomnode import __version__
+from dicomnode.errors import UnreadableInstanceError, UnsupportedInstanceError
+
+__all__ = ["IMPLEMENTATION_CLASS_UID", "encode_instance", "read_instance", "vr_of"]
+
+# Our implementation class UID, under the UUID-derived root 2.25 (no registration needed).
+IMPLEMENTATION_CLASS_UID = "2.25.207460873491830637215384624150728306465"
+IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__}"[:16]
+
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
+_UNDEFINED = 0xFFFFFFFF
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+class _Codec:
+    """Byte layouts of one endianness."""
+
+    def __init__(self, order: str) -> None:
+        self.little = order == "<"
+        self.tag_vr = struct.Struct(order + "HH2s").pack
+        self.tag = struct.Struct(order + "HH").pack
+        self.us = struct.Struct(order + "H").pack
+        self.ul = struct.Struct(order + "I").pack
+        self.item = self.tag(0xFFFE, 0xE000) + self.ul(_UNDEFINED)
+        self.item_end = self.tag(0xFFFE, 0xE00D) + self.ul(0)
+        self.seq_end = self.tag(0xFFFE, 0xE0DD) + self.ul(0)
+
+
+_LE = _Codec("<")
+_BE = _Codec(">")
+_PACK_TAG_VR = _LE.tag_vr
+_PACK_US = _LE.us
+_PACK_UL = _LE.ul
+
+
+def read_instance(source: str | Path | bytes | BinaryIO) -> FileDataset:
+    """Parse a DICOM Part 10 file (path, bytes or stream) with elements left raw.
+
+    Raises :class:`UnreadableInstanceError` for anything that is not a parseable DICOM file
+    and :class:`UnsupportedInstanceError` for a DICOMDIR or an object without SOP Class and
+    Instance UIDs.
+    """
+    fp: str | Path | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        ds = pydicom.dcmread(fp)
+    except InvalidDicomError as exc:
+        raise UnreadableInstanceError(f"not a DICOM file: {exc}") from None
+    except (EOFError, OSError, ValueError, KeyError, struct.error, NotImplementedError) as exc:
+        raise UnreadableInstanceError(
+            f"cannot parse the DICOM data ({type(exc).__name__}): the file is truncated or "
+            "malformed"
+        ) from None
+    _check_complete(ds)
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        raise UnreadableInstanceError("the file meta information has no Transfer Syntax UID")
+    if meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
+        raise UnsupportedInstanceError("a DICOMDIR is a media directory, not an instance")
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        try:
+            present = bool(ds.get(keyword))
+        except Exception:  # a value pydicom cannot decode is as good as none here
+            present = False
+        if not present:
+            raise UnsupportedInstanceError(
+                f"the dataset has no {keyword}: it is not a composite instance",
+                reason="not-an-instance",
+            )
+    return ds
+
+
+def _check_complete(ds: Dataset) -> None:
+    """pydicom keeps the bytes it found when a file ends early; we refuse such a file."""
+    elements = ds._dict
+    if not elements:
+        raise UnreadableInstanceError("the file holds no data elements")
+    last = elements[max(elements)]
+    if isinstance(last, RawDataElement) and last.length != _UNDEFINED:
+        if len(last.value or b"") != last.length:
+            raise UnreadableInstanceError(
+                f"the file is truncated: element {last.tag} should hold {last.length} bytes "
+                f"and holds {len(last.value or b'')}; resend it from the source",
+                reason="truncated",
+            )
+
+
+def vr_of(elem: DataElement | RawDataElement) -> str:
+    """The VR of an element, resolving implicit-VR raw elements through the dictionary."""
+    vr = elem.VR
+    if vr and vr != "UN" and len(vr) == 2:
+        return str(vr)
+    tag = elem.tag
+    if tag >> 16 & 1:
+        return str(vr or "UN")
+    try:
+        known = str(dictionary_VR(tag))
+    except KeyError:
+        return str(vr or "UN")
+    if len(known) == 2:
+        return known
+    if known == "US or SS or OW" or known == "US or SS":
+        return "US"
+    return "OW" if "OW" in known else "OB"
+
+
+def encode_instance(ds: Dataset, transfer_syntax: str | None = None) -> bytes:
+    """Serialise ``ds`` as a DICOM Part 10 file with fresh file meta information.
+
+    The dataset is written in ``transfer_syntax`` (default: the one it was read in), whose
+    byte order must be the one it was read in: raw elements are copied, not converted. The
+    128-byte preamble is zeroed.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = transfer_syntax or (meta.TransferSyntaxUID if meta is not None else None)
+    if syntax is None:
+        raise UnsupportedInstanceError("no transfer syntax to write the dataset in")
+    implicit = syntax == ImplicitVRLittleEndian
+    codec = _BE if syntax == ExplicitVRBigEndian else _LE
+    body = bytearray()
+    _encode_dataset(ds, body, implicit, codec)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = bytearray(packer.compress(bytes(body)) + packer.flush())
+    return b"".join((_PREAMBLE, _file_meta(ds, str(syntax)), body))
+
+
+def _file_meta(ds: Dataset, syntax: str) -> bytes:
+    def text(tag: int, vr: str, value: str) -> bytes:
+        data = value.encode("ascii")
+        if len(data) % 2:
+            data += b"\x00" if vr == "UI" else b" "
+        return _PACK_TAG_VR(0x0002, tag, vr.encode()) + _PACK_US(len(data)) + data
+
+    elements = [
+        _PACK_TAG_VR(0x0002, 0x0001, b"OB") + b"\x00\x00" + _PACK_UL(2) + b"\x00\x01",
+        text(0x0002, "UI", str(ds.SOPClassUID)),
+        text(0x0003, "UI", str(ds.SOPInstanceUID)),
+        text(0x0010, "UI", syntax),
+        text(0x0012, "UI", IMPLEMENTATION_CLASS_UID),
+        text(0x0013, "SH", IMPLEMENTATION_VERSION_NAME),
+    ]
+    group = b"".join(elements)
+    return _PACK_TAG_VR(0x0002, 0x0000, b"UL") + _PACK_US(4) + _PACK_UL(len(group)) + group
+
+
+def _encode_dataset(ds: Dataset, out: bytearray, implicit: bool, codec: _Codec) -> None:
+    elements = ds._dict
+    for tag in sorted(elements):
+        elem = elements[tag]
+        if isinstance(elem, RawDataElement):
+            _encode_raw(elem, out, implicit, codec)
+        elif elem.VR == "SQ":
+            _header(out, tag, "SQ", _UNDEFINED, implicit, codec)
+            for item in elem.value:
+                out += codec.item
+                _encode_dataset(item, out, implicit, codec)
+                out += codec.item_end
+            out += codec.seq_end
+        else:
+            _encode_element(ds, elem, out, implicit, codec)
+
+
+def encode_items(
+    items: list[Dataset] | tuple[Dataset, ...], implicit: bool, little: bool = True
+) -> bytes:
+    """The value of a sequence element: its items, each of undefined length."""
+    codec = _LE if little else _BE
+    out = bytearray()
+    for item in items:
+        out += codec.item
+        _encode_dataset(item, out, implicit, codec)
+        out += codec.item_end
+    return bytes(out)
+
+
+def _header(out: bytearray, tag: int, vr: str, length: int, implicit: bool, codec: _Codec) -> None:
+    if implicit:
+        out += codec.tag(tag >> 16, tag & 0xFFFF) + codec.ul(length)
+    elif vr in _LONG_VRS:
+        out += codec.tag_vr(tag >> 16, tag & 0xFFFF, vr.encode()) + b"\x00\x00" + codec.ul(length)
+    elif length > 0xFFFF:
+        # Too long for a 16-bit length: PS3.5 6.2.2 says encode it as UN.
+        out += codec.tag_vr(tag >> 16, tag & 0xFFFF, b"UN") + b"\x00\x00" + codec.ul(length)
+    else:
+        out += codec.tag_vr(tag >> 16, tag & 0xFFFF, vr.encode()) + codec.us(length)
+
+
+def _encode_raw(elem: RawDataElement, out: bytearray, implicit: bool, codec: _Codec) -> None:
+    value = elem.value or b""
+    if elem.is_little_endian != codec.little:
+        raise UnsupportedInstanceError(
+            "the dataset mixes byte orders; it cannot be written without conversion",
+            reason="byte-order",
+        )
+    vr = elem.VR if elem.VR and len(elem.VR) == 2 else (None if implicit else vr_of(elem))
+    if elem.length == _UNDEFINED:
+        _header(out, elem.tag, vr or "UN", _UNDEFINED, implicit, codec)
+        out += value
+        out += codec.seq_end
+        return
+    _header(out, elem.tag, vr or "UN", len(value), implicit, codec)
+    out += value
+
+
+def _encode_element(
+    ds: Dataset, elem: DataElement, out: bytearray, implicit: bool, codec: _Codec
+) -> None:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = codec.little
+    buffer.is_implicit_VR = implicit
+    encodings = ds._character_set if hasattr(ds, "_character_set") else None
+    write_data_element(buffer, elem, encodings)
+    out += buffer.getvalue()
+
+
+def raw(
+    tag: int, vr: str, value: bytes, *, implicit: bool = False, little: bool = True
+) -> RawDataElement:
+    """A raw element holding already-encoded ``value``."""
+    return RawDataElement(tag, vr, len(value), value, 0, implicit, little, True, False)
+
+
+def empty_sequence(tag: int) -> DataElement:
+    return DataElement(tag, "SQ", [])
+
+
+__all__ += ["empty_sequence", "raw", "IMPLEMENTATION_VERSION_NAME"]
+# Re-exported for callers that decide the output syntax.
+EXPLICIT_LE = ExplicitVRLittleEndian

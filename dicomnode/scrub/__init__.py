@@ -1,0 +1,43 @@
+"""Header de-identification: PS3.15 Annex E as data (``rules/``), applied by one engine.
+
+>>> scrubber = build_scrubber(load_config(), demo=True)
+>>> report = scrubber.scrub(dataset)      # in place; raises InstanceError if it cannot
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dicomnode.scrub.actions import Action, DateMode, Option
+from dicomnode.scrub.engine import Scrubber, ScrubReport
+from dicomnode.scrub.profile import Profile, load_profile
+from dicomnode.scrub.pseudonym import Pseudonymizer, load_secret
+
+if TYPE_CHECKING:
+    from dicomnode.config import Config
+
+__all__ = [
+    "Action",
+    "DateMode",
+    "Option",
+    "Profile",
+    "Pseudonymizer",
+    "ScrubReport",
+    "Scrubber",
+    "build_scrubber",
+    "load_profile",
+    "load_secret",
+]
+
+
+def build_scrubber(config: Config, *, demo: bool = False, secret: bytes | None = None) -> Scrubber:
+    """The scrubber a configuration describes, with the site secret (or the demo one)."""
+    settings = config.scrub
+    profile = load_profile(settings.options, settings.site_rules)
+    key = secret if secret is not None else load_secret(demo=demo)
+    return Scrubber(
+        profile,
+        Pseudonymizer(key, date_shift_days=settings.date_shift_days),
+        patient_id_prefix=settings.patient_id_prefix,
+        patient_name=settings.patient_name,
+    )
