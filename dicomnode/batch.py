@@ -65,14 +65,18 @@ def output_path(outdir: Path, ds: object) -> Path:
     )
 
 
-def clean_file(scrubber: Scrubber, source: Path, outdir: Path) -> Outcome:
-    """Read, scrub and write one file; any failure is an Outcome with a reason, not a raise."""
+def clean_file(scrubber: Scrubber, source: Path, outdir: Path, *, fsync: bool = False) -> Outcome:
+    """Read, scrub and write one file; any failure is an Outcome with a reason, not a raise.
+
+    Offline copies are not fsynced by default: the input stays where it was, so a crash loses
+    nothing that cannot be made again.
+    """
     try:
         ds = read_instance(source)
         scrubber.scrub(ds)
         data = encode_instance(ds)
         target = output_path(outdir, ds)
-        write_atomic(target, data, fsync=False)
+        write_atomic(target, data, fsync=fsync)
     except InstanceError as exc:
         return Outcome(source, reason=exc.reason, message=str(exc))
     except OSError as exc:

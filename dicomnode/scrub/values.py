@@ -43,7 +43,7 @@ DUMMY_BY_VR: dict[str, bytes] = {
     "UC": _TEXT_DUMMY,
     "UL": b"\x00\x00\x00\x00",
     "UN": b"\x00\x00",
-    "UR": b"urn:anonymized ",
+    "UR": b"urn:anonymized",
     "US": b"\x00\x00",
     "UT": _TEXT_DUMMY,
     "UV": b"\x00" * 8,
@@ -135,7 +135,8 @@ class TextCleaner:
     A word survives when it is in the safe vocabulary (``rules/safe-words.txt`` plus site
     words) and is not one of the instance's identity terms; a number survives when it is
     short (at most 4 digits, or a decimal) and not a year; a token mixing letters and digits
-    ("T1W", "B30f", "5mm") survives when it is short and its letters are safe or at most two.
+    ("T1W", "B30f", "5mm") survives when it is short and its letters are safe words or at
+    most two single letters.
     Dates, times and everything else are dropped.
     """
 
@@ -160,11 +161,13 @@ class TextCleaner:
             if "." in low:
                 return len(low) <= 8
             return len(low) <= 4 and not _YEAR.match(low)
-        # letters and digits mixed
+        # letters and digits mixed ("T1W", "B30f", "5mm", "b1000"): short, few digits, and its
+        # letters safe words or at most two stray single letters (an ID has more).
         if len(low) > 8 or sum(c.isdigit() for c in low) > 4:
             return False
         letters = [part for part in re.split(r"[0-9.]+", low) if part]
-        return all(part in self._words or len(part) <= 2 for part in letters)
+        stray = [part for part in letters if part not in self._words]
+        return len(stray) <= 2 and all(len(part) == 1 for part in stray)
 
     def clean(self, text: str, banned: frozenset[str] = frozenset()) -> str:
         """Return ``text`` with every token not known to be safe removed."""
