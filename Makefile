@@ -11,7 +11,7 @@ SYSTEM_TOOLS := dciodvfy
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -29,7 +29,7 @@ system-deps:
 		fi; \
 	fi
 
-test: venv system-deps
+test: venv system-deps lint
 	$(BIN)/python -m pytest -q
 
 lint: venv
@@ -37,6 +37,7 @@ lint: venv
 	$(BIN)/mypy
 
 bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/scrub.py
 
 clean:

@@ -14,8 +14,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from dicomnode.config import Config
-from dicomnode.dicomio import encode_instance, read_instance
+from dicomnode.dicomio import encode_chunks, read_instance
 from dicomnode.durable import write_atomic
 from dicomnode.errors import InstanceError
 from dicomnode.scrub import Scrubber, build_scrubber
@@ -53,9 +55,9 @@ def _safe(part: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in part) or "unknown"
 
 
-def output_path(outdir: Path, ds: object) -> Path:
+def output_path(outdir: Path, ds: Dataset) -> Path:
     """``OUTDIR/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``."""
-    get = getattr(ds, "get")
+    get = ds.get
     return (
         outdir
         / _safe(str(get("PatientID", "") or "unknown"))
@@ -74,7 +76,7 @@ def clean_file(scrubber: Scrubber, source: Path, outdir: Path, *, fsync: bool = 
     try:
         ds = read_instance(source)
         scrubber.scrub(ds)
-        data = encode_instance(ds)
+        data = encode_chunks(ds)
         target = output_path(outdir, ds)
         write_atomic(target, data, fsync=fsync)
     except InstanceError as exc:
@@ -127,7 +129,9 @@ def run_batch(
     # Build once here so that a bad configuration fails before any worker starts.
     build_scrubber(config, secret=secret)
     chunk = max(1, min(64, len(sources) // (jobs * 8)))
-    with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(config, secret, outdir)) as pool:
+    with ProcessPoolExecutor(
+        jobs, initializer=_init_worker, initargs=(config, secret, outdir)
+    ) as pool:
         for outcome in pool.map(_work, sources, chunksize=chunk):
             outcomes.append(outcome)
             if progress:

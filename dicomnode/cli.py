@@ -48,9 +48,11 @@ def _cmd_scrub(args: argparse.Namespace) -> int:
     sources = [p for p in sources if outdir.resolve() not in p.resolve().parents]
     started = time.monotonic()
     bar = tqdm(total=len(sources), unit="file", disable=None, file=sys.stderr)
-    outcomes = run_batch(
-        sources, outdir, config, secret, jobs=args.jobs, progress=lambda _o: bar.update(1)
-    )
+
+    def advance(_outcome: object) -> None:
+        bar.update(1)
+
+    outcomes = run_batch(sources, outdir, config, secret, jobs=args.jobs, progress=advance)
     bar.close()
     elapsed = time.monotonic() - started
     failures = [o for o in outcomes if not o.ok]
@@ -73,8 +75,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     profile = load_profile(config.scrub.options, config.scrub.site_rules)
     print(f"configuration OK ({config.source or 'embedded defaults'})")
-    print(f"profile: PS3.15 {profile.edition}; options: "
-          + (", ".join(sorted(o.value for o in profile.options)) or "none"))
+    print(
+        f"profile: PS3.15 {profile.edition}; options: "
+        + (", ".join(sorted(o.value for o in profile.options)) or "none")
+    )
     if profile.site_file:
         print(f"site rules: {profile.site_file}")
     return EXIT_OK
@@ -90,18 +94,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, help="configuration file (YAML); default: "
-                       "$DICOMNODE_CONFIG or the embedded defaults")
-        p.add_argument("--demo", action="store_true", help="use the PUBLIC demo secret "
-                       "(never for patient data)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            help="configuration file (YAML); default: $DICOMNODE_CONFIG or the embedded defaults",
+        )
+        p.add_argument(
+            "--demo",
+            action="store_true",
+            help="use the PUBLIC demo secret (never for patient data)",
+        )
 
     scrub = sub.add_parser("scrub", help="de-identify files and folders offline")
-    scrub.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                       help="DICOM files or folders (searched recursively)")
-    scrub.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
-                       help="where de-identified copies go (PatientID/Study/Series/SOP.dcm)")
-    scrub.add_argument("-j", "--jobs", type=int, default=None,
-                       help="worker processes (default: one per core)")
+    scrub.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="DICOM files or folders (searched recursively)",
+    )
+    scrub.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUTDIR",
+        help="where de-identified copies go (PatientID/Study/Series/SOP.dcm)",
+    )
+    scrub.add_argument(
+        "-j", "--jobs", type=int, default=None, help="worker processes (default: one per core)"
+    )
     common(scrub)
     scrub.set_defaults(func=_cmd_scrub)
 

@@ -45,7 +45,8 @@ class ScrubConfig(_Frozen):
     )
     patient_id_prefix: str = Field(default="DN", description="prefix of Patient ID pseudonyms")
     patient_name: str = Field(
-        default="{patient_id}", description="the Patient's Name written; {patient_id} is the pseudonym"
+        default="{patient_id}",
+        description="the Patient's Name written; {patient_id} is the pseudonym",
     )
     date_shift_days: tuple[int, int] = Field(
         default=(-3650, -1),

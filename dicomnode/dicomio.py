@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
-from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -39,7 +40,9 @@ __all__ = ["IMPLEMENTATION_CLASS_UID", "encode_instance", "read_instance", "vr_o
 IMPLEMENTATION_CLASS_UID = "2.25.207460873491830637215384624150728306465"
 IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__}"[:16]
 
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
+)
 _UNDEFINED = 0xFFFFFFFF
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -56,6 +59,37 @@ class _Codec:
         self.item = self.tag(0xFFFE, 0xE000) + self.ul(_UNDEFINED)
         self.item_end = self.tag(0xFFFE, 0xE00D) + self.ul(0)
         self.seq_end = self.tag(0xFFFE, 0xE0DD) + self.ul(0)
+
+
+class _Out:
+    """An output buffer that copies small pieces and only references large values.
+
+    Copying the pixel data into one buffer costs a fresh allocation and its page faults
+    (about 1.5 ms for 512 KB here); handing the value itself to ``write`` costs nothing.
+    """
+
+    __slots__ = ("parts", "small")
+    BIG = 32 * 1024
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | bytearray] = []
+        self.small = bytearray()
+
+    def __iadd__(self, data: bytes | bytearray) -> _Out:
+        if len(data) >= self.BIG:
+            if self.small:
+                self.parts.append(self.small)
+                self.small = bytearray()
+            self.parts.append(data)
+        else:
+            self.small += data
+        return self
+
+    def chunks(self) -> list[bytes | bytearray]:
+        if self.small:
+            self.parts.append(self.small)
+            self.small = bytearray()
+        return self.parts
 
 
 _LE = _Codec("<")
@@ -107,13 +141,15 @@ def _check_complete(ds: Dataset) -> None:
     if not elements:
         raise UnreadableInstanceError("the file holds no data elements")
     last = elements[max(elements)]
-    if isinstance(last, RawDataElement) and last.length != _UNDEFINED:
-        if len(last.value or b"") != last.length:
-            raise UnreadableInstanceError(
-                f"the file is truncated: element {last.tag} should hold {last.length} bytes "
-                f"and holds {len(last.value or b'')}; resend it from the source",
-                reason="truncated",
-            )
+    if not isinstance(last, RawDataElement):
+        return
+    held = len(last.value or b"")
+    if last.length not in (_UNDEFINED, held):
+        raise UnreadableInstanceError(
+            f"the file is truncated: element {last.tag} should hold {last.length} bytes "
+            f"and holds {held}; resend it from the source",
+            reason="truncated",
+        )
 
 
 def vr_of(elem: DataElement | RawDataElement) -> str:
@@ -142,18 +178,30 @@ def encode_instance(ds: Dataset, transfer_syntax: str | None = None) -> bytes:
     byte order must be the one it was read in: raw elements are copied, not converted. The
     128-byte preamble is zeroed.
     """
+    return b"".join(encode_chunks(ds, transfer_syntax))
+
+
+def encode_chunks(ds: Dataset, transfer_syntax: str | None = None) -> list[bytes | bytearray]:
+    """:func:`encode_instance` as a list of buffers, for ``writev`` without a joining copy."""
     meta = getattr(ds, "file_meta", None)
     syntax = transfer_syntax or (meta.TransferSyntaxUID if meta is not None else None)
     if syntax is None:
         raise UnsupportedInstanceError("no transfer syntax to write the dataset in")
     implicit = syntax == ImplicitVRLittleEndian
     codec = _BE if syntax == ExplicitVRBigEndian else _LE
-    body = bytearray()
-    _encode_dataset(ds, body, implicit, codec)
+    out = _Out()
+    out += _PREAMBLE
+    out += _file_meta(ds, str(syntax))
     if syntax == DeflatedExplicitVRLittleEndian:
+        body = _Out()
+        _encode_dataset(ds, body, implicit, codec)
         packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        body = bytearray(packer.compress(bytes(body)) + packer.flush())
-    return b"".join((_PREAMBLE, _file_meta(ds, str(syntax)), body))
+        for chunk in body.chunks():
+            out += packer.compress(chunk)
+        out += packer.flush()
+    else:
+        _encode_dataset(ds, out, implicit, codec)
+    return out.chunks()
 
 
 def _file_meta(ds: Dataset, syntax: str) -> bytes:
@@ -175,9 +223,9 @@ def _file_meta(ds: Dataset, syntax: str) -> bytes:
     return _PACK_TAG_VR(0x0002, 0x0000, b"UL") + _PACK_US(4) + _PACK_UL(len(group)) + group
 
 
-def _encode_dataset(ds: Dataset, out: bytearray, implicit: bool, codec: _Codec) -> None:
+def _encode_dataset(ds: Dataset, out: _Out, implicit: bool, codec: _Codec) -> None:
     elements = ds._dict
-    for tag in sorted(elements):
+    for tag in sorted(elements, key=int):
         elem = elements[tag]
         if isinstance(elem, RawDataElement):
             _encode_raw(elem, out, implicit, codec)
@@ -197,15 +245,15 @@ def encode_items(
 ) -> bytes:
     """The value of a sequence element: its items, each of undefined length."""
     codec = _LE if little else _BE
-    out = bytearray()
+    out = _Out()
     for item in items:
         out += codec.item
         _encode_dataset(item, out, implicit, codec)
         out += codec.item_end
-    return bytes(out)
+    return b"".join(out.chunks())
 
 
-def _header(out: bytearray, tag: int, vr: str, length: int, implicit: bool, codec: _Codec) -> None:
+def _header(out: _Out, tag: int, vr: str, length: int, implicit: bool, codec: _Codec) -> None:
     if implicit:
         out += codec.tag(tag >> 16, tag & 0xFFFF) + codec.ul(length)
     elif vr in _LONG_VRS:
@@ -217,7 +265,7 @@ def _header(out: bytearray, tag: int, vr: str, length: int, implicit: bool, code
         out += codec.tag_vr(tag >> 16, tag & 0xFFFF, vr.encode()) + codec.us(length)
 
 
-def _encode_raw(elem: RawDataElement, out: bytearray, implicit: bool, codec: _Codec) -> None:
+def _encode_raw(elem: RawDataElement, out: _Out, implicit: bool, codec: _Codec) -> None:
     value = elem.value or b""
     if elem.is_little_endian != codec.little:
         raise UnsupportedInstanceError(
@@ -235,7 +283,7 @@ def _encode_raw(elem: RawDataElement, out: bytearray, implicit: bool, codec: _Co
 
 
 def _encode_element(
-    ds: Dataset, elem: DataElement, out: bytearray, implicit: bool, codec: _Codec
+    ds: Dataset, elem: DataElement, out: _Out, implicit: bool, codec: _Codec
 ) -> None:
     buffer = DicomBytesIO()
     buffer.is_little_endian = codec.little
@@ -249,13 +297,13 @@ def raw(
     tag: int, vr: str, value: bytes, *, implicit: bool = False, little: bool = True
 ) -> RawDataElement:
     """A raw element holding already-encoded ``value``."""
-    return RawDataElement(tag, vr, len(value), value, 0, implicit, little, True, False)
+    return RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, little, True, False)
 
 
 def empty_sequence(tag: int) -> DataElement:
     return DataElement(tag, "SQ", [])
 
 
-__all__ += ["empty_sequence", "raw", "IMPLEMENTATION_VERSION_NAME"]
+__all__ += ["IMPLEMENTATION_VERSION_NAME", "empty_sequence", "raw"]
 # Re-exported for callers that decide the output syntax.
 EXPLICIT_LE = ExplicitVRLittleEndian

@@ -6,8 +6,10 @@ file is removed if anything fails. The spool and the folder destination build on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["fsync_dir", "write_atomic"]
@@ -27,23 +29,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (and durably when ``fsync``)."""
+def write_atomic(
+    path: Path, data: bytes | Sequence[bytes | bytearray], *, fsync: bool = True
+) -> None:
+    """Write ``data`` (bytes, or a list of buffers) to ``path`` atomically, durably when
+    ``fsync``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, bytes | bytearray):
+                fh.write(data)
+            else:
+                for chunk in data:
+                    fh.write(chunk)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     if fsync:
         fsync_dir(path.parent)

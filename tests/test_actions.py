@@ -29,9 +29,17 @@ def run(scrubber: Scrubber, ds: Dataset) -> Dataset:
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
-        ("K", Action.KEEP), ("X", Action.REMOVE), ("Z", Action.EMPTY), ("D", Action.DUMMY),
-        ("C", Action.CLEAN), ("U", Action.UID), ("X/Z", Action.EMPTY), ("X/D", Action.DUMMY),
-        ("Z/D", Action.DUMMY), ("X/Z/D", Action.DUMMY), ("X/Z/U*", Action.UID),
+        ("K", Action.KEEP),
+        ("X", Action.REMOVE),
+        ("Z", Action.EMPTY),
+        ("D", Action.DUMMY),
+        ("C", Action.CLEAN),
+        ("U", Action.UID),
+        ("X/Z", Action.EMPTY),
+        ("X/D", Action.DUMMY),
+        ("Z/D", Action.DUMMY),
+        ("X/Z/D", Action.DUMMY),
+        ("X/Z/U*", Action.UID),
     ],
 )
 def test_combined_codes_resolve_to_the_conformant_action(code: str, expected: Action) -> None:
@@ -114,7 +122,9 @@ def test_retain_full_dates(make_scrubber: Make) -> None:
 
 
 def _days(a: str, b: str) -> int:
-    return (dt.date(int(a[:4]), int(a[4:6]), int(a[6:])) - dt.date(int(b[:4]), int(b[4:6]), int(b[6:]))).days
+    return (
+        dt.date(int(a[:4]), int(a[4:6]), int(a[6:])) - dt.date(int(b[:4]), int(b[4:6]), int(b[6:]))
+    ).days
 
 
 def test_modified_dates_shift_per_patient_and_keep_intervals(make_scrubber: Make) -> None:

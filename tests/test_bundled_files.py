@@ -31,10 +31,23 @@ PLANT = {
     "AccessionNumber": "A99301877",
 }
 MUST_PROCESS = [
-    "CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm",
-    "MR_small_RLE.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm",
-    "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm", "examples_ybr_color.dcm", "examples_palette.dcm",
-    "test-SR.dcm", "rtplan.dcm", "waveform_ecg.dcm", "liver_1frame.dcm", "examples_overlay.dcm",
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "MR_small_RLE.dcm",
+    "JPEG2000.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "SC_rgb_jpeg_gdcm.dcm",
+    "JPGExtended.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "examples_ybr_color.dcm",
+    "examples_palette.dcm",
+    "test-SR.dcm",
+    "rtplan.dcm",
+    "waveform_ecg.dcm",
+    "liver_1frame.dcm",
+    "examples_overlay.dcm",
 ]
 
 
@@ -87,7 +100,10 @@ def test_bundled_file(path: Path, scrubber: Scrubber, tmp_path: Path) -> None:
     for elem in again.iterall():
         _ = elem.value
     assert again.SOPInstanceUID.startswith("2.25.")
-    assert again.file_meta.TransferSyntaxUID == pydicom.dcmread(io.BytesIO(source)).file_meta.TransferSyntaxUID
+    assert (
+        again.file_meta.TransferSyntaxUID
+        == pydicom.dcmread(io.BytesIO(source)).file_meta.TransferSyntaxUID
+    )
     if "PixelData" in again:
         assert again.PixelData == pydicom.dcmread(io.BytesIO(source)).PixelData
     new = _dciodvfy_errors(dciodvfy, out, tmp_path) - _dciodvfy_errors(dciodvfy, source, tmp_path)

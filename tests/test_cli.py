@@ -26,7 +26,11 @@ def dicomnode(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "dicomnode", *args],
-        capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=300,
     )
 
 
@@ -65,7 +69,7 @@ def mixed(tmp_path: Path) -> tuple[Path, list[Dataset]]:
 
 
 def test_scrub_folder_of_mixed_files(mixed: tuple[Path, list[Dataset]], tmp_path: Path) -> None:
-    src, study = mixed
+    src, _ = mixed
     out = tmp_path / "out"
     result = dicomnode("scrub", str(src), "-o", str(out))
     assert result.returncode == 1, result.stderr  # some inputs failed
@@ -83,12 +87,16 @@ def test_scrub_folder_of_mixed_files(mixed: tuple[Path, list[Dataset]], tmp_path
     assert len({ds.SeriesInstanceUID for ds in cts}) == 2
     assert len({ds.PatientID for ds in cts}) == 1
     by_number = {(str(ds.SeriesInstanceUID), int(ds.InstanceNumber)): ds for ds in cts}
-    referring = next(ds for ds in cts if "ReferencedImageSequence" in ds and int(ds.InstanceNumber) == 2)
+    referring = next(
+        ds for ds in cts if "ReferencedImageSequence" in ds and int(ds.InstanceNumber) == 2
+    )
     first = by_number[(str(referring.SeriesInstanceUID), 1)]
     assert referring.ReferencedImageSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
 
 
-def test_outputs_are_identical_across_runs_and_processes(mixed: tuple[Path, list[Dataset]], tmp_path: Path) -> None:
+def test_outputs_are_identical_across_runs_and_processes(
+    mixed: tuple[Path, list[Dataset]], tmp_path: Path
+) -> None:
     src, _ = mixed
     runs = []
     for n, jobs in enumerate(("1", "2")):
@@ -104,7 +112,9 @@ def test_no_secret_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "DICOMNODE_SECRET_FILE" in result.stderr and "--demo" in result.stderr
     assert not any(tmp_path.iterdir())
-    demo = dicomnode("scrub", str(PYDICOM_FILES / "CT_small.dcm"), "-o", str(tmp_path), "--demo", env=env)
+    demo = dicomnode(
+        "scrub", str(PYDICOM_FILES / "CT_small.dcm"), "-o", str(tmp_path), "--demo", env=env
+    )
     assert demo.returncode == 0 and "DEMO MODE" in demo.stderr
 
 
@@ -127,7 +137,9 @@ def test_python_m_and_version() -> None:
     assert result.returncode == 0 and result.stdout.startswith("dicomnode ")
 
 
-def test_full_disk_writes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scrubber: Scrubber) -> None:
+def test_full_disk_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scrubber: Scrubber
+) -> None:
     source = tmp_path / "in.dcm"
     original = to_bytes(planted_dataset())
     source.write_bytes(original)

@@ -20,7 +20,9 @@ def scrub_bytes(scrubber: Scrubber, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 @pytest.mark.parametrize("profile", ["basic", "scrubber"])
-def test_no_planted_phi_in_output(profile: str, implicit: bool, request: pytest.FixtureRequest) -> None:
+def test_no_planted_phi_in_output(
+    profile: str, implicit: bool, request: pytest.FixtureRequest
+) -> None:
     scrubber: Scrubber = request.getfixturevalue(profile)
     source = to_bytes(planted_dataset(implicit=implicit))
     assert leaks(source) == sorted(PHI)  # every planted string is really in the input
@@ -76,7 +78,9 @@ def test_provenance_stamped(scrubber: Scrubber) -> None:
     # Basic Profile + the default options (modified dates, patient characteristics,
     # clean descriptors, safe private), CID 7050.
     assert codes == {"113100", "113107", "113108", "113105", "113111"}
-    assert all(item.CodingSchemeDesignator == "DCM" for item in ds.DeidentificationMethodCodeSequence)
+    assert all(
+        item.CodingSchemeDesignator == "DCM" for item in ds.DeidentificationMethodCodeSequence
+    )
     assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
     assert any("Basic Profile" in m for m in ds.DeidentificationMethod)
 

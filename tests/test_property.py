@@ -18,10 +18,24 @@ from tests.conftest import SECRET
 from tests.phi import planted_dataset, to_bytes
 
 TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UI")
-PROTECTING = {Action.REMOVE, Action.EMPTY, Action.DUMMY, Action.UID, Action.HASH, Action.SET,
-              Action.CLEAN, Action.DATE}
-CONTAINERS = ["ReferencedSeriesSequence", "ContentSequence", "RequestAttributesSequence",
-              "ReferencedImageSequence", "AnatomicRegionSequence", "ProcedureCodeSequence"]
+PROTECTING = {
+    Action.REMOVE,
+    Action.EMPTY,
+    Action.DUMMY,
+    Action.UID,
+    Action.HASH,
+    Action.SET,
+    Action.CLEAN,
+    Action.DATE,
+}
+CONTAINERS = [
+    "ReferencedSeriesSequence",
+    "ContentSequence",
+    "RequestAttributesSequence",
+    "ReferencedImageSequence",
+    "AnatomicRegionSequence",
+    "ProcedureCodeSequence",
+]
 
 
 @cache
@@ -53,8 +67,10 @@ def phi_tags(name: str) -> list[int]:
 
 
 TOKENS = st.from_regex(r"[B-DF-HJ-NP-TV-Z]{6}[0-9]{3}", fullmatch=True)
-DATES = st.dates(min_value=__import__("datetime").date(1950, 1, 1),
-                 max_value=__import__("datetime").date(2030, 12, 31))
+DATES = st.dates(
+    min_value=__import__("datetime").date(1950, 1, 1),
+    max_value=__import__("datetime").date(2030, 12, 31),
+)
 
 
 def _value(vr: str, token: str, date: str, n: int) -> str:

@@ -37,7 +37,9 @@ def test_same_pseudonyms_in_another_process() -> None:
         "print(p.uid('1.2.3.4'), p.patient_id('MRN1', 'DN'), p.date_shift_days('MRN1'))"
     )
     here = Pseudonymizer(SECRET)
-    expected = f"{here.uid('1.2.3.4')} {here.patient_id('MRN1', 'DN')} {here.date_shift_days('MRN1')}"
+    expected = (
+        f"{here.uid('1.2.3.4')} {here.patient_id('MRN1', 'DN')} {here.date_shift_days('MRN1')}"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
 

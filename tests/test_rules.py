@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_generated_profile_matches_its_source() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "generate_rules.py"), "--check"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
 
@@ -54,13 +55,28 @@ def test_unknown_option_lists_the_valid_ones() -> None:
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
-        ("- keyword: StationNam\n  action: remove", r"rule 1 \(keyword: StationNam\).*did you mean 'StationName'"),
-        ("- keyword: StationName\n  action: delete", r"rule 1 .*unknown action 'delete'; use one of keep, remove"),
+        (
+            "- keyword: StationNam\n  action: remove",
+            r"rule 1 \(keyword: StationNam\).*did you mean 'StationName'",
+        ),
+        (
+            "- keyword: StationName\n  action: delete",
+            r"rule 1 .*unknown action 'delete'; use one of keep, remove",
+        ),
         ("- keyword: InstitutionName\n  action: set", r"rule 1 .*action 'set' needs a 'value'"),
-        ("- tag: '(0029,xx10)'\n  action: keep", r"rule 1 \(tag: \(0029,xx10\)\).*needs its 'creator'"),
+        (
+            "- tag: '(0029,xx10)'\n  action: keep",
+            r"rule 1 \(tag: \(0029,xx10\)\).*needs its 'creator'",
+        ),
         ("- tag: '0008-0050'\n  action: keep", r"write it as '\(0008,0050\)'"),
-        ("- keyword: StationName\n  tag: '(0008,1010)'\n  action: keep", "exactly one of 'tag' or 'keyword'"),
-        ("- keyword: AccessionNumber\n  action: hash\n  prefix: TOOLONGPREFIX", r"rule 1 \(keyword: AccessionNumber\): prefix"),
+        (
+            "- keyword: StationName\n  tag: '(0008,1010)'\n  action: keep",
+            "exactly one of 'tag' or 'keyword'",
+        ),
+        (
+            "- keyword: AccessionNumber\n  action: hash\n  prefix: TOOLONGPREFIX",
+            r"rule 1 \(keyword: AccessionNumber\): prefix",
+        ),
         ("- keyword: StationName\n  action: remove\n  colour: red", "colour"),
     ],
 )

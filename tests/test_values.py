@@ -70,7 +70,9 @@ def cleaner() -> TextCleaner:
         ("Brain^Zebulon", "Brain"),
     ],
 )
-def test_cleaner_keeps_only_known_safe_words(cleaner: TextCleaner, text: str, expected: str) -> None:
+def test_cleaner_keeps_only_known_safe_words(
+    cleaner: TextCleaner, text: str, expected: str
+) -> None:
     assert cleaner.clean(text) == expected
 
 

@@ -97,7 +97,9 @@ def render() -> dict[str, str]:
     """Return {file name: YAML text} for every generated profile file."""
     rows = json.loads((SOURCE / E11_FILE).read_text(encoding="utf-8"))
     if len(rows) != 621:
-        raise SystemExit(f"{E11_FILE}: expected the 621 rows of edition {E11_EDITION}, found {len(rows)}")
+        raise SystemExit(
+            f"{E11_FILE}: expected the 621 rows of edition {E11_EDITION}, found {len(rows)}"
+        )
     rows.sort(key=lambda r: _tag_key(r))
     files: dict[str, str] = {}
 
@@ -130,9 +132,8 @@ def render() -> dict[str, str]:
         ]
         for row in rows:
             if column in row:
-                lines.append(
-                    f'  "{_tag_key(row)}": {{action: "{row[column]}", name: {_yaml_str(_name(row))}}}'
-                )
+                name = _yaml_str(_name(row))
+                lines.append(f'  "{_tag_key(row)}": {{action: "{row[column]}", name: {name}}}')
         if column == "rtnSafePrivOpt":
             lines += _safe_private_lines()
         files[f"{stem}.yaml"] = "\n".join(lines) + "\n"
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             PROFILE.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if args.check and stale:
-        print("stale: " + ", ".join(stale) + " (run python tools/generate_rules.py)", file=sys.stderr)
+        print(
+            "stale: " + ", ".join(stale) + " (run python tools/generate_rules.py)", file=sys.stderr
+        )
         return 1
     if not args.check:
         print(f"wrote {len(stale)} file(s) in {PROFILE.relative_to(ROOT)}")

@@ -19,10 +19,10 @@ An attribute that is absent stays absent: nothing is added by these rules.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What happens to one attribute."""
 
     KEEP = "K"
@@ -82,7 +82,7 @@ PROTECTION = {
 }
 
 
-class Option(str, Enum):
+class Option(StrEnum):
     """The options of the Basic Profile (PS3.15 E.3), by the names used in configuration."""
 
     RETAIN_SAFE_PRIVATE = "retain-safe-private"
@@ -97,7 +97,7 @@ class Option(str, Enum):
     CLEAN_GRAPHICS = "clean-graphics"
 
 
-class DateMode(str, Enum):
+class DateMode(StrEnum):
     """How dates and times come out, by the date option in force."""
 
     REMOVED = "REMOVED"  # Basic Profile: dates removed or replaced by dummies

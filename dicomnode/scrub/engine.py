@@ -19,12 +19,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from pydicom.charset import convert_encodings, decode_bytes, encode_string
+from pydicom.datadict import (  # type: ignore[attr-defined]
+    DicomDictionary,
+    dictionary_has_tag,
+)
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_has_tag
 from pydicom.sequence import Sequence
 
 from dicomnode import __version__
@@ -54,16 +57,49 @@ PATIENT_NAME = 0x00100010
 SPECIFIC_CHARACTER_SET = 0x00080005
 STUDY_INSTANCE_UID = 0x0020000D
 CODING_SCHEME_DESIGNATOR = 0x00080102
-_CODE_ELEMENTS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119,
-                            0x00080120})
+_CODE_ELEMENTS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119, 0x00080120})
 # Coding schemes whose codes name concepts (PS3.16 Table 8-1); codes of local schemes
 # ("99...", "L") may be anything, so they get the mode of their sequence.
-STANDARD_SCHEMES = frozenset({
-    "DCM", "SCT", "SRT", "SNM3", "LN", "UCUM", "RADLEX", "RADLEX", "FMA", "NCIt", "NCIT",
-    "UMLS", "MSH", "I10", "I9C", "ICD10", "I10P", "ACR", "BI", "NEU", "MDC", "ITIS_TSN",
-    "NCBI", "HGNC", "PUBCHEM_CID", "RXNORM", "NDC", "UNS", "IBSI", "ISO", "IEC61217",
-    "NCDR", "CID", "UBERON", "MA", "NYUMCCG", "DCMUID",
-})
+STANDARD_SCHEMES = frozenset(
+    {
+        "DCM",
+        "SCT",
+        "SRT",
+        "SNM3",
+        "LN",
+        "UCUM",
+        "RADLEX",
+        "FMA",
+        "NCIt",
+        "NCIT",
+        "UMLS",
+        "MSH",
+        "I10",
+        "I9C",
+        "ICD10",
+        "I10P",
+        "ACR",
+        "BI",
+        "NEU",
+        "MDC",
+        "ITIS_TSN",
+        "NCBI",
+        "HGNC",
+        "PUBCHEM_CID",
+        "RXNORM",
+        "NDC",
+        "UNS",
+        "IBSI",
+        "ISO",
+        "IEC61217",
+        "NCDR",
+        "CID",
+        "UBERON",
+        "MA",
+        "NYUMCCG",
+        "DCMUID",
+    }
+)
 DICOM_ROOT = "1.2.840.10008."
 PATIENT_IDENTITY_REMOVED = 0x00120062
 DEIDENTIFICATION_METHOD = 0x00120063
@@ -159,7 +195,7 @@ class Scrubber:
         return state.report
 
     def _start(self, ds: Dataset) -> _Instance:
-        elements = ds._dict
+        elements = _elements(ds)
         charset = elements.get(SPECIFIC_CHARACTER_SET)
         encodings = convert_encodings(_text_values(charset) if charset is not None else None)
         first = next((e for e in elements.values() if isinstance(e, RawDataElement)), None)
@@ -194,14 +230,16 @@ class Scrubber:
     # -- the walk --------------------------------------------------------------------------
 
     def _walk(self, ds: Dataset, state: _Instance, mode: Mode, *, trusted: bool) -> None:
-        elements = ds._dict
+        elements = _elements(ds)
         profile = self.profile
-        keep_codes = mode is not Mode.NORMAL and _standard_code_item(elements)
-        has_private = False
+        public = profile.public
+        normal = mode is Mode.NORMAL
+        keep_codes = not normal and _standard_code_item(elements)
+        private: list[int] = []
         for tag in list(elements):
             group = tag >> 16
             if group & 1:
-                has_private = True
+                private.append(tag)
                 continue
             if not tag & 0xFFFF or group in (0x0002, 0x0000, 0x0004, 0xFFFE):
                 # Group lengths are stale once anything changes; command, meta and directory
@@ -210,12 +248,20 @@ class Scrubber:
                 state.report.removed += 1
                 continue
             elem = elements[tag]
+            rule = public.get(tag)
+            if normal and rule is not None and rule.action is Action.KEEP:
+                # The common case, kept short: most of a header is kept as it is.
+                vr = elem.VR
+                if vr == "SQ" or (vr in (None, "UN") and tag in _SQ_TAGS):
+                    self._recurse(ds, tag, state, mode, trusted=trusted)
+                continue
             base = group & 0xFF00
             if base in (0x5000, 0x6000) and self._whole_group_removed(base):
                 del elements[tag]
                 state.report.removed += 1
                 continue
-            rule = profile.lookup(tag)
+            if rule is None:
+                rule = profile.lookup(tag)
             if rule is None:
                 if not dictionary_has_tag(tag):
                     del elements[tag]  # neither in the table nor in the dictionary
@@ -231,8 +277,8 @@ class Scrubber:
                 continue
             state.report.actions[action.value] = state.report.actions.get(action.value, 0) + 1
             self._appliers[action](ds, tag, elem, rule, state, mode)
-        if has_private:
-            self._private(ds, state, mode, trusted=trusted)
+        if private:
+            self._private(ds, private, state, mode, trusted=trusted)
 
     def _whole_group_removed(self, base: int) -> bool:
         """Overlays (60xx) go as a whole when Overlay Data goes, curves (50xx) likewise.
@@ -260,7 +306,9 @@ class Scrubber:
             return Action.DATE
         return Action.KEEP
 
-    def _recurse(self, ds: Dataset, tag: int, state: _Instance, mode: Mode, *, trusted: bool) -> None:
+    def _recurse(
+        self, ds: Dataset, tag: int, state: _Instance, mode: Mode, *, trusted: bool
+    ) -> None:
         elem = ds[tag]  # decodes the sequence; its items' elements stay raw
         if elem.VR != "SQ":
             return
@@ -269,17 +317,19 @@ class Scrubber:
 
     # -- private attributes ----------------------------------------------------------------
 
-    def _private(self, ds: Dataset, state: _Instance, mode: Mode, *, trusted: bool) -> None:
-        elements = ds._dict
+    def _private(
+        self, ds: Dataset, tags: list[int], state: _Instance, mode: Mode, *, trusted: bool
+    ) -> None:
+        elements = _elements(ds)
         creators: dict[tuple[int, int], str] = {}
-        for tag in elements:
-            if tag >> 16 & 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF:
+        for tag in tags:
+            if 0x0010 <= tag & 0xFFFF <= 0x00FF:
                 values = _text_values(elements[tag], state.encodings)
                 creators[(tag >> 16, tag & 0xFF)] = values[0] if values else ""
         kept_blocks: set[tuple[int, int]] = set()
-        for tag in list(elements):
+        for tag in tags:
             group, element = tag >> 16, tag & 0xFFFF
-            if not group & 1 or 0x0010 <= element <= 0x00FF:
+            if 0x0010 <= element <= 0x00FF:
                 continue
             block = (group, element >> 8)
             creator = creators.get(block) if element > 0x00FF else None
@@ -310,22 +360,28 @@ class Scrubber:
     # -- actions ---------------------------------------------------------------------------
 
     def _put(self, ds: Dataset, tag: int, vr: str, value: bytes, state: _Instance) -> None:
-        ds._dict[tag] = raw(tag, vr, value, implicit=state.implicit, little=state.little)
+        _elements(ds)[tag] = raw(tag, vr, value, implicit=state.implicit, little=state.little)
         state.report.replaced += 1
 
-    def _remove(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
-        del ds._dict[tag]
+    def _remove(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
+        del _elements(ds)[tag]
         state.report.removed += 1
 
-    def _empty(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
+    def _empty(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
         vr = vr_of(elem)
         if vr == "SQ":
-            ds._dict[tag] = DataElement(tag, "SQ", Sequence())
+            _elements(ds)[tag] = DataElement(tag, "SQ", Sequence())
             state.report.replaced += 1
         else:
             self._put(ds, tag, vr, b"", state)
 
-    def _dummy(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
+    def _dummy(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
         vr = vr_of(elem)
         if vr == "SQ":
             self._recurse(ds, tag, state, Mode.DUMMY, trusted=False)
@@ -334,7 +390,9 @@ class Scrubber:
         else:
             self._put(ds, tag, vr, DUMMY_BY_VR.get(vr, b""), state)
 
-    def _clean(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
+    def _clean(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
         vr = vr_of(elem)
         if vr == "SQ":
             self._recurse(ds, tag, state, Mode.CLEAN, trusted=False)
@@ -358,7 +416,9 @@ class Scrubber:
         else:
             self._remove(ds, tag, elem, rule, state, mode)
 
-    def _uid(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
+    def _uid(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
         vr = vr_of(elem)
         if vr == "SQ":
             self._recurse(ds, tag, state, mode, trusted=False)
@@ -379,7 +439,9 @@ class Scrubber:
             return uid
         return self.pseudonyms.uid(uid)
 
-    def _date(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
+    def _date(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
         vr = vr_of(elem)
         date_mode = self.profile.date_mode
         if date_mode is DateMode.UNMODIFIED or vr == "TM":
@@ -397,27 +459,41 @@ class Scrubber:
             return
         self._put(ds, tag, vr, join_values(shifted, vr), state)
 
-    def _set(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
+    def _set(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
         vr = vr_of(elem)
-        template = self.patient_name if tag == PATIENT_NAME and rule.source == "local" else rule.value
+        template = (
+            self.patient_name if tag == PATIENT_NAME and rule.source == "local" else rule.value
+        )
         text = (template or "").replace("{patient_id}", state.patient_pseudonym)
         if vr == "SQ":
-            raise ScrubError("action 'set' cannot give a value to a sequence; use keep, remove or empty")
+            raise ScrubError(
+                "action 'set' cannot give a value to a sequence; use keep, remove or empty"
+            )
         self._put(ds, tag, vr, pad(encode_string(text, state.encodings), vr), state)
 
-    def _hash(self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode) -> None:
+    def _hash(
+        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+    ) -> None:
         vr = vr_of(elem)
         if vr in ("UI", "SQ"):
             self._uid(ds, tag, elem, rule, state, mode)
             return
         values = _text_values(elem, state.encodings)
         if tag == PATIENT_ID and rule.source == "local":
-            out = [self.pseudonyms.patient_id(v, self.patient_id_prefix) if v else state.patient_pseudonym
-                   for v in values] or [state.patient_pseudonym]
+            out = [
+                self.pseudonyms.patient_id(v, self.patient_id_prefix)
+                if v
+                else state.patient_pseudonym
+                for v in values
+            ] or [state.patient_pseudonym]
         else:
             label = f"{tag:08X}"
             length = min(16, MAX_LENGTH.get(vr, 64) - len(rule.prefix))
-            out = [rule.prefix + self.pseudonyms.code(v, label=label, length=length) for v in values]
+            out = [
+                rule.prefix + self.pseudonyms.code(v, label=label, length=length) for v in values
+            ]
         self._put(ds, tag, vr, pad("\\".join(out).encode("ascii"), vr), state)
 
     # -- provenance ------------------------------------------------------------------------
@@ -429,7 +505,7 @@ class Scrubber:
         per profile and encoding; only a dataset that already carries a method (it was
         de-identified before) gets the existing values merged with ours.
         """
-        elements = ds._dict
+        elements = _elements(ds)
         prior = DEIDENTIFICATION_METHOD in elements or DEIDENTIFICATION_CODES in elements
         if prior:
             existing = [str(v) for v in _as_list(ds.get("DeidentificationMethod"))]
@@ -478,9 +554,16 @@ class Scrubber:
 
 
 _KEEP_DICTIONARY = Rule(Action.KEEP, "dictionary")
-_UNLISTED_SOURCES = frozenset({"dictionary"} | {f"local: unlisted {vr}" for vr in
-                                                ("PN", "DA", "DT", "LT", "ST", "UT", "UI")})
+_SQ_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
+_UNLISTED_SOURCES = frozenset(
+    {"dictionary"} | {f"local: unlisted {vr}" for vr in ("PN", "DA", "DT", "LT", "ST", "UT", "UI")}
+)
 _KEEP_TRUSTED = Rule(Action.KEEP, "safe private sequence")
+
+
+def _elements(ds: Dataset) -> dict[int, Any]:
+    """The dataset's element map, keyed by plain ints (pydicom's BaseTag is an int)."""
+    return cast(dict[int, Any], ds._dict)
 
 
 def _is_sequence(elem: DataElement | RawDataElement) -> bool:
@@ -493,7 +576,9 @@ def _raw_bytes(elem: DataElement | RawDataElement) -> bytes:
     return "\\".join(_text_values(elem)).encode("ascii", "replace")
 
 
-def _text_values(elem: DataElement | RawDataElement | None, encodings: list[str] | None = None) -> list[str]:
+def _text_values(
+    elem: DataElement | RawDataElement | None, encodings: list[str] | None = None
+) -> list[str]:
     """Decode a text element's values (raw or not) with the dataset's character sets."""
     if elem is None:
         return []
@@ -501,8 +586,14 @@ def _text_values(elem: DataElement | RawDataElement | None, encodings: list[str]
         data = elem.value or b""
         if not data:
             return []
-        text = decode_bytes(data, encodings or ["iso8859"], {0x5C} if vr_of(elem) != "LT" else set())
-        return [v.strip(" \x00") for v in text.split("\\")] if vr_of(elem) not in ("LT", "ST", "UT") else [text.rstrip(" \x00")]
+        text = decode_bytes(
+            data, encodings or ["iso8859"], {0x5C} if vr_of(elem) != "LT" else set()
+        )
+        return (
+            [v.strip(" \x00") for v in text.split("\\")]
+            if vr_of(elem) not in ("LT", "ST", "UT")
+            else [text.rstrip(" \x00")]
+        )
     value = elem.value
     if value is None or value == "":
         return []

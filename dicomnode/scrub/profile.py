@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
-from pydicom.datadict import DicomDictionary, keyword_dict
+from pydicom.datadict import DicomDictionary, keyword_dict  # type: ignore[attr-defined]
 
 from dicomnode.errors import ConfigError
 from dicomnode.scrub.actions import PROTECTION, SITE_ACTIONS, Action, DateMode, Option
@@ -27,10 +27,7 @@ from dicomnode.scrub.values import MAX_LENGTH
 
 __all__ = ["Profile", "Rule", "load_profile", "rules_dir"]
 
-try:
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - libyaml missing
-    _Loader = yaml.SafeLoader
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
 
 
 def rules_dir() -> Path:
@@ -57,6 +54,7 @@ _TAG = re.compile(
     r"^\(?\s*([0-9A-Fa-f]{4}|[56]0xx)\s*,\s*([0-9A-Fa-f]{4}|xx[0-9A-Fa-f]{2}|xxxx)\s*\)?$",
     re.IGNORECASE,
 )
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -124,7 +122,9 @@ def _profile_file(name: str) -> dict[str, Any]:
     return data
 
 
-def _table_rules(data: dict[str, Any], source: str) -> tuple[dict[int, Rule], dict[tuple[int, int], Rule], Rule | None]:
+def _table_rules(
+    data: dict[str, Any], source: str
+) -> tuple[dict[int, Rule], dict[tuple[int, int], Rule], Rule | None]:
     exact: dict[int, Rule] = {}
     repeating: dict[tuple[int, int], Rule] = {}
     private: Rule | None = None
@@ -144,6 +144,7 @@ def _table_rules(data: dict[str, Any], source: str) -> tuple[dict[int, Rule], di
 
 
 # -- site rules ----------------------------------------------------------------------------
+
 
 class _SiteRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -251,6 +252,7 @@ def _load_site(path: Path) -> tuple[str | None, list[tuple[_SiteRule, str]], lis
 
 # -- compilation ---------------------------------------------------------------------------
 
+
 def _check_hash_fits(rule: _SiteRule, tag: int, source: str, path: Path) -> None:
     if rule.action != "hash":
         return
@@ -262,6 +264,34 @@ def _check_hash_fits(rule: _SiteRule, tag: int, source: str, path: Path) -> None
             f"prefix {rule.prefix!r} leaves {room} characters of "
             f"a {vr} value for the pseudonym; use a prefix of at most {MAX_LENGTH.get(vr, 64) - 8}"
         )
+
+
+def _apply_site(
+    site_rules: list[tuple[_SiteRule, str]],
+    site_file: Path,
+    public: dict[int, Rule],
+    repeating: dict[tuple[int, int], Rule],
+    private: dict[PrivateKey, Rule],
+) -> None:
+    """Layer the site's rules over everything else."""
+    for site_rule, source in site_rules:
+        action = SITE_ACTIONS[site_rule.action]
+        compiled = Rule(action, source, value=site_rule.value, prefix=site_rule.prefix)
+        if site_rule.keyword is not None:
+            tag = keyword_dict[site_rule.keyword]
+            _check_hash_fits(site_rule, tag, source, site_file)
+            public[tag] = compiled
+            continue
+        assert site_rule.tag is not None
+        group, element, low = parse_tag(site_rule.tag)
+        if group & 1:
+            assert site_rule.creator is not None
+            private[(group, site_rule.creator, low)] = compiled
+        elif group in (0x5000, 0x6000):
+            repeating[(group, -1 if element is None else element)] = compiled
+        else:
+            assert element is not None
+            public[(group << 16) | element] = compiled
 
 
 def _merge_option(current: Rule | None, new: Rule) -> Rule:
@@ -286,9 +316,7 @@ def load_profile(
     try:
         chosen = frozenset(Option(o) for o in options)
     except ValueError as exc:
-        raise ConfigError(
-            f"{exc}; options are: {', '.join(o.value for o in Option)}"
-        ) from None
+        raise ConfigError(f"{exc}; options are: {', '.join(o.value for o in Option)}") from None
     if {Option.RETAIN_LONG_FULL_DATES, Option.RETAIN_LONG_MODIFIED_DATES} <= chosen:
         raise ConfigError(
             "options retain-long-full-dates and retain-long-modified-dates exclude each "
@@ -330,7 +358,10 @@ def _compile(options: frozenset[Option], site_file: Path | None) -> Profile:
             continue  # an option in force decides this attribute
         public[tag] = Rule(SITE_ACTIONS[row["action"]], "local", value=row.get("value"))
     unlisted = {
-        vr: Rule(Action(row["action"]) if row["action"] != "date" else Action.DATE, "local: unlisted " + vr)
+        vr: Rule(
+            Action(row["action"]) if row["action"] != "date" else Action.DATE,
+            "local: unlisted " + vr,
+        )
         for vr, row in local.get("unlisted_by_vr", {}).items()
     }
     keep_unlisted = frozenset(keyword_dict[k] for k in local.get("keep_unlisted", []))
@@ -341,31 +372,13 @@ def _compile(options: frozenset[Option], site_file: Path | None) -> Profile:
     for tag, vr in _dictionary_vrs().items():
         if tag in listed or tag >> 16 in (0x0000, 0x0002, 0x0004):
             continue
-        rule = None if tag in keep_unlisted else unlisted.get(vr)
-        public[tag] = rule or Rule(Action.KEEP, "dictionary")
+        by_vr = None if tag in keep_unlisted else unlisted.get(vr)
+        public[tag] = by_vr or Rule(Action.KEEP, "dictionary")
 
     clean_words: list[str] = []
-    site_name = None
     if site_file is not None:
         site_name, site_rules, clean_words = _load_site(site_file)
-        for rule, source in site_rules:
-            action = SITE_ACTIONS[rule.action]
-            compiled = Rule(action, source, value=rule.value, prefix=rule.prefix)
-            if rule.keyword is not None:
-                tag = keyword_dict[rule.keyword]
-                _check_hash_fits(rule, tag, source, site_file)
-                public[tag] = compiled
-                continue
-            assert rule.tag is not None
-            group, element, low = parse_tag(rule.tag)
-            if group & 1:
-                assert rule.creator is not None
-                private_rules[(group, rule.creator, low)] = compiled
-            elif group in (0x5000, 0x6000):
-                repeating[(group, -1 if element is None else element)] = compiled
-            else:
-                assert element is not None
-                public[(group << 16) | element] = compiled
+        _apply_site(site_rules, site_file, public, repeating, private_rules)
         methods.append(f"site rules {site_name or site_file.name}")
 
     if Option.RETAIN_LONG_FULL_DATES in options:

@@ -50,11 +50,39 @@ DUMMY_BY_VR: dict[str, bytes] = {
 }
 
 # Maximum value lengths (PS3.5 Table 6.2-1) of the VRs a pseudonym may be written to.
-MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "UC": 1024, "ST": 1024,
-              "LT": 10240, "UT": 65536}
+MAX_LENGTH = {
+    "AE": 16,
+    "CS": 16,
+    "SH": 16,
+    "LO": 64,
+    "PN": 64,
+    "UC": 1024,
+    "ST": 1024,
+    "LT": 10240,
+    "UT": 65536,
+}
 
-TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
-                      "TM", "UC", "UI", "UR", "UT"})
+TEXT_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
+)
 FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 
 
@@ -82,6 +110,7 @@ def join_text(values: Iterable[str], vr: str) -> bytes:
 
 
 # -- dates ---------------------------------------------------------------------------------
+
 
 def shift_date(value: str, days: int) -> str:
     """Shift a DA value (YYYYMMDD, or a range with '-') by whole days; keeps its form."""
@@ -175,7 +204,7 @@ class TextCleaner:
         out: list[str] = []
         pos = 0
         for match in _TOKEN.finditer(text):
-            out.append(text[pos:match.start()])
+            out.append(text[pos : match.start()])
             if self._safe_token(match.group(), banned):
                 out.append(match.group())
             pos = match.end()
