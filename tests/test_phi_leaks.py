@@ -95,3 +95,18 @@ def test_prior_deidentification_is_kept_and_extended(scrubber: Scrubber) -> None
     assert "Site PACS export anonymizer" in twice.DeidentificationMethod
     codes = [item.CodeValue for item in twice.DeidentificationMethodCodeSequence]
     assert len(codes) == len(set(codes))
+
+
+def test_non_ascii_phi_is_removed(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    ds.SeriesDescription = "Thorax 山田太郎 Иванов Müller"
+    ds.ImageComments = "Пациент Иванов"
+    source = to_bytes(ds)
+    strings = {"kanji": "山田", "kana": "やまだ", "cyrillic": "Иванов", "umlaut": "Müller"}
+    assert all(v.encode("utf-8") in source for v in strings.values())
+    out = scrub_bytes(scrubber, source)
+    for value in strings.values():
+        assert value.encode("utf-8") not in out
+    assert pydicom.dcmread(io.BytesIO(out)).SeriesDescription == "Thorax"

@@ -68,6 +68,8 @@ def cleaner() -> TextCleaner:
         ("Scan 1985 MRN 12345678", "Scan"),
         ("DWI b1000 ADC", "DWI b1000 ADC"),
         ("Brain^Zebulon", "Brain"),
+        ("Thorax Müller 山田太郎 Иванов", "Thorax"),
+        ("CT_HEAD_Smith", "CT_HEAD"),
     ],
 )
 def test_cleaner_keeps_only_known_safe_words(

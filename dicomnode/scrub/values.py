@@ -154,7 +154,9 @@ _DATE_LIKE = re.compile(
     r"|\b\d{1,2}[ -]?(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?[ -]?\d{2,4}\b",
     re.IGNORECASE,
 )
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:\.[0-9]+)?")
+# Any run of letters or digits, in any script: a name in Cyrillic or kanji is a token too, and
+# only tokens can survive cleaning (what lies between them is punctuation and space).
+_TOKEN = re.compile(r"[^\W_]+(?:\.[0-9]+)?")
 _YEAR = re.compile(r"^(?:18|19|20)\d\d$")
 
 
@@ -194,7 +196,7 @@ class TextCleaner:
         # letters safe words or at most two stray single letters (an ID has more).
         if len(low) > 8 or sum(c.isdigit() for c in low) > 4:
             return False
-        letters = [part for part in re.split(r"[0-9.]+", low) if part]
+        letters = [part for part in re.split(r"[\d.]+", low) if part]
         stray = [part for part in letters if part not in self._words]
         return len(stray) <= 2 and all(len(part) == 1 for part in stray)
 
