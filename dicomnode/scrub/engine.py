@@ -61,44 +61,8 @@ _CODE_ELEMENTS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00
 # Coding schemes whose codes name concepts (PS3.16 Table 8-1); codes of local schemes
 # ("99...", "L") may be anything, so they get the mode of their sequence.
 STANDARD_SCHEMES = frozenset(
-    {
-        "DCM",
-        "SCT",
-        "SRT",
-        "SNM3",
-        "LN",
-        "UCUM",
-        "RADLEX",
-        "FMA",
-        "NCIt",
-        "NCIT",
-        "UMLS",
-        "MSH",
-        "I10",
-        "I9C",
-        "ICD10",
-        "I10P",
-        "ACR",
-        "BI",
-        "NEU",
-        "MDC",
-        "ITIS_TSN",
-        "NCBI",
-        "HGNC",
-        "PUBCHEM_CID",
-        "RXNORM",
-        "NDC",
-        "UNS",
-        "IBSI",
-        "ISO",
-        "IEC61217",
-        "NCDR",
-        "CID",
-        "UBERON",
-        "MA",
-        "NYUMCCG",
-        "DCMUID",
-    }
+    "DCM SCT SRT SNM3 LN UCUM RADLEX FMA NCIt NCIT UMLS MSH I10 I9C ICD10 I10P ACR BI NEU MDC "
+    "ITIS_TSN NCBI HGNC PUBCHEM_CID RXNORM NDC UNS IBSI ISO IEC61217 NCDR UBERON MA DCMUID".split()
 )
 DICOM_ROOT = "1.2.840.10008."
 PATIENT_IDENTITY_REMOVED = 0x00120062
@@ -270,7 +234,7 @@ class Scrubber:
                 rule = profile.unlisted_by_vr.get(vr_of(elem)) or _KEEP_DICTIONARY
             action = rule.action
             if mode is not Mode.NORMAL and rule.source in _UNLISTED_SOURCES:
-                action = self._mode_action(elem, mode, keep_codes and tag in _CODE_ELEMENTS)
+                action = self._mode_action(tag, elem, mode, keep_codes)
             if action is Action.KEEP:
                 if _is_sequence(elem):
                     self._recurse(ds, tag, state, mode, trusted=trusted)
@@ -290,9 +254,11 @@ class Scrubber:
         rule = self.profile.repeating.get(key)
         return rule is not None and rule.action is not Action.KEEP
 
-    def _mode_action(self, elem: DataElement | RawDataElement, mode: Mode, is_code: bool) -> Action:
+    def _mode_action(
+        self, tag: int, elem: DataElement | RawDataElement, mode: Mode, code_item: bool
+    ) -> Action:
         """Inside a D or C sequence, unlisted values are dummied or cleaned by VR."""
-        if is_code:
+        if tag in self.profile.keep_unlisted or (code_item and tag in _CODE_ELEMENTS):
             return Action.KEEP
         vr = vr_of(elem)
         if vr in ("UI", "SQ"):
