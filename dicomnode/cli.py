@@ -7,6 +7,7 @@ could not run (bad configuration, no secret, bad arguments).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from dicomnode import __version__
-from dicomnode.config import load_config
+from dicomnode.config import Config, NodeConfig, load_config
 from dicomnode.errors import ConfigError, DicomnodeError, SecretError
 
 log = logging.getLogger("dicomnode")
@@ -23,8 +24,9 @@ log = logging.getLogger("dicomnode")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+def _setup_logging(verbose: int, command: str) -> None:
+    default = logging.INFO if command == "serve" else logging.WARNING
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else default
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -84,6 +86,107 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _node_config(args: argparse.Namespace) -> Config:
+    """The configuration file, with the command line's overrides applied."""
+    config = load_config(args.config)
+    node: dict[str, object] = {}
+    for option, key in (("ae_title", "ae_title"), ("bind", "bind"), ("port", "port")):
+        if getattr(args, option, None) is not None:
+            node[key] = getattr(args, option)
+    updates: dict[str, object] = {}
+    if node:
+        updates["node"] = NodeConfig.model_validate({**config.node.model_dump(), **node})
+    if getattr(args, "spool", None) is not None:
+        updates["spool"] = config.spool.model_copy(update={"path": args.spool})
+    return config.model_copy(update=updates) if updates else config
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.node import Node
+    from dicomnode.scrub import load_secret
+
+    config = _node_config(args)
+    secret = load_secret(demo=_demo_flag(args))
+    node = Node(config, secret)
+    log.info("configuration: %s", config.model_dump_json(exclude={"source"}))
+    for destination in config.destinations:
+        where = getattr(destination, "path", None) or (
+            f"{getattr(destination, 'ae_title', '')}@{getattr(destination, 'host', '')}:"
+            f"{getattr(destination, 'port', '')}"
+        )
+        log.info("destination %s (%s): %s", destination.name, destination.type, where)
+    return node.run()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from dicomnode.config import DicomDestination
+    from dicomnode.forward import echo
+    from dicomnode.spool import Spool
+
+    config = _node_config(args)
+    spool = Spool(config.spool.path)
+    if not spool.incoming.is_dir():
+        print(f"no spool at {spool.root} (has the node ever run with this configuration?)")
+        return EXIT_FAILURES
+    counts = spool.counts()
+    report: dict[str, object] = {
+        "spool": str(spool.root),
+        "states": {
+            k: {"count": v.count, "oldest_age_s": v.oldest_age_s} for k, v in counts.items()
+        },
+        "destinations": {},
+    }
+    problems = 0
+    for destination in config.destinations:
+        if isinstance(destination, DicomDestination):
+            error = echo(destination, config.node.ae_title, timeout=args.timeout)
+        else:
+            error = (
+                None
+                if destination.path.is_dir() or not destination.path.exists()
+                else "not a folder"
+            )
+        report["destinations"][destination.name] = error or "ok"  # type: ignore[index]
+        problems += error is not None
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"spool {spool.root}")
+        for state, value in sorted(counts.items()):
+            age = "" if value.oldest_age_s is None else f"  oldest {_age(value.oldest_age_s)}"
+            print(f"  {state:<32} {value.count:>8}{age}")
+        for name, answer in report["destinations"].items():  # type: ignore[attr-defined]
+            print(f"destination {name}: {'answers C-ECHO' if answer == 'ok' else answer}")
+    return EXIT_FAILURES if problems else EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from dicomnode.spool import Spool
+
+    config = _node_config(args)
+    spool = Spool(config.spool.path)
+    everything = not args.quarantine and not args.dead_letter
+    moved_q = moved_d = 0
+    if everything or args.quarantine:
+        reason = None if args.quarantine in (None, "all") else args.quarantine
+        moved_q = spool.requeue_quarantined(reason)
+    if everything or args.dead_letter:
+        name = None if args.dead_letter in (None, "all") else args.dead_letter
+        moved_d = spool.requeue_dead_letters(name)
+    print(
+        f"re-queued {moved_q} quarantined instance(s) for the pipeline and "
+        f"{moved_d} dead-lettered object(s) for delivery"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomnode",
@@ -130,13 +233,51 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and rules")
     common(check)
     check.set_defaults(func=_cmd_check_config)
+
+    def node_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--spool", type=Path, help="spool folder (overrides spool.path)")
+
+    serve = sub.add_parser("serve", help="run the node: receive, clean, forward")
+    common(serve)
+    node_options(serve)
+    serve.add_argument("--ae-title", help="our AE title (overrides node.ae_title)")
+    serve.add_argument("--bind", help="address to listen on (overrides node.bind)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides node.port)")
+    serve.set_defaults(func=_cmd_serve)
+
+    status = sub.add_parser("status", help="spool counts per state; C-ECHO each destination")
+    common(status)
+    node_options(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--timeout", type=float, default=5, help="C-ECHO timeout in seconds")
+    status.set_defaults(func=_cmd_status)
+
+    retry = sub.add_parser("retry", help="re-queue quarantined and dead-lettered instances")
+    common(retry)
+    node_options(retry)
+    retry.add_argument(
+        "--quarantine",
+        nargs="?",
+        const="all",
+        metavar="REASON",
+        help="only quarantined instances (of one reason)",
+    )
+    retry.add_argument(
+        "--dead-letter",
+        nargs="?",
+        const="all",
+        metavar="DESTINATION",
+        help="only dead letters (of one destination)",
+    )
+    retry.set_defaults(func=_cmd_retry)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.command)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if args.verbose < 3 else logging.DEBUG)
     try:
         return int(args.func(args))
     except (ConfigError, SecretError) as exc:

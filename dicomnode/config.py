@@ -6,18 +6,35 @@ the setting and the fix. The pseudonym secret is never here (see ``scrub.pseudon
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dicomnode.errors import ConfigError
 from dicomnode.scrub.actions import Option
 
-__all__ = ["CONFIG_ENV", "Config", "ScrubConfig", "load_config"]
+__all__ = [
+    "CONFIG_ENV",
+    "Config",
+    "DicomDestination",
+    "FolderDestination",
+    "NodeConfig",
+    "ScrubConfig",
+    "load_config",
+]
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
@@ -93,18 +110,171 @@ class ScrubConfig(_Frozen):
         return self
 
 
+_AE = r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$"
+
+
+def _ae_title(value: str) -> str:
+    if not re.fullmatch(_AE, value):
+        raise ValueError(
+            f"{value!r} is not an AE title: 1 to 16 printable ASCII characters, no backslash, "
+            "no leading or trailing space"
+        )
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(_ae_title)]
+
+
+class AllowedCaller(_Frozen):
+    """A calling AE title the node accepts, optionally only from some addresses."""
+
+    ae_title: AETitle
+    addresses: tuple[str, ...] = ()
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for address in v:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address or network") from None
+        return v
+
+
+class TLSConfig(_Frozen):
+    """TLS for incoming associations (DICOM over TLS, PS3.15 B.1)."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = Field(
+        default=None, description="verify client certificates against these CAs"
+    )
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _files(self) -> TLSConfig:
+        for name in ("certificate", "private_key", "ca_certificates"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
+class NodeConfig(_Frozen):
+    """The DICOM listener."""
+
+    ae_title: AETitle = "DICOMNODE"
+    bind: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    allowed_callers: tuple[AllowedCaller, ...] = Field(
+        default=(), description="calling AE titles accepted; empty: any"
+    )
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    disk_floor_mb: int = Field(
+        default=1024, ge=0, description="refuse C-STORE (0xA700) below this much free disk"
+    )
+    max_pdu: int = Field(default=0, ge=0, description="largest PDU we accept; 0: no limit")
+    network_timeout_s: float = Field(default=60, gt=0)
+    tls: TLSConfig | None = None
+
+
+class SpoolConfig(_Frozen):
+    """The on-disk queue. State is the folder a file is in."""
+
+    path: Path = Path("var/spool")
+    keep_forwarded_days: float = Field(
+        default=0, ge=0, description="keep forwarded copies this long; 0: delete once confirmed"
+    )
+
+
+class PipelineConfig(_Frozen):
+    workers: int = Field(default=0, ge=0, le=256, description="worker processes; 0: one per core")
+
+
+class RetryConfig(_Frozen):
+    initial_delay_s: float = Field(default=2, gt=0)
+    max_delay_s: float = Field(default=300, gt=0)
+    dead_letter_after_s: float = Field(
+        default=7 * 24 * 3600, gt=0, description="move to dead-letter when not delivered by then"
+    )
+
+
+class _Destination(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+
+
+class FolderDestination(_Destination):
+    """Writes PatientID/StudyInstanceUID/SeriesInstanceUID/SOPInstanceUID.dcm under a folder."""
+
+    type: Literal["folder"] = "folder"
+    path: Path
+
+
+class DicomDestination(_Destination):
+    """A C-STORE SCP (the research PACS)."""
+
+    type: Literal["dicom"] = "dicom"
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: AETitle | None = None
+    batch_size: int = Field(default=100, ge=1, le=10000)
+    timeout_s: float = Field(default=30, gt=0)
+    retry: RetryConfig = RetryConfig()
+
+
+Destination = Annotated[FolderDestination | DicomDestination, Field(discriminator="type")]
+
+
 class Config(_Frozen):
     """The whole configuration of a node (and of the offline `scrub` command)."""
 
+    node: NodeConfig = NodeConfig()
+    spool: SpoolConfig = SpoolConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     scrub: ScrubConfig = ScrubConfig()
+    destinations: tuple[Destination, ...] = (
+        FolderDestination(name="folder", path=Path("var/out")),
+    )
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> Config:
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("destinations: two destinations have the same name")
+        if not self.destinations:
+            raise ValueError("destinations: at least one is needed")
+        return self
+
+
+_PATHS = (
+    ("scrub", "site_rules"),
+    ("spool", "path"),
+    ("node", "tls", "certificate"),
+    ("node", "tls", "private_key"),
+    ("node", "tls", "ca_certificates"),
+)
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    scrub = data.get("scrub")
-    if isinstance(scrub, dict) and isinstance(scrub.get("site_rules"), str):
-        path = Path(scrub["site_rules"]).expanduser()
-        scrub["site_rules"] = str(path if path.is_absolute() else base / path)
+    """Relative paths in a configuration file are relative to that file."""
+
+    def fix(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            path = Path(section[key]).expanduser()
+            section[key] = str(path if path.is_absolute() else base / path)
+
+    for *parents, key in _PATHS:
+        section: Any = data
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        fix(section, key)
+    for destination in data.get("destinations") or []:
+        fix(destination, "path")
 
 
 def load_config(path: Path | str | None = None) -> Config:

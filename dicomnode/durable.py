@@ -30,12 +30,17 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomic(
-    path: Path, data: bytes | Sequence[bytes | bytearray], *, fsync: bool = True
+    path: Path,
+    data: bytes | Sequence[bytes | bytearray],
+    *,
+    fsync: bool = True,
+    tmp_dir: Path | None = None,
 ) -> None:
     """Write ``data`` (bytes, or a list of buffers) to ``path`` atomically, durably when
-    ``fsync``."""
+    ``fsync``. The temporary file is made in ``tmp_dir`` (same file system) or beside
+    ``path``, so that a reader of the target folder never sees it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=tmp_dir or path.parent)
     try:
         os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as fh:

@@ -1,0 +1,335 @@
+"""The spool: a directory queue whose state is the folder a file is in.
+
+::
+
+    spool/
+      tmp/                    partial receives and temporary copies (emptied at start-up)
+      incoming/               received and fsynced: acknowledged, waiting for the pipeline
+      work/<worker>/          claimed by one pipeline worker
+      outgoing/<destination>/ clean, waiting to be delivered to that destination
+      sent/<destination>/     delivered, kept only when retention is configured
+      quarantine/<reason>/    could not be cleaned with certainty; original + .json sidecar
+      dead-letter/<dest>/     clean, but the destination never took it; + .json sidecar
+
+Every write is a temp file in ``tmp/``, fsync, rename, fsync of the folder; every move
+between states is a rename, so a crash leaves each file in exactly one state. At start-up
+:meth:`Spool.recover` puts work that was half done back in ``incoming/`` (scrubbing is
+deterministic, so doing it again gives the same clean object) and empties ``tmp/``.
+
+File names are ``<receive time ns>_<calling AE>_<random>.dcm``: sortable by arrival, and they
+carry no PHI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dicomnode.durable import fsync_dir, write_atomic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Spool", "SpoolCounts", "new_id"]
+
+SUFFIX = ".dcm"
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def new_id(calling_ae: str = "") -> str:
+    """A new spool id: arrival-ordered, unique, safe as a file name, free of PHI."""
+    ae = _SAFE.sub("-", calling_ae.strip())[:16] or "local"
+    return f"{time.time_ns():020d}_{ae}_{secrets.token_hex(4)}"
+
+
+def calling_ae_of(item_id: str) -> str:
+    """The calling AE title recorded in a spool id (sanitised)."""
+    parts = item_id.split("_")
+    return parts[1] if len(parts) >= 3 else ""
+
+
+@dataclass(frozen=True)
+class SpoolCounts:
+    """How many items are in a state, and the age in seconds of the oldest."""
+
+    count: int
+    oldest_age_s: float | None
+
+
+class Spool:
+    """One node's spool folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.incoming = root / "incoming"
+        self.work = root / "work"
+        self.outgoing = root / "outgoing"
+        self.sent = root / "sent"
+        self.quarantine = root / "quarantine"
+        self.dead_letter = root / "dead-letter"
+
+    def create(self, destinations: list[str] | tuple[str, ...] = ()) -> Spool:
+        for folder in (
+            self.tmp,
+            self.incoming,
+            self.work,
+            self.outgoing,
+            self.sent,
+            self.quarantine,
+            self.dead_letter,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        for name in destinations:
+            (self.outgoing / name).mkdir(exist_ok=True)
+        return self
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    def accept(self, received: Path, calling_ae: str) -> str:
+        """Make a fully received file durable in ``incoming/``; returns its id.
+
+        ``received`` must be on the spool's file system (in ``tmp/``): it is fsynced and
+        renamed, never copied. Only after this returns may the sender be told "success".
+        """
+        item_id = new_id(calling_ae)
+        fd = os.open(received, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(received, self.incoming / (item_id + SUFFIX))
+        fsync_dir(self.incoming)
+        return item_id
+
+    def write_incoming(self, data: bytes, calling_ae: str = "") -> str:
+        """Put bytes in ``incoming/`` durably (tests, and instances received in memory)."""
+        item_id = new_id(calling_ae)
+        write_atomic(self.incoming / (item_id + SUFFIX), data, tmp_dir=self.tmp)
+        return item_id
+
+    # -- pipeline --------------------------------------------------------------------------
+
+    def pending(self) -> list[str]:
+        """Ids waiting in ``incoming/``, oldest first."""
+        return sorted(_ids(self.incoming))
+
+    def claim(self, item_id: str, worker: str) -> Path | None:
+        """Move an incoming item to ``work/<worker>/``; None if another worker took it."""
+        folder = self.work / worker
+        folder.mkdir(exist_ok=True)
+        target = folder / (item_id + SUFFIX)
+        try:
+            os.rename(self.incoming / (item_id + SUFFIX), target)
+        except FileNotFoundError:
+            return None
+        return target
+
+    def deliver(
+        self, item_id: str, chunks: list[bytes | bytearray] | bytes, destinations: list[str]
+    ) -> None:
+        """Write the clean object once and link it into each destination's ``outgoing/``."""
+        staged = self.tmp / (item_id + ".clean")
+        write_atomic(staged, chunks, tmp_dir=self.tmp)
+        try:
+            for name in destinations:
+                folder = self.outgoing / name
+                target = folder / (item_id + SUFFIX)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)  # a redo after a crash: same id, same content
+                os.link(staged, target)
+                fsync_dir(folder)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+
+    def finish(self, work_file: Path) -> None:
+        """The original is no longer needed once its clean copies are durable."""
+        os.unlink(work_file)
+        fsync_dir(work_file.parent)
+
+    def to_quarantine(self, work_file: Path, reason: str, info: dict[str, Any]) -> Path:
+        """Move an original to ``quarantine/<reason>/`` with a sidecar saying why (no PHI)."""
+        folder = self.quarantine / _SAFE.sub("-", reason)
+        folder.mkdir(parents=True, exist_ok=True)
+        item_id = work_file.stem
+        sidecar = {"id": item_id, "reason": reason, "time": _now(), **info}
+        write_atomic(
+            folder / (item_id + ".json"), json.dumps(sidecar, indent=1).encode(), tmp_dir=self.tmp
+        )
+        target = folder / (item_id + SUFFIX)
+        os.replace(work_file, target)
+        fsync_dir(folder)
+        return target
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def outgoing_items(self, destination: str) -> list[Path]:
+        folder = self.outgoing / destination
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(SUFFIX))
+        except FileNotFoundError:
+            return []
+        return [folder / n for n in names]
+
+    def delivered(self, path: Path, destination: str, keep_days: float) -> None:
+        """A destination confirmed ``path``: delete it, or keep it in ``sent/`` a while."""
+        if keep_days > 0:
+            folder = self.sent / destination
+            folder.mkdir(parents=True, exist_ok=True)
+            os.replace(path, folder / path.name)
+        else:
+            os.unlink(path)
+
+    def to_dead_letter(self, path: Path, destination: str, info: dict[str, Any]) -> Path:
+        folder = self.dead_letter / destination
+        folder.mkdir(parents=True, exist_ok=True)
+        sidecar = {"id": path.stem, "destination": destination, "time": _now(), **info}
+        write_atomic(
+            folder / (path.stem + ".json"), json.dumps(sidecar, indent=1).encode(), tmp_dir=self.tmp
+        )
+        target = folder / path.name
+        os.replace(path, target)
+        fsync_dir(folder)
+        return target
+
+    def expire_sent(self, keep_days: float) -> int:
+        """Delete forwarded copies older than ``keep_days``; returns how many."""
+        limit = time.time() - keep_days * 86400
+        removed = 0
+        for path in _files(self.sent):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    # -- start-up and operations -----------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Bring the spool back to a consistent state after a crash; returns what was done.
+
+        Half-done work goes back to ``incoming/``; ``tmp/`` (never acknowledged partial
+        receives, staged copies) is emptied; sidecars without their file are removed.
+        """
+        done = {"requeued": 0, "tmp_removed": 0}
+        for worker in _dirs(self.work):
+            for path in worker.iterdir():
+                if path.name.endswith(SUFFIX):
+                    os.replace(path, self.incoming / path.name)
+                    done["requeued"] += 1
+                else:
+                    path.unlink()
+        if done["requeued"]:
+            fsync_dir(self.incoming)
+        for path in self.tmp.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            done["tmp_removed"] += 1
+        for folder in (*_dirs(self.quarantine), *_dirs(self.dead_letter)):
+            for sidecar in folder.glob("*.json"):
+                if not sidecar.with_suffix(SUFFIX).exists():
+                    sidecar.unlink()
+        if any(done.values()):
+            log.info("spool recovered: %s", done)
+        return done
+
+    def requeue_quarantined(self, reason: str | None = None) -> int:
+        """Send quarantined originals through the pipeline again (after a rule change)."""
+        moved = 0
+        for folder in _dirs(self.quarantine):
+            if reason and folder.name != reason:
+                continue
+            for path in sorted(folder.glob("*" + SUFFIX)):
+                os.replace(path, self.incoming / path.name)
+                path.with_suffix(".json").unlink(missing_ok=True)
+                moved += 1
+        if moved:
+            fsync_dir(self.incoming)
+        return moved
+
+    def requeue_dead_letters(self, destination: str | None = None) -> int:
+        """Give dead-lettered objects back to their destination's queue, with a fresh age."""
+        moved = 0
+        for folder in _dirs(self.dead_letter):
+            if destination and folder.name != destination:
+                continue
+            target = self.outgoing / folder.name
+            target.mkdir(parents=True, exist_ok=True)
+            for path in sorted(folder.glob("*" + SUFFIX)):
+                os.utime(path)  # the age for dead-lettering starts again
+                os.replace(path, target / path.name)
+                path.with_suffix(".json").unlink(missing_ok=True)
+                moved += 1
+            fsync_dir(target)
+        return moved
+
+    def counts(self) -> dict[str, SpoolCounts]:
+        """Items and oldest age per state (``outgoing/<dest>``, ``quarantine/<reason>``...)."""
+        now = time.time()
+        result: dict[str, SpoolCounts] = {}
+
+        def count(name: str, paths: Iterator[Path]) -> None:
+            ages = []
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    ages.append(now - path.stat().st_mtime)
+            result[name] = SpoolCounts(len(ages), max(ages) if ages else None)
+
+        count("incoming", _files(self.incoming))
+        count("work", (p for d in _dirs(self.work) for p in _files(d)))
+        for state, root in (
+            ("outgoing", self.outgoing),
+            ("quarantine", self.quarantine),
+            ("dead-letter", self.dead_letter),
+            ("sent", self.sent),
+        ):
+            for folder in _dirs(root):
+                count(f"{state}/{folder.name}", _files(folder))
+        return result
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _ids(folder: Path) -> Iterator[str]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(SUFFIX):
+            yield name[: -len(SUFFIX)]
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(SUFFIX):
+            yield folder / name
+
+
+def _dirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,334 @@
+"""Real peers for the end-to-end tests: the node itself (as a subprocess of the real CLI),
+dcmtk's storescu and storescp, and Orthanc, all on 127.0.0.1 with free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests.conftest import SECRET, require_tool
+from tests.phi import PHI, planted_dataset, to_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def make_study(
+    folder: Path, series: int = 3, per_series: int = 5, patient: str = ""
+) -> list[Dataset]:
+    """A study of small CT instances carrying planted PHI; returns the datasets written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = generate_uid()
+    made = []
+    for s in range(series):
+        series_uid = generate_uid()
+        for i in range(per_series):
+            ds = planted_dataset()
+            if patient:
+                ds.PatientID = patient
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.SeriesNumber = s + 1
+            ds.InstanceNumber = i + 1
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            (folder / f"s{s}_i{i:04d}.dcm").write_bytes(to_bytes(ds))
+            made.append(ds)
+    return made
+
+
+def storescu(
+    port: int,
+    *paths: Path,
+    aec: str = "DICOMNODE",
+    aet: str = "STORESCU",
+    debug: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Send files and folders with dcmtk's storescu (the modality)."""
+    exe = require_tool("storescu")
+    args = [exe, "-aet", aet, "-aec", aec, "-nh"]
+    if debug:
+        args.append("-d")
+    args += ["127.0.0.1", str(port), "+sd", "+r", *map(str, paths)]
+    return subprocess.run(args, capture_output=True, text=True, env=PEER_ENV, timeout=timeout)
+
+
+def acknowledged(output: str) -> list[str]:
+    """SOP Instance UIDs whose C-STORE got a success response, from `storescu -d` output."""
+    uids = []
+    lines = output.splitlines()
+    for n, line in enumerate(lines):
+        if line.startswith("I: Received Store Response"):
+            window = lines[n + 1 : n + 12]
+            uid = next(
+                (
+                    re.sub(r".*: ", "", w).strip()
+                    for w in window
+                    if "Affected SOP Instance UID" in w
+                ),
+                None,
+            )
+            status = next((w for w in window if "DIMSE Status" in w), "")
+            if uid and "0x0000" in status:
+                uids.append(uid)
+    return uids
+
+
+class NodeProcess:
+    """``python -m dicomnode serve`` with a configuration written for the test."""
+
+    def __init__(
+        self, workdir: Path, destinations: list[dict[str, Any]] | None = None, **sections: Any
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.spool = workdir / "spool"
+        self.out = workdir / "out"
+        node = {"port": self.port, "disk_floor_mb": 1, **sections.pop("node", {})}
+        self.config = {
+            "node": node,
+            "spool": {"path": str(self.spool)},
+            "pipeline": {"workers": 2},
+            "destinations": destinations
+            or [{"name": "folder", "type": "folder", "path": str(self.out)}],
+            **sections,
+        }
+        self.config_path = workdir / "dicomnode.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = workdir / "node.log"
+
+    def start(self, wait: bool = True) -> NodeProcess:
+        env = {**os.environ, "DICOMNODE_SECRET": SECRET.decode()}
+        env.pop("DICOMNODE_SECRET_FILE", None)
+        self._log = open(self.log, "a")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode", "serve", "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
+            text=True,
+        )
+        if wait:
+            wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, 60, "the node")
+            assert self.proc.poll() is None, self.log.read_text()
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        # The whole process group would also take the workers; -9 on the node alone is the
+        # harsher case (workers are daemons and die with it, or are orphaned mid-item).
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def count(self, state: str) -> int:
+        folder = self.spool / state
+        if not folder.is_dir():
+            return 0
+        return sum(1 for p in folder.rglob("*.dcm"))
+
+    def idle(self) -> bool:
+        return all(self.count(s) == 0 for s in ("incoming", "work", "outgoing"))
+
+    def wait_idle(self, timeout: float = 120) -> None:
+        wait_for(self.idle, timeout, f"the node to drain its spool ({self.log})", 0.25)
+
+
+@contextlib.contextmanager
+def running(node: NodeProcess) -> Iterator[NodeProcess]:
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+class Storescp:
+    """dcmtk's storescp as a research PACS stand-in."""
+
+    def __init__(self, workdir: Path, port: int | None = None, aet: str = "STORESCP") -> None:
+        self.port = port or free_port()
+        self.aet = aet
+        self.out = workdir / "storescp"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Storescp:
+        exe = require_tool("storescp")
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "-aet",
+                self.aet,
+                "-dhl",
+                "+xa",
+                "-od",
+                str(self.out),
+                "-fe",
+                ".dcm",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=PEER_ENV,
+        )
+        wait_for(lambda: port_open(self.port), 20, "storescp")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def files(self) -> list[Path]:
+        return sorted(self.out.glob("*.dcm"))
+
+    def destination(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": "pacs",
+            "type": "dicom",
+            "ae_title": self.aet,
+            "host": "127.0.0.1",
+            "port": self.port,
+            **extra,
+        }
+
+
+class Orthanc:
+    """Orthanc as the research PACS, headless, with its REST API on loopback."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "orthanc"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Orthanc:
+        exe = require_tool("Orthanc")
+        config = {
+            "Name": "dicomnode-test",
+            "StorageDirectory": str(self.dir / "storage"),
+            "IndexDirectory": str(self.dir / "index"),
+            "DicomPort": self.dicom_port,
+            "DicomAet": "ORTHANC",
+            "HttpPort": self.http_port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+        }
+        path = self.dir / "orthanc.json"
+        path.write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            [exe, f"--logfile={self.dir / 'orthanc.log'}", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=PEER_ENV,
+        )
+        wait_for(self._up, 30, "Orthanc")
+        return self
+
+    def _up(self) -> bool:
+        try:
+            self.get("/system")
+        except OSError:
+            return False
+        return True
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def instances(self) -> list[str]:
+        return list(self.get("/instances"))
+
+    def tags(self, instance: str) -> dict[str, Any]:
+        return dict(self.get(f"/instances/{instance}/tags?simplify"))
+
+    def file(self, instance: str) -> bytes:
+        url = f"http://127.0.0.1:{self.http_port}/instances/{instance}/file"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return bytes(r.read())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def destination(self) -> dict[str, Any]:
+        return {
+            "name": "orthanc",
+            "type": "dicom",
+            "ae_title": "ORTHANC",
+            "host": "127.0.0.1",
+            "port": self.dicom_port,
+        }
+
+
+__all__ = [
+    "PHI",
+    "NodeProcess",
+    "Orthanc",
+    "Storescp",
+    "acknowledged",
+    "free_port",
+    "make_study",
+    "running",
+    "storescu",
+    "wait_for",
+]
