@@ -3,10 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive as real peers (installed when run as root).
-SYSTEM_PACKAGES := dicom3tools
-SYSTEM_TOOLS := dciodvfy
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc openssl
+SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl
 
-.PHONY: test venv system-deps lint bench clean
+.PHONY: run test venv system-deps lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ system-deps:
 		fi; \
 	fi
 
+# Starts the node on its embedded defaults: AE title DICOMNODE on 127.0.0.1:11112, clean
+# copies under ./var/out, spool in ./var/spool, and a PUBLIC demo secret (it says so).
+run: venv
+	$(BIN)/dicomnode serve --demo
+
 test: venv system-deps lint
 	$(BIN)/python -m pytest -q
 
@@ -39,6 +44,7 @@ lint: venv
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/scrub.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -134,20 +134,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "states": {
             k: {"count": v.count, "oldest_age_s": v.oldest_age_s} for k, v in counts.items()
         },
-        "destinations": {},
     }
     problems = 0
+    answers: dict[str, str] = {}
     for destination in config.destinations:
         if isinstance(destination, DicomDestination):
             error = echo(destination, config.node.ae_title, timeout=args.timeout)
+            answers[destination.name] = error or "answers C-ECHO"
         else:
-            error = (
-                None
-                if destination.path.is_dir() or not destination.path.exists()
-                else "not a folder"
-            )
-        report["destinations"][destination.name] = error or "ok"  # type: ignore[index]
+            writable = os.access(_existing_parent(destination.path), os.W_OK)
+            error = None if writable else f"{destination.path} is not writable"
+            answers[destination.name] = error or f"folder {destination.path} is writable"
         problems += error is not None
+    report["destinations"] = answers
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -155,9 +154,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for state, value in sorted(counts.items()):
             age = "" if value.oldest_age_s is None else f"  oldest {_age(value.oldest_age_s)}"
             print(f"  {state:<32} {value.count:>8}{age}")
-        for name, answer in report["destinations"].items():  # type: ignore[attr-defined]
-            print(f"destination {name}: {'answers C-ECHO' if answer == 'ok' else answer}")
+        for name, answer in answers.items():
+            print(f"destination {name}: {answer}")
     return EXIT_FAILURES if problems else EXIT_OK
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _age(seconds: float) -> str:

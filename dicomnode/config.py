@@ -168,7 +168,7 @@ class NodeConfig(_Frozen):
 
     ae_title: AETitle = "DICOMNODE"
     bind: str = "127.0.0.1"
-    port: int = Field(default=11112, ge=1, le=65535)
+    port: int = Field(default=11112, ge=0, le=65535, description="0: any free port (tests)")
     allowed_callers: tuple[AllowedCaller, ...] = Field(
         default=(), description="calling AE titles accepted; empty: any"
     )

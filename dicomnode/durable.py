@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["fsync_dir", "write_atomic", "write_temp"]
 
 # mkstemp creates 0600 files; outputs get the usual mode under the process umask instead.
 _UMASK = os.umask(0)
@@ -29,18 +29,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(
-    path: Path,
-    data: bytes | Sequence[bytes | bytearray],
-    *,
-    fsync: bool = True,
-    tmp_dir: Path | None = None,
-) -> None:
-    """Write ``data`` (bytes, or a list of buffers) to ``path`` atomically, durably when
-    ``fsync``. The temporary file is made in ``tmp_dir`` (same file system) or beside
-    ``path``, so that a reader of the target folder never sees it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=tmp_dir or path.parent)
+def write_temp(
+    folder: Path, data: bytes | Sequence[bytes | bytearray], *, fsync: bool = True
+) -> Path:
+    """Write ``data`` to a new temporary file in ``folder`` (fsynced); the caller links or
+    renames it into place and removes it. On failure nothing is left behind."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as fh:
@@ -52,6 +46,26 @@ def write_atomic(
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def write_atomic(
+    path: Path,
+    data: bytes | Sequence[bytes | bytearray],
+    *,
+    fsync: bool = True,
+    tmp_dir: Path | None = None,
+) -> None:
+    """Write ``data`` (bytes, or a list of buffers) to ``path`` atomically, durably when
+    ``fsync``. The temporary file is made in ``tmp_dir`` (same file system) or beside
+    ``path``, so that a reader of the target folder never sees it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_temp(tmp_dir or path.parent, data, fsync=fsync)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

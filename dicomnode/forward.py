@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import threading
@@ -33,7 +34,7 @@ from pynetdicom import AE, _config, evt
 
 from dicomnode.batch import output_path
 from dicomnode.config import DicomDestination, FolderDestination, RetryConfig
-from dicomnode.durable import write_atomic
+from dicomnode.durable import fsync_dir, write_atomic
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ class FolderSender:
                         "SOPInstanceUID",
                     ],
                 )
-                self.staging.mkdir(parents=True, exist_ok=True)
-                write_atomic(output_path(self.root, ds), path.read_bytes(), tmp_dir=self.staging)
+                self._place(path, output_path(self.root, ds))
             except OSError as exc:
                 results.append(Result("retry", f"cannot write to {self.root}: {exc.strerror}"))
                 continue
@@ -119,6 +119,20 @@ class FolderSender:
                 continue
             results.append(DELIVERED)
         return results
+
+    def _place(self, source: Path, target: Path) -> None:
+        """Hard-link when the destination is on the spool's file system (no copy, and the
+        data is already durable), else copy through the staging folder."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)  # a redelivery: same object
+            os.link(source, target)
+        except OSError:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, source.read_bytes(), tmp_dir=self.staging)
+            return
+        fsync_dir(target.parent)
 
 
 class DicomSender:
@@ -148,7 +162,10 @@ class DicomSender:
         ae = self._ae()
         wanted: set[tuple[str, str]] = {m for m in metas if m is not None}
         for sop_class, syntax in sorted(wanted):
-            ae.add_requested_context(sop_class, [syntax])
+            # Deflate is sent inflated: receivers' support for it is patchy (dcmtk's storescp
+            # aborts on some deflated streams) and it is only a wire compression.
+            if syntax != DeflatedExplicitVRLittleEndian:
+                ae.add_requested_context(sop_class, [syntax])
         for sop_class in sorted({s for s, _ in wanted}):
             if len(ae.requested_contexts) < 128:
                 ae.add_requested_context(sop_class, list(UNCOMPRESSED))
@@ -163,9 +180,7 @@ class DicomSender:
             why = (
                 "rejected the association"
                 if assoc.is_rejected
-                else "aborted the association"
-                if assoc.is_aborted
-                else "did not answer"
+                else "could not be reached, or aborted the association"
             )
             reason = f"{config.ae_title} at {config.host}:{config.port} {why}"
             return [Result("retry", reason) for _ in paths]
@@ -185,11 +200,22 @@ class DicomSender:
         return results
 
     def _store(self, assoc: Any, path: Path, sop_class: str, syntax: str) -> Result:
-        accepted = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
-        if any(cx.transfer_syntax[0] == syntax for cx in accepted):
+        accepted = {
+            cx.transfer_syntax[0]
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == sop_class
+        }
+        fallback = next((ts for ts in UNCOMPRESSED if ts in accepted), None)
+        if syntax in accepted:
             payload: Any = path  # sent as it is on disk
-        elif syntax in (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian) and accepted:
-            payload = pydicom.dcmread(path)  # pynetdicom re-encodes uncompressed data
+        elif syntax in (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian) and fallback:
+            # Uncompressed data can be re-encoded in the accepted syntax: decode every element
+            # (raw sequences are in the old encoding), then let pynetdicom write it.
+            payload = pydicom.dcmread(path)
+            for _ in payload.iterall():
+                pass
+            payload.file_meta.TransferSyntaxUID = fallback
+            payload.set_original_encoding(fallback == ImplicitVRLittleEndian, True)
         else:
             return Result(
                 "rejected",

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicomnode.durable import fsync_dir, write_atomic
+from dicomnode.durable import fsync_dir, write_atomic, write_temp
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Spool:
         item_id = new_id(calling_ae)
         fd = os.open(received, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)  # the data and the size; the rename below is made durable too
         finally:
             os.close(fd)
         os.replace(received, self.incoming / (item_id + SUFFIX))
@@ -141,9 +141,9 @@ class Spool:
     def deliver(
         self, item_id: str, chunks: list[bytes | bytearray] | bytes, destinations: list[str]
     ) -> None:
-        """Write the clean object once and link it into each destination's ``outgoing/``."""
-        staged = self.tmp / (item_id + ".clean")
-        write_atomic(staged, chunks, tmp_dir=self.tmp)
+        """Write the clean object once (one fsync) and link it into each destination's
+        ``outgoing/`` (one folder fsync each)."""
+        staged = write_temp(self.tmp, chunks)
         try:
             for name in destinations:
                 folder = self.outgoing / name
@@ -157,9 +157,12 @@ class Spool:
                 os.unlink(staged)
 
     def finish(self, work_file: Path) -> None:
-        """The original is no longer needed once its clean copies are durable."""
+        """The original is no longer needed once its clean copies are durable.
+
+        No fsync: if a crash undoes the unlink, the original is cleaned again, giving the
+        same clean object (delivered twice at worst; receivers keep one per SOP Instance).
+        """
         os.unlink(work_file)
-        fsync_dir(work_file.parent)
 
     def to_quarantine(self, work_file: Path, reason: str, info: dict[str, Any]) -> Path:
         """Move an original to ``quarantine/<reason>/`` with a sidecar saying why (no PHI)."""
@@ -210,7 +213,7 @@ class Spool:
         """Delete forwarded copies older than ``keep_days``; returns how many."""
         limit = time.time() - keep_days * 86400
         removed = 0
-        for path in _files(self.sent):
+        for path in (p for folder in _dirs(self.sent) for p in _files(folder)):
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < limit:
                     path.unlink()

@@ -120,6 +120,7 @@ class NodeProcess:
         self, workdir: Path, destinations: list[dict[str, Any]] | None = None, **sections: Any
     ) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.spool = workdir / "spool"
         self.out = workdir / "out"
@@ -199,9 +200,13 @@ def running(node: NodeProcess) -> Iterator[NodeProcess]:
 class Storescp:
     """dcmtk's storescp as a research PACS stand-in."""
 
-    def __init__(self, workdir: Path, port: int | None = None, aet: str = "STORESCP") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, aet: str = "STORESCP", accept_all: bool = True
+    ) -> None:
+        """``accept_all=False``: accept Implicit VR Little Endian only (a fussy PACS)."""
         self.port = port or free_port()
         self.aet = aet
+        self.accept_all = accept_all
         self.out = workdir / "storescp"
         self.out.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -214,7 +219,7 @@ class Storescp:
                 "-aet",
                 self.aet,
                 "-dhl",
-                "+xa",
+                "+xa" if self.accept_all else "+xi",
                 "-od",
                 str(self.out),
                 "-fe",

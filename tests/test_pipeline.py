@@ -1,0 +1,97 @@
+"""The pipeline's contract: all stages or quarantine; spool trouble is retried, not blamed."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from dicomnode.config import Config
+from dicomnode.pipeline import Item, Pipeline, WorkerPool
+from dicomnode.spool import Spool
+from tests.conftest import SECRET
+from tests.phi import leaks, planted_dataset, to_bytes
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool").create(["a", "b"])
+
+
+def pipeline(spool: Spool) -> Pipeline:
+    built = Pipeline.from_config(Config(), spool, SECRET)
+    built.destinations = ["a", "b"]
+    return built
+
+
+def test_clean_instance_goes_to_every_destination(spool: Spool) -> None:
+    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    outcome = pipeline(spool).process(item, "0")
+    assert outcome.status == "clean" and outcome.calling_ae == "CT1"
+    assert set(outcome.seconds) == {"read", "scrub", "encode"}
+    for name in ("a", "b"):
+        (path,) = spool.outgoing_items(name)
+        assert leaks(path.read_bytes()) == []
+    assert spool.counts()["work"].count == 0
+
+
+def test_unreadable_instance_is_quarantined(spool: Spool) -> None:
+    item = spool.write_incoming(b"not dicom at all", "CT1")
+    outcome = pipeline(spool).process(item, "0")
+    assert (outcome.status, outcome.reason, outcome.stage) == ("quarantined", "unreadable", "read")
+    assert spool.outgoing_items("a") == []
+    info = json.loads((spool.quarantine / "unreadable" / f"{item}.json").read_text())
+    assert info["stage"] == "read"
+
+
+def test_a_failing_stage_quarantines_and_forwards_nothing(spool: Spool) -> None:
+    class Broken:
+        name = "pixels"
+
+        def __call__(self, item: Item) -> None:
+            raise RuntimeError("model crashed")
+
+    built = pipeline(spool)
+    built.stages.append(Broken())
+    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    outcome = built.process(item, "0")
+    assert (outcome.status, outcome.reason, outcome.stage) == (
+        "quarantined",
+        "internal-error",
+        "pixels",
+    )
+    assert spool.outgoing_items("a") == [] and spool.outgoing_items("b") == []
+    (original,) = (spool.quarantine / "internal-error").glob("*.dcm")
+    assert (
+        original.read_bytes()
+        == spool.quarantine.joinpath("internal-error", f"{item}.dcm").read_bytes()
+    )
+
+
+def test_a_full_spool_defers_instead_of_quarantining(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool, "deliver", full)
+    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    outcome = pipeline(spool).process(item, "0")
+    assert outcome.status == "deferred"
+    assert spool.pending() == [item]  # back in incoming, nothing lost
+    assert spool.counts().get("quarantine/internal-error") is None
+
+
+def test_an_item_that_keeps_killing_workers_is_quarantined(spool: Spool) -> None:
+    pool = WorkerPool(Config(), SECRET, spool)
+    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    for attempt in range(WorkerPool.MAX_CRASHES):
+        assert spool.claim(item, "0") is not None
+        pool._recover_worker(0)
+        if attempt < WorkerPool.MAX_CRASHES - 1:
+            assert spool.pending() == [item]
+            pool._queued.clear()
+    assert spool.pending() == []
+    assert (spool.quarantine / "worker-crashed" / f"{item}.dcm").exists()
