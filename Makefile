@@ -3,18 +3,25 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive as real peers (installed when run as root).
-SYSTEM_PACKAGES := dicom3tools dcmtk orthanc openssl
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc openssl fonts-dejavu-core
 SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl
 
 .PHONY: run test venv system-deps lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+# The node and what it runs by default (the pixel stage included).
+$(BIN)/.base: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-venv: $(BIN)/.installed
+# What the tests need on top: test tools, Faker for the synthetic set, and the diffusion
+# stack (CPU torch) for the tiny random-weight inpainting pipeline.
+$(BIN)/.test: $(BIN)/.base
+	$(BIN)/python -m pip install --quiet -e '.[dev,eval,diffusion]'
+	touch $@
+
+venv: $(BIN)/.test
 
 # Installs the peers the tests need when they are missing and we are root; otherwise the
 # tests say what is missing (and fail under CI=true).
@@ -31,20 +38,22 @@ system-deps:
 
 # Starts the node on its embedded defaults: AE title DICOMNODE on 127.0.0.1:11112, clean
 # copies under ./var/out, spool in ./var/spool, and a PUBLIC demo secret (it says so).
-run: venv
+run: $(BIN)/.base
 	$(BIN)/dicomnode serve --demo
 
-test: venv system-deps lint
+test: $(BIN)/.test system-deps lint
 	$(BIN)/python -m pytest -q
 
-lint: venv
+lint: $(BIN)/.test
 	$(BIN)/ruff check dicomnode tests bench tools
 	$(BIN)/mypy
 
-bench: venv
+bench: $(BIN)/.test
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@command -v tesseract >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq tesseract-ocr >/dev/null; } || true
 	$(BIN)/python bench/scrub.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/pixels.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

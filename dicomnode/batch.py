@@ -20,7 +20,7 @@ from dicomnode.config import Config
 from dicomnode.dicomio import encode_chunks, read_instance
 from dicomnode.durable import write_atomic
 from dicomnode.errors import InstanceError
-from dicomnode.scrub import Scrubber, build_scrubber
+from dicomnode.pipeline import Item, Stage, build_stages
 
 __all__ = ["Outcome", "clean_file", "iter_inputs", "output_path", "run_batch"]
 
@@ -67,16 +67,18 @@ def output_path(outdir: Path, ds: Dataset) -> Path:
     )
 
 
-def clean_file(scrubber: Scrubber, source: Path, outdir: Path, *, fsync: bool = False) -> Outcome:
+def clean_file(stages: list[Stage], source: Path, outdir: Path, *, fsync: bool = False) -> Outcome:
     """Read, scrub and write one file; any failure is an Outcome with a reason, not a raise.
 
     Offline copies are not fsynced by default: the input stays where it was, so a crash loses
     nothing that cannot be made again.
     """
     try:
-        ds = read_instance(source)
-        scrubber.scrub(ds)
-        data = encode_chunks(ds)
+        item = Item(source.name, read_instance(source), "offline")
+        for stage in stages:
+            stage(item)
+        ds = item.dataset
+        data = encode_chunks(ds, item.transfer_syntax)
         target = output_path(outdir, ds)
         write_atomic(target, data, fsync=fsync)
     except InstanceError as exc:
@@ -88,13 +90,13 @@ def clean_file(scrubber: Scrubber, source: Path, outdir: Path, *, fsync: bool = 
 
 # -- worker processes ----------------------------------------------------------------------
 
-_worker: Scrubber | None = None
+_worker: list[Stage] | None = None
 _worker_outdir: Path | None = None
 
 
 def _init_worker(config: Config, secret: bytes, outdir: Path) -> None:
     global _worker, _worker_outdir
-    _worker = build_scrubber(config, secret=secret)
+    _worker = build_stages(config, secret)
     _worker_outdir = outdir
 
 
@@ -127,7 +129,7 @@ def run_batch(
                 progress(outcome)
         return outcomes
     # Build once here so that a bad configuration fails before any worker starts.
-    build_scrubber(config, secret=secret)
+    build_stages(config, secret)
     chunk = max(1, min(64, len(sources) // (jobs * 8)))
     with ProcessPoolExecutor(
         jobs, initializer=_init_worker, initargs=(config, secret, outdir)

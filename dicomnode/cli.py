@@ -192,6 +192,43 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from dicomnode.synth import make_set
+
+    truth = make_set(args.outdir, args.count, args.seed)
+    frames = sum(len(i["frames"]) for i in truth["instances"])
+    print(f"wrote {len(truth['instances'])} instances ({frames} frames) and truth.json to "
+          f"{args.outdir}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dicomnode.evaluate import evaluate
+    from dicomnode.pixels.detect import make_detector
+    from dicomnode.scrub import Pseudonymizer, load_secret
+
+    config = load_config(args.config)
+    truth = json.loads(args.truth.read_text())
+    pseudonyms = Pseudonymizer(load_secret(demo=_demo_flag(args)))
+    detector = make_detector(config.pixels.detector.backend, threads=config.pixels.detector.threads,
+                             device=config.pixels.detector.device,
+                             det_model_dir=config.pixels.detector.det_model_dir,
+                             rec_model_dir=config.pixels.detector.rec_model_dir)
+    result = evaluate(args.orig, args.anon, truth, detector, pseudonyms.uid)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for key, value in result.items():
+            if isinstance(value, list):
+                print(f"{key}: {len(value)}" + "".join(f"\n  {v}" for v in value[:20]))
+            elif isinstance(value, float):
+                print(f"{key}: {value:.3f}")
+            else:
+                print(f"{key}: {value}")
+    leaks = result["header_leaks"] or result["pixel_leaks"] or result["missing_outputs"]
+    return EXIT_FAILURES if leaks else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomnode",
@@ -275,6 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="only dead letters (of one destination)",
     )
     retry.set_defaults(func=_cmd_retry)
+
+    synth = sub.add_parser("synth", help="write a synthetic evaluation set with fake PHI")
+    synth.add_argument("outdir", type=Path)
+    synth.add_argument("--count", type=int, default=60, help="instances (about 3 frames each)")
+    synth.add_argument("--seed", type=int, default=1)
+    synth.set_defaults(func=_cmd_synth)
+
+    evaluate = sub.add_parser("evaluate", help="measure leaks, removal and image quality")
+    evaluate.add_argument("--orig", type=Path, required=True, help="the synthetic originals")
+    evaluate.add_argument("--anon", type=Path, required=True, help="their de-identified copies")
+    evaluate.add_argument("--truth", type=Path, required=True, help="truth.json of the set")
+    evaluate.add_argument("--json", action="store_true")
+    common(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 

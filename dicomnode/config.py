@@ -229,6 +229,34 @@ class DicomDestination(_Destination):
 Destination = Annotated[FolderDestination | DicomDestination, Field(discriminator="type")]
 
 
+class DetectorConfig(_Frozen):
+    backend: Literal["rapidocr", "paddleocr"] = "rapidocr"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=1, ge=1, le=64, description="CPU threads per worker process")
+    max_side: int = Field(default=1024, ge=256, le=4096, description="detector input size")
+    det_model_dir: Path | None = None  # paddleocr backend: local PaddleX model folders
+    rec_model_dir: Path | None = None
+
+
+class RemoverConfig(_Frozen):
+    method: Literal["fill", "telea", "diffusion"] = "fill"
+    model_path: Path | None = Field(
+        default=None, description="diffusion: a local Stable Diffusion 2 inpainting folder"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    steps: int = Field(default=25, ge=1, le=200)
+
+
+class PixelConfig(_Frozen):
+    """The pixel stage: burned-in text."""
+
+    enabled: bool = True
+    mode: Literal["all-text", "sensitive-text"] = "all-text"
+    policy: Path | None = Field(default=None, description="a site pixel policy; default rules/pixels.yaml")
+    detector: DetectorConfig = DetectorConfig()
+    remover: RemoverConfig = RemoverConfig()
+
+
 class Config(_Frozen):
     """The whole configuration of a node (and of the offline `scrub` command)."""
 
@@ -236,6 +264,7 @@ class Config(_Frozen):
     spool: SpoolConfig = SpoolConfig()
     pipeline: PipelineConfig = PipelineConfig()
     scrub: ScrubConfig = ScrubConfig()
+    pixels: PixelConfig = PixelConfig()
     destinations: tuple[Destination, ...] = (
         FolderDestination(name="folder", path=Path("var/out")),
     )
@@ -257,6 +286,10 @@ _PATHS = (
     ("node", "tls", "certificate"),
     ("node", "tls", "private_key"),
     ("node", "tls", "ca_certificates"),
+    ("pixels", "policy"),
+    ("pixels", "detector", "det_model_dir"),
+    ("pixels", "detector", "rec_model_dir"),
+    ("pixels", "remover", "model_path"),
 )
 
 

@@ -53,6 +53,9 @@ class Item:
     calling_ae: str
     transfer_syntax: str | None = None  # output syntax; None: as received
     notes: dict[str, Any] = field(default_factory=dict)  # what stages did (counts, no PHI)
+    # Taken before scrubbing, for later stages; in memory only, never logged or written.
+    header: dict[str, Any] = field(default_factory=dict)
+    identity: tuple[str, ...] = ()
 
 
 class Stage(Protocol):
@@ -63,15 +66,44 @@ class Stage(Protocol):
     def __call__(self, item: Item) -> None: ...
 
 
+def header_snapshot(ds: Dataset, keywords: frozenset[str]) -> dict[str, Any]:
+    """Plain values of some attributes as received (the pixel policy decides on these)."""
+    snapshot: dict[str, Any] = {}
+    for keyword in keywords:
+        try:
+            value = ds.get(keyword) if keyword != "ImplementationVersionName" else (
+                ds.file_meta.get(keyword) if hasattr(ds, "file_meta") else None)
+        except Exception:
+            continue  # an undecodable value cannot match a condition
+        if value is None:
+            continue
+        if isinstance(value, str | int | float) or keyword.endswith("Sequence"):
+            snapshot[keyword] = value
+        else:
+            try:
+                snapshot[keyword] = [str(v) for v in value]  # multi-valued
+            except TypeError:
+                snapshot[keyword] = str(value)
+    return snapshot
+
+
 class ScrubStage:
-    """Header de-identification (``dicomnode.scrub``)."""
+    """Header de-identification (``dicomnode.scrub``); first keeps what later stages need of
+    the header as received."""
 
     name = "scrub"
 
-    def __init__(self, scrubber: Scrubber) -> None:
+    def __init__(self, scrubber: Scrubber, *, header_fields: frozenset[str] = frozenset(),
+                 capture_identity: bool = False) -> None:
         self.scrubber = scrubber
+        self.header_fields = header_fields
+        self.capture_identity = capture_identity
 
     def __call__(self, item: Item) -> None:
+        if self.header_fields:
+            item.header = header_snapshot(item.dataset, self.header_fields)
+        if self.capture_identity:
+            item.identity = self.scrubber.identity_values(item.dataset)
         report = self.scrubber.scrub(item.dataset)
         item.notes["scrub"] = {
             "replaced": report.replaced,
@@ -93,6 +125,19 @@ class Outcome:
     size: int = 0
 
 
+def build_stages(config: Config, secret: bytes) -> list[Stage]:
+    """The stages a configuration asks for, in order: scrub, then pixels."""
+    scrubber = build_scrubber(config, secret=secret)
+    if not config.pixels.enabled:
+        return [ScrubStage(scrubber)]
+    from dicomnode.pixels import PixelStage
+
+    pixels = PixelStage(config.pixels)
+    scrub = ScrubStage(scrubber, header_fields=pixels.policy.fields,
+                       capture_identity=config.pixels.mode == "sensitive-text")
+    return [scrub, pixels]
+
+
 class Pipeline:
     """Runs the stages on spool items; used by the node's workers and by tests."""
 
@@ -103,8 +148,7 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, secret: bytes) -> Pipeline:
-        stages: list[Stage] = [ScrubStage(build_scrubber(config, secret=secret))]
-        return cls(spool, stages, [d.name for d in config.destinations])
+        return cls(spool, build_stages(config, secret), [d.name for d in config.destinations])
 
     def process(self, item_id: str, worker: str) -> Outcome:
         path = self.spool.claim(item_id, worker)
@@ -172,11 +216,15 @@ def _worker_main(index: int, config: Config, secret: bytes, tasks: Any, results:
             item_id = tasks.get(timeout=2)
         except queue.Empty:
             if os.getppid() != parent:
-                return  # belt and braces where PR_SET_PDEATHSIG is not available
+                break  # belt and braces where PR_SET_PDEATHSIG is not available
             continue
         if item_id is None:
-            return
+            break
         results.put((index, pipeline.process(item_id, name)))
+    # Never hang at exit flushing results nobody reads any more.
+    results.close()
+    if os.getppid() != parent:
+        results.cancel_join_thread()
 
 
 class WorkerPool:

@@ -15,6 +15,7 @@ from pydicom.sequence import Sequence
 
 from dicomnode import batch, durable
 from dicomnode.batch import clean_file
+from dicomnode.pipeline import ScrubStage
 from dicomnode.scrub import Scrubber
 from tests.conftest import PYDICOM_FILES, SECRET
 from tests.phi import PHI, leaks, planted_dataset, to_bytes
@@ -149,7 +150,7 @@ def test_full_disk_writes_nothing(
 
     monkeypatch.setattr(durable.os, "fsync", no_space)
     out = tmp_path / "out"
-    outcome = clean_file(scrubber, source, out, fsync=True)
+    outcome = clean_file([ScrubStage(scrubber)], source, out, fsync=True)
     assert not outcome.ok and outcome.reason == "io-error" and "No space" in (outcome.message or "")
     assert [p for p in out.rglob("*") if p.is_file()] == []
     assert source.read_bytes() == original  # the input is untouched

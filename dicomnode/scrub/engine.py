@@ -176,11 +176,7 @@ class Scrubber:
         if self.profile.date_mode is DateMode.MODIFIED:
             shift = self.pseudonyms.date_shift_days(key)
             report.date_shift_days = shift
-        terms: list[str] = []
-        for tag in self.profile.identity:
-            elem = elements.get(tag)
-            if elem is not None and not _is_sequence(elem):
-                terms.extend(_text_values(elem, encodings))
+        terms = self._identity(elements, encodings)
         return _Instance(
             encodings=encodings,
             implicit=implicit,
@@ -190,6 +186,22 @@ class Scrubber:
             banned=identity_terms(terms),
             report=report,
         )
+
+    def identity_values(self, ds: Dataset) -> tuple[str, ...]:
+        """The values of the identity attributes (names, IDs, institution...) as received:
+        PHI, for stages that look for it elsewhere (burned-in text). Never log them."""
+        elements = _elements(ds)
+        charset = elements.get(SPECIFIC_CHARACTER_SET)
+        encodings = convert_encodings(_text_values(charset) if charset is not None else None)
+        return tuple(self._identity(elements, encodings))
+
+    def _identity(self, elements: dict[int, Any], encodings: list[str]) -> list[str]:
+        terms: list[str] = []
+        for tag in self.profile.identity:
+            elem = elements.get(tag)
+            if elem is not None and not _is_sequence(elem):
+                terms.extend(_text_values(elem, encodings))
+        return terms
 
     # -- the walk --------------------------------------------------------------------------
 

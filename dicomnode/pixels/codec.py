@@ -1,0 +1,163 @@
+"""Frames in and out: decode every frame in its native values, show it to OCR, write it back.
+
+Decoding goes through pydicom's pixel handlers (pylibjpeg and its plugins, pyjpegls) for every
+transfer syntax the node accepts. Values stay native (bit depth, signedness, photometric
+interpretation) where that can be written back exactly; YBR_FULL_422 is expanded and written as
+YBR_FULL, and lossy sources are decoded to RGB.
+
+Writing back happens only when a frame changed; otherwise the Pixel Data element is left as
+it was, byte for byte. Lossless sources are re-encoded in their own transfer syntax when an
+encoder exists (RLE, JPEG-LS, JPEG 2000); JPEG Lossless (process 14), which no installed
+encoder writes, and every lossy source are written uncompressed in Explicit VR Little Endian:
+no second generation of loss, LossyImageCompression stays "01" where it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, convert_color_space, iter_pixels
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    UID,
+)
+
+from dicomnode.errors import InstanceError
+
+__all__ = ["Frames", "decode", "display", "encode", "fill_value"]
+
+UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+                DeflatedExplicitVRLittleEndian}
+REENCODABLE = {RLELossless, JPEGLSLossless, JPEG2000Lossless}
+NATIVE_PI = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL"}
+
+
+class PixelDecodeError(InstanceError):
+    reason = "pixel-decode-failed"
+
+
+@dataclass
+class Frames:
+    """The decoded frames of one instance, and how to read them."""
+
+    arrays: list[np.ndarray]
+    photometric: str  # of the arrays, which may differ from the dataset's
+    syntax: UID
+    lossy: bool
+
+
+def decode(ds: Dataset) -> Frames:
+    """Every frame of ``ds``; raises PixelDecodeError when any frame cannot be decoded."""
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    lossy = syntax not in UNCOMPRESSED and not _is_lossless(syntax)
+    raw = photometric in NATIVE_PI and not lossy
+    try:
+        arrays = [np.array(frame) for frame in iter_pixels(ds, raw=raw)]
+    except Exception as exc:
+        raise PixelDecodeError(
+            f"cannot decode the pixel data ({syntax.name}, {photometric}): "
+            f"{type(exc).__name__}; install the pixel codecs (dicomnode[pixels])"
+        ) from None
+    if not raw and arrays and arrays[0].ndim == 3:
+        photometric = "RGB"
+    elif photometric == "YBR_FULL_422":
+        photometric = "YBR_FULL"
+    return Frames(arrays, photometric, syntax, lossy)
+
+
+def _is_lossless(syntax: UID) -> bool:
+    return syntax in REENCODABLE or syntax in (
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, process 14
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless, SV1
+        "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+        "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+    )
+
+
+def display(frame: np.ndarray, photometric: str, ds: Dataset) -> np.ndarray:
+    """An 8-bit RGB picture of a frame, as a viewer would show it, for OCR."""
+    if photometric == "PALETTE COLOR":
+        rgb = np.asarray(apply_color_lut(frame, ds), dtype=np.float32)
+        return _to_uint8(rgb)
+    if photometric == "YBR_FULL":
+        frame = convert_color_space(frame, "YBR_FULL", "RGB")
+    picture = frame if frame.dtype == np.uint8 else _to_uint8(frame.astype(np.float32))
+    if photometric == "MONOCHROME1":
+        picture = 255 - picture
+    if picture.ndim == 2:
+        picture = np.repeat(picture[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(picture)
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    if values.dtype == np.uint8:
+        return values
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return ((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def fill_value(frame: np.ndarray, photometric: str, ds: Dataset) -> np.ndarray:
+    """The value that displays as black, in the frame's own terms."""
+    if photometric == "MONOCHROME1":
+        return np.array(frame.max(), frame.dtype)
+    if photometric == "PALETTE COLOR":
+        lut = np.asarray(apply_color_lut(np.arange(_palette_size(ds)), ds), dtype=np.float64)
+        return np.array(int(np.argmin(lut.sum(axis=-1))), frame.dtype)
+    if photometric == "YBR_FULL":
+        half = (np.iinfo(frame.dtype).max + 1) // 2 if frame.dtype.kind == "u" else 0
+        return np.array([0, half, half], frame.dtype)
+    if frame.ndim == 3:
+        return np.zeros(frame.shape[-1], frame.dtype)
+    return np.array(frame.min(), frame.dtype)
+
+
+def _palette_size(ds: Dataset) -> int:
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor", [256, 0, 8])
+    return int(descriptor[0]) or 65536
+
+
+def encode(ds: Dataset, frames: Frames) -> str:
+    """Write changed frames back into ``ds``; returns what was done, for the record."""
+    stack = np.stack(frames.arrays)
+    source = frames.syntax
+    if source in REENCODABLE and not frames.lossy:
+        _set_image_attributes(ds, frames)
+        ds.compress(source, stack if len(frames.arrays) > 1 else stack[0],
+                    generate_instance_uid=False)
+        return f"re-encoded in {source.name}"
+    target = source if source in UNCOMPRESSED else ExplicitVRLittleEndian
+    _set_image_attributes(ds, frames)
+    dtype = stack.dtype.newbyteorder(">" if target == ExplicitVRBigEndian else "<")
+    data = stack.astype(dtype, copy=False).tobytes()
+    if len(data) % 2:
+        data += b"\x00"
+    if "PixelData" in ds:
+        del ds.PixelData
+    ds.add_new(0x7FE00010, "OW" if stack.dtype.itemsize > 1 else "OB", data)
+    if target != source:
+        ds.file_meta.TransferSyntaxUID = target
+        if frames.lossy:
+            ds.LossyImageCompression = "01"
+        return f"written uncompressed ({target.name}) from {source.name}"
+    return "written uncompressed"
+
+
+def _set_image_attributes(ds: Dataset, frames: Frames) -> None:
+    first = frames.arrays[0]
+    ds.PhotometricInterpretation = frames.photometric
+    if first.ndim == 3:
+        ds.SamplesPerPixel = first.shape[-1]
+        ds.PlanarConfiguration = 0
+    if first.dtype.itemsize == 1 and int(ds.get("BitsAllocated", 8)) != 8:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
