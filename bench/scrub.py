@@ -124,8 +124,17 @@ def measure_cli(folder: Path, count: int) -> float:
         env = {**os.environ, "DICOMNODE_SECRET": SECRET.decode()}
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "dicomnode", "scrub", str(folder), "-o", tmp,
-             "--config", str(_HEADERS_ONLY)],
+            [
+                sys.executable,
+                "-m",
+                "dicomnode",
+                "scrub",
+                str(folder),
+                "-o",
+                tmp,
+                "--config",
+                str(_HEADERS_ONLY),
+            ],
             check=True,
             env=env,
             capture_output=True,

@@ -197,8 +197,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     truth = make_set(args.outdir, args.count, args.seed)
     frames = sum(len(i["frames"]) for i in truth["instances"])
-    print(f"wrote {len(truth['instances'])} instances ({frames} frames) and truth.json to "
-          f"{args.outdir}")
+    print(
+        f"wrote {len(truth['instances'])} instances ({frames} frames) and truth.json to "
+        f"{args.outdir}"
+    )
     return EXIT_OK
 
 
@@ -210,10 +212,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     truth = json.loads(args.truth.read_text())
     pseudonyms = Pseudonymizer(load_secret(demo=_demo_flag(args)))
-    detector = make_detector(config.pixels.detector.backend, threads=config.pixels.detector.threads,
-                             device=config.pixels.detector.device,
-                             det_model_dir=config.pixels.detector.det_model_dir,
-                             rec_model_dir=config.pixels.detector.rec_model_dir)
+    detector = make_detector(
+        config.pixels.detector.backend,
+        threads=config.pixels.detector.threads,
+        device=config.pixels.detector.device,
+        det_model_dir=config.pixels.detector.det_model_dir,
+        rec_model_dir=config.pixels.detector.rec_model_dir,
+    )
     result = evaluate(args.orig, args.anon, truth, detector, pseudonyms.uid)
     if args.json:
         print(json.dumps(result, indent=1))

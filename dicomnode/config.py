@@ -245,6 +245,7 @@ class RemoverConfig(_Frozen):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     steps: int = Field(default=25, ge=1, le=200)
+    crop: int = Field(default=512, ge=64, le=1024, description="diffusion crop size (pixels)")
 
 
 class PixelConfig(_Frozen):
@@ -252,7 +253,9 @@ class PixelConfig(_Frozen):
 
     enabled: bool = True
     mode: Literal["all-text", "sensitive-text"] = "all-text"
-    policy: Path | None = Field(default=None, description="a site pixel policy; default rules/pixels.yaml")
+    policy: Path | None = Field(
+        default=None, description="a site pixel policy; default rules/pixels.yaml"
+    )
     detector: DetectorConfig = DetectorConfig()
     remover: RemoverConfig = RemoverConfig()
 

@@ -78,18 +78,32 @@ def _pictures(orig: Path, anon: Path) -> tuple[list[np.ndarray], list[np.ndarray
     return pictures_before, pictures_after
 
 
-def evaluate(orig: Path, anon: Path, truth: dict[str, Any], detector: TextDetector,
-             pseudonymize: Any) -> dict[str, Any]:
+def evaluate(
+    orig: Path, anon: Path, truth: dict[str, Any], detector: TextDetector, pseudonymize: Any
+) -> dict[str, Any]:
     """Compare ``orig`` and ``anon`` folders against ``truth``; returns the figures."""
     by_uid = {}
     for path in anon.rglob("*.dcm"):
         by_uid[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID] = path
     totals: dict[str, Any] = {
-        "instances": 0, "missing_outputs": [], "header_leaks": [], "pixel_leaks": [],
-        "phi_boxes": 0, "phi_boxes_removed": 0, "true_boxes": 0, "detected_true": 0,
-        "detected": 0, "detected_correct": 0, "frames": 0, "text_free_frames": 0,
-        "text_free_untouched": 0, "detect_seconds": 0.0,
-        "psnr_inside": [], "psnr_outside": [], "ssim_inside": [], "ssim_outside": [],
+        "instances": 0,
+        "missing_outputs": [],
+        "header_leaks": [],
+        "pixel_leaks": [],
+        "phi_boxes": 0,
+        "phi_boxes_removed": 0,
+        "true_boxes": 0,
+        "detected_true": 0,
+        "detected": 0,
+        "detected_correct": 0,
+        "frames": 0,
+        "text_free_frames": 0,
+        "text_free_untouched": 0,
+        "detect_seconds": 0.0,
+        "psnr_inside": [],
+        "psnr_outside": [],
+        "ssim_inside": [],
+        "ssim_outside": [],
     }
     for entry in truth["instances"]:
         totals["instances"] += 1
@@ -105,13 +119,27 @@ def evaluate(orig: Path, anon: Path, truth: dict[str, Any], detector: TextDetect
         before, after = _pictures(orig / entry["file"], output)
         for frame_truth in entry["frames"]:
             index = frame_truth["index"]
-            _score_frame(totals, entry["file"], index, before[index], after[index],
-                         frame_truth["boxes"], detector)
+            _score_frame(
+                totals,
+                entry["file"],
+                index,
+                before[index],
+                after[index],
+                frame_truth["boxes"],
+                detector,
+            )
     return _summarise(totals)
 
 
-def _score_frame(totals: dict[str, Any], name: str, index: int, before: np.ndarray,
-                 after: np.ndarray, truth_boxes: list[dict[str, Any]], detector: TextDetector) -> None:
+def _score_frame(
+    totals: dict[str, Any],
+    name: str,
+    index: int,
+    before: np.ndarray,
+    after: np.ndarray,
+    truth_boxes: list[dict[str, Any]],
+    detector: TextDetector,
+) -> None:
     height, width = before.shape[:2]
     totals["frames"] += 1
     true = [Box(*t["box"]).padded(1, width, height) for t in truth_boxes]
@@ -137,7 +165,7 @@ def _score_frame(totals: dict[str, Any], name: str, index: int, before: np.ndarr
         if boxes:
             readable = " ".join(b.text or "" for b in detector.recognize(after, boxes))
     readable_norm = _norm(readable)
-    for t, box in zip(truth_boxes, true, strict=True):
+    for t in truth_boxes:
         if not t["phi"]:
             continue
         totals["phi_boxes"] += 1
@@ -149,7 +177,7 @@ def _score_frame(totals: dict[str, Any], name: str, index: int, before: np.ndarr
             totals["phi_boxes_removed"] += 1
     mask = np.zeros((height, width), bool)
     for box in true:
-        mask[box.y0:box.y1, box.x0:box.x1] = True
+        mask[box.y0 : box.y1, box.x0 : box.x1] = True
     if mask.any():
         totals["psnr_inside"].append(psnr(grey_before[mask], grey_after[mask]))
         ys, xs = np.nonzero(mask)

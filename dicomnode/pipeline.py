@@ -71,8 +71,11 @@ def header_snapshot(ds: Dataset, keywords: frozenset[str]) -> dict[str, Any]:
     snapshot: dict[str, Any] = {}
     for keyword in keywords:
         try:
-            value = ds.get(keyword) if keyword != "ImplementationVersionName" else (
-                ds.file_meta.get(keyword) if hasattr(ds, "file_meta") else None)
+            value = (
+                ds.get(keyword)
+                if keyword != "ImplementationVersionName"
+                else (ds.file_meta.get(keyword) if hasattr(ds, "file_meta") else None)
+            )
         except Exception:
             continue  # an undecodable value cannot match a condition
         if value is None:
@@ -93,8 +96,13 @@ class ScrubStage:
 
     name = "scrub"
 
-    def __init__(self, scrubber: Scrubber, *, header_fields: frozenset[str] = frozenset(),
-                 capture_identity: bool = False) -> None:
+    def __init__(
+        self,
+        scrubber: Scrubber,
+        *,
+        header_fields: frozenset[str] = frozenset(),
+        capture_identity: bool = False,
+    ) -> None:
         self.scrubber = scrubber
         self.header_fields = header_fields
         self.capture_identity = capture_identity
@@ -133,8 +141,11 @@ def build_stages(config: Config, secret: bytes) -> list[Stage]:
     from dicomnode.pixels import PixelStage
 
     pixels = PixelStage(config.pixels)
-    scrub = ScrubStage(scrubber, header_fields=pixels.policy.fields,
-                       capture_identity=config.pixels.mode == "sensitive-text")
+    scrub = ScrubStage(
+        scrubber,
+        header_fields=pixels.policy.fields,
+        capture_identity=config.pixels.mode == "sensitive-text",
+    )
     return [scrub, pixels]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     RLELossless,
@@ -38,10 +39,12 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _fonts() -> list[Path]:
-    found = []
+    found: list[Path] = []
     for folder in FONT_DIRS:
         if folder.is_dir():
-            found += sorted(p for p in folder.rglob("*.ttf") if "Bold" not in p.name or len(found) < 3)
+            found += sorted(
+                p for p in folder.rglob("*.ttf") if "Bold" not in p.name or len(found) < 3
+            )
     return found[:12]
 
 
@@ -64,8 +67,17 @@ class _Painter:
             return self.ImageFont.truetype(str(self.rng.choice(self.fonts)), size)
         return self.ImageFont.load_default(size=size)
 
-    def text(self, frame: _Frame, xy: tuple[int, int], text: str, *, size: int, fill: Any,
-             phi: bool, box_fill: Any = None) -> None:
+    def text(
+        self,
+        frame: _Frame,
+        xy: tuple[int, int],
+        text: str,
+        *,
+        size: int,
+        fill: Any,
+        phi: bool,
+        box_fill: Any = None,
+    ) -> None:
         from PIL import ImageDraw
 
         draw = ImageDraw.Draw(frame.image)
@@ -82,11 +94,15 @@ def _identity(fake: Any, rng: random.Random) -> dict[str, str]:
     birth = fake.date_of_birth(minimum_age=18, maximum_age=95)
     study = fake.date_between(start_date="-3y", end_date="today")
     return {
-        "family": family, "given": given, "name": f"{family}^{given}",
+        "family": family,
+        "given": given,
+        "name": f"{family}^{given}",
         "pid": f"{rng.choice('ABCDEFGHJK')}{rng.randrange(10**6, 10**8)}",
         "accession": str(rng.randrange(10**7, 10**9)),
-        "birth": birth.strftime("%Y%m%d"), "birth_text": birth.strftime("%d/%m/%Y"),
-        "study": study.strftime("%Y%m%d"), "study_text": study.strftime("%Y-%m-%d"),
+        "birth": birth.strftime("%Y%m%d"),
+        "birth_text": birth.strftime("%d/%m/%Y"),
+        "study": study.strftime("%Y%m%d"),
+        "study_text": study.strftime("%Y-%m-%d"),
         "time_text": f"{rng.randrange(7, 19):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}",
         "institution": f"{fake.city()} {rng.choice(['General Hospital', 'Medical Center', 'Clinic'])}",
         "physician": f"{fake.last_name()}^{fake.first_name()}",
@@ -122,8 +138,9 @@ def _speckle(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return cv2.GaussianBlur(noise, (0, 0), 1.4)
 
 
-def _ultrasound(p: _Painter, who: dict[str, str], rng: np.random.Generator, frames: int,
-                colour: bool) -> list[_Frame]:
+def _ultrasound(
+    p: _Painter, who: dict[str, str], rng: np.random.Generator, frames: int, colour: bool
+) -> list[_Frame]:
     from PIL import Image
 
     h, w = 480, 640
@@ -140,14 +157,28 @@ def _ultrasound(p: _Painter, who: dict[str, str], rng: np.random.Generator, fram
         white = (255, 255, 255) if colour else 255
         grey_text = (170, 170, 170) if colour else 170
         p.text(frame, (8, 6), who["institution"], size=size, fill=white, phi=True)
-        p.text(frame, (8, 6 + size + 4), who["name"].replace("^", " "), size=size, fill=white, phi=True)
+        p.text(
+            frame, (8, 6 + size + 4), who["name"].replace("^", " "), size=size, fill=white, phi=True
+        )
         p.text(frame, (8, 6 + 2 * (size + 4)), who["pid"], size=size, fill=white, phi=True)
         p.text(frame, (w - 150, 6), who["study_text"], size=size, fill=white, phi=True)
         p.text(frame, (w - 150, 6 + size + 4), who["time_text"], size=size, fill=white, phi=True)
-        p.text(frame, (w // 2 - 40, h - 60), p.rng.choice(["LIVER", "KIDNEY LT", "THYROID"]),
-               size=size + 2, fill=grey_text, phi=False)  # an annotation over tissue
-        p.text(frame, (10, h - 24), f"MI 1.{index % 10}  TIS 0.4", size=size - 1,
-               fill=(255, 255, 0) if colour else 220, phi=False)
+        p.text(
+            frame,
+            (w // 2 - 40, h - 60),
+            p.rng.choice(["LIVER", "KIDNEY LT", "THYROID"]),
+            size=size + 2,
+            fill=grey_text,
+            phi=False,
+        )  # an annotation over tissue
+        p.text(
+            frame,
+            (10, h - 24),
+            f"MI 1.{index % 10}  TIS 0.4",
+            size=size - 1,
+            fill=(255, 255, 0) if colour else 220,
+            phi=False,
+        )
         out.append(frame)
     return out
 
@@ -170,9 +201,15 @@ def _screen(p: _Painter, who: dict[str, str], colour: bool) -> list[_Frame]:
     fill = (230, 230, 230) if colour else 230
     for n, (text, phi) in enumerate(lines):
         inverted = n == 2
-        p.text(frame, (24, 24 + n * (size + 12)), text, size=size,
-               fill=(20, 20, 20) if colour and inverted else (20 if inverted else fill),
-               box_fill=((235, 235, 235) if colour else 235) if inverted else None, phi=phi)
+        p.text(
+            frame,
+            (24, 24 + n * (size + 12)),
+            text,
+            size=size,
+            fill=(20, 20, 20) if colour and inverted else (20 if inverted else fill),
+            box_fill=((235, 235, 235) if colour else 235) if inverted else None,
+            phi=phi,
+        )
     return [frame]
 
 
@@ -193,20 +230,31 @@ def _angio(p: _Painter, who: dict[str, str], rng: np.random.Generator, frames: i
         frame = _Frame(Image.fromarray(grey.astype(np.uint8)))
         size = p.rng.choice([11, 12, 14])
         p.text(frame, (6, 4), who["name"].replace("^", ", "), size=size, fill=250, phi=True)
-        p.text(frame, (6, 4 + size + 3), f"{who['birth_text']}  {who['pid']}", size=size, fill=250, phi=True)
+        p.text(
+            frame,
+            (6, 4 + size + 3),
+            f"{who['birth_text']}  {who['pid']}",
+            size=size,
+            fill=250,
+            phi=True,
+        )
         p.text(frame, (w - 110, h - 20), f"FR {index + 1}  80kV", size=size, fill=250, phi=False)
         out.append(frame)
     return out
 
 
-def _ct_slice(rng: np.random.Generator, text: bool, p: _Painter, who: dict[str, str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _ct_slice(
+    rng: np.random.Generator, text: bool, p: _Painter, who: dict[str, str]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     import cv2
 
     h = w = 512
     yy, xx = np.mgrid[:h, :w]
     body = ((xx - 256) / 200) ** 2 + ((yy - 270) / 150) ** 2 < 1
     values = np.full((h, w), -1000, np.float32)
-    values[body] = 40 + cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3)[body] * 30
+    values[body] = (
+        40 + cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3)[body] * 30
+    )
     spine = ((xx - 256) / 25) ** 2 + ((yy - 360) / 25) ** 2 < 1
     values[spine] = 700
     boxes: list[dict[str, Any]] = []
@@ -226,7 +274,7 @@ def _write(path: Path, ds: Dataset, syntax: str) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = syntax
+    meta.TransferSyntaxUID = UID(syntax)
     ds.file_meta = meta
     ds.save_as(path, enforce_file_format=True)
 
@@ -255,14 +303,14 @@ def _set_pixels(ds: Dataset, frames: list[_Frame], compress: str) -> str:
         if colour:
             ds.PhotometricInterpretation = "YBR_FULL_422"
         ds.LossyImageCompression = "01"
-        return JPEGBaseline8Bit
+        return str(JPEGBaseline8Bit)
     stack = np.stack(arrays) if len(arrays) > 1 else arrays[0]
     if compress == "rle":
         ds.compress(RLELossless, stack, generate_instance_uid=False)
-        return RLELossless
+        return str(RLELossless)
     ds.PixelData = stack.tobytes()
     ds["PixelData"].VR = "OB"
-    return ExplicitVRLittleEndian
+    return str(ExplicitVRLittleEndian)
 
 
 def make_set(outdir: Path, count: int = 40, seed: int = 1) -> dict[str, Any]:
@@ -284,7 +332,9 @@ def make_set(outdir: Path, count: int = 40, seed: int = 1) -> dict[str, Any]:
         frame_boxes: list[list[dict[str, Any]]]
         compress = rng.choice(["none", "none", "jpeg", "rle"])
         if kind.startswith("us"):
-            frames = _ultrasound(painter, who, nrng, 8 if kind == "us-cine" else 1, kind == "us-colour")
+            frames = _ultrasound(
+                painter, who, nrng, 8 if kind == "us-cine" else 1, kind == "us-colour"
+            )
             _header(ds, who, US_MULTI if len(frames) > 1 else US, "US")
             syntax = _set_pixels(ds, frames, compress)
             frame_boxes = [f.boxes for f in frames]
@@ -302,23 +352,43 @@ def make_set(outdir: Path, count: int = 40, seed: int = 1) -> dict[str, Any]:
         else:
             values, boxes = _ct_slice(nrng, kind == "ct-text", painter, who)
             _header(ds, who, CT, "CT")
-            ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"] if boxes else ["ORIGINAL", "PRIMARY", "AXIAL"]
+            ds.ImageType = (
+                ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+                if boxes
+                else ["ORIGINAL", "PRIMARY", "AXIAL"]
+            )
             ds.Rows, ds.Columns = values.shape
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
             ds.RescaleIntercept, ds.RescaleSlope = 0, 1
             ds.PixelData = values.tobytes()
             ds["PixelData"].VR = "OW"
-            syntax = ExplicitVRLittleEndian
+            syntax = str(ExplicitVRLittleEndian)
             frame_boxes = [boxes]
         name = f"{n:03d}-{kind}.dcm"
         _write(outdir / name, ds, syntax)
-        header = [who[k] for k in ("name", "family", "given", "pid", "accession", "birth",
-                                   "institution", "physician")]
-        truth["instances"].append({
-            "file": name, "kind": kind, "sop_instance_uid": str(ds.SOPInstanceUID),
-            "transfer_syntax": str(syntax), "header_phi": header,
-            "frames": [{"index": i, "boxes": boxes} for i, boxes in enumerate(frame_boxes)],
-        })
+        header = [
+            who[k]
+            for k in (
+                "name",
+                "family",
+                "given",
+                "pid",
+                "accession",
+                "birth",
+                "institution",
+                "physician",
+            )
+        ]
+        truth["instances"].append(
+            {
+                "file": name,
+                "kind": kind,
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "transfer_syntax": str(syntax),
+                "header_phi": header,
+                "frames": [{"index": i, "boxes": boxes} for i, boxes in enumerate(frame_boxes)],
+            }
+        )
     (outdir / "truth.json").write_text(json.dumps(truth, indent=1))
     return truth

@@ -211,3 +211,41 @@ def test_disk_floor_refuses_with_a700_and_writes_nothing(tmp_path: Path) -> None
         assert node.count("incoming") == 0
         assert list((node.spool / "tmp").iterdir()) == []
     assert "free disk below" in node.log.read_text()
+
+
+def test_ultrasound_with_burned_in_phi_reaches_orthanc_unreadable(tmp_path: Path) -> None:
+    from dicomnode.pixels import codec
+    from dicomnode.pixels.detect import RapidOCRDetector
+    from dicomnode.synth import make_set
+
+    truth = make_set(tmp_path / "us", 3, seed=11)  # grey, cine and colour ultrasound
+    for path in (tmp_path / "us").glob("*.dcm"):  # storescu +sd sends uncompressed only
+        ds = pydicom.dcmread(path)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)
+            ds.save_as(path, enforce_file_format=True)
+    orthanc = Orthanc(tmp_path).start()
+    try:
+        node = NodeProcess(tmp_path, destinations=[orthanc.destination()])
+        with running(node):
+            sent = storescu(node.port, tmp_path / "us")
+            assert sent.returncode == 0, sent.stderr
+            wait_for(lambda: len(orthanc.instances()) == 3, 120, "Orthanc to have all 3")
+        detector = RapidOCRDetector()
+        for instance in orthanc.instances():
+            ds = pydicom.dcmread(io.BytesIO(orthanc.file(instance)))
+            assert ds.BurnedInAnnotation == "NO"
+            frames = codec.decode(ds)
+            text = ""
+            for frame in frames.arrays:
+                picture = codec.display(frame, frames.photometric, ds)
+                text += " ".join(
+                    b.text or "" for b in detector.recognize(picture, detector.detect(picture))
+                ).upper()
+            for entry in truth["instances"]:
+                for value in entry["header_phi"]:
+                    for word in value.replace("^", " ").split():
+                        if len(word) >= 4:
+                            assert word.upper() not in text, f"{word} is readable"
+    finally:
+        orthanc.stop()

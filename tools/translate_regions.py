@@ -58,9 +58,13 @@ def parse(path: Path) -> list[dict[str, object]]:
             continue
         if line.startswith("LABEL"):
             label, _, credit = line[5:].partition("#")
-            current = {"label": label.strip(), "origin": f"{path.name} line {number}"
-                       + (f" {credit.strip()}" if credit.strip() else ""),
-                       "when": [], "boxes": []}
+            current = {
+                "label": label.strip(),
+                "origin": f"{path.name} line {number}"
+                + (f" {credit.strip()}" if credit.strip() else ""),
+                "when": [],
+                "boxes": [],
+            }
             rules.append(current)
             continue
         if current is None:

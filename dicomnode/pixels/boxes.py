@@ -34,16 +34,31 @@ class Box:
     def scaled(self, factor: float) -> Box:
         if factor == 1:
             return self
-        return replace(self, x0=int(self.x0 * factor), y0=int(self.y0 * factor),
-                       x1=int(round(self.x1 * factor + 0.5)), y1=int(round(self.y1 * factor + 0.5)))
+        return replace(
+            self,
+            x0=int(self.x0 * factor),
+            y0=int(self.y0 * factor),
+            x1=round(self.x1 * factor + 0.5),
+            y1=round(self.y1 * factor + 0.5),
+        )
 
     def padded(self, pad: int, width: int, height: int) -> Box:
-        return replace(self, x0=max(0, self.x0 - pad), y0=max(0, self.y0 - pad),
-                       x1=min(width, self.x1 + pad), y1=min(height, self.y1 + pad))
+        return replace(
+            self,
+            x0=max(0, self.x0 - pad),
+            y0=max(0, self.y0 - pad),
+            x1=min(width, self.x1 + pad),
+            y1=min(height, self.y1 + pad),
+        )
 
     def clipped(self, width: int, height: int) -> Box:
-        return replace(self, x0=max(0, min(self.x0, width)), y0=max(0, min(self.y0, height)),
-                       x1=max(0, min(self.x1, width)), y1=max(0, min(self.y1, height)))
+        return replace(
+            self,
+            x0=max(0, min(self.x0, width)),
+            y0=max(0, min(self.y0, height)),
+            x1=max(0, min(self.x1, width)),
+            y1=max(0, min(self.y1, height)),
+        )
 
     def shifted(self, dx: int, dy: int) -> Box:
         return replace(self, x0=self.x0 + dx, y0=self.y0 + dy, x1=self.x1 + dx, y1=self.y1 + dy)
@@ -61,8 +76,12 @@ class Box:
         return sum(self.intersection(o) for o in others) >= fraction * self.area
 
     def touches(self, other: Box, gap: int = 0) -> bool:
-        return (self.x0 - gap < other.x1 and other.x0 - gap < self.x1
-                and self.y0 - gap < other.y1 and other.y0 - gap < self.y1)
+        return (
+            self.x0 - gap < other.x1
+            and other.x0 - gap < self.x1
+            and self.y0 - gap < other.y1
+            and other.y0 - gap < self.y1
+        )
 
 
 def merge(boxes: list[Box], gap: int = 0) -> list[Box]:
@@ -76,9 +95,14 @@ def merge(boxes: list[Box], gap: int = 0) -> list[Box]:
         for box in pending:
             for i, other in enumerate(merged):
                 if box.touches(other, gap):
-                    merged[i] = Box(min(box.x0, other.x0), min(box.y0, other.y0),
-                                    max(box.x1, other.x1), max(box.y1, other.y1),
-                                    max(box.score, other.score), other.source)
+                    merged[i] = Box(
+                        min(box.x0, other.x0),
+                        min(box.y0, other.y0),
+                        max(box.x1, other.x1),
+                        max(box.y1, other.y1),
+                        max(box.score, other.score),
+                        other.source,
+                    )
                     changed = True
                     break
             else:

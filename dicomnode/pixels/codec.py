@@ -18,8 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, convert_color_space, iter_pixels
+from pydicom.pixels import (  # type: ignore[attr-defined]
+    apply_color_lut,
+    convert_color_space,
+    iter_pixels,
+)
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -27,15 +32,18 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
-    UID,
 )
 
 from dicomnode.errors import InstanceError
 
 __all__ = ["Frames", "decode", "display", "encode", "fill_value"]
 
-UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
-                DeflatedExplicitVRLittleEndian}
+UNCOMPRESSED = {
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+}
 REENCODABLE = {RLELossless, JPEGLSLossless, JPEG2000Lossless}
 NATIVE_PI = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL"}
 
@@ -133,8 +141,9 @@ def encode(ds: Dataset, frames: Frames) -> str:
     source = frames.syntax
     if source in REENCODABLE and not frames.lossy:
         _set_image_attributes(ds, frames)
-        ds.compress(source, stack if len(frames.arrays) > 1 else stack[0],
-                    generate_instance_uid=False)
+        ds.compress(
+            source, stack if len(frames.arrays) > 1 else stack[0], generate_instance_uid=False
+        )
         return f"re-encoded in {source.name}"
     target = source if source in UNCOMPRESSED else ExplicitVRLittleEndian
     _set_image_attributes(ds, frames)

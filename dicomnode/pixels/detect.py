@@ -59,8 +59,14 @@ class RapidOCRDetector:
 
     name = "rapidocr"
 
-    def __init__(self, *, threads: int = 1, device: str = "auto", max_side: int = 1024,
-                 box_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int = 1,
+        device: str = "auto",
+        max_side: int = 1024,
+        box_threshold: float = 0.5,
+    ) -> None:
         try:
             import onnxruntime
             from rapidocr import RapidOCR
@@ -71,8 +77,10 @@ class RapidOCRDetector:
             ) from None
         cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         if device == "cuda" and not cuda:
-            raise ConfigError("pixels.detector.device is cuda, but ONNX Runtime has no CUDA "
-                              "provider here (install onnxruntime-gpu)")
+            raise ConfigError(
+                "pixels.detector.device is cuda, but ONNX Runtime has no CUDA "
+                "provider here (install onnxruntime-gpu)"
+            )
         use_cuda = cuda and device in ("auto", "cuda")
         params = {
             "Global.log_level": "error",
@@ -92,17 +100,22 @@ class RapidOCRDetector:
         if result.boxes is None:
             return []
         scores = result.scores if result.scores is not None else [1.0] * len(result.boxes)
-        return [_quad_to_box(quad, score) for quad, score in zip(result.boxes, scores, strict=False)]
+        return [
+            _quad_to_box(quad, score) for quad, score in zip(result.boxes, scores, strict=False)
+        ]
 
     def recognize(self, picture: np.ndarray, boxes: list[Box]) -> list[Box]:
         out = []
         height, width = picture.shape[:2]
         for box in boxes:
-            crop = picture[max(0, box.y0):min(height, box.y1), max(0, box.x0):min(width, box.x1)]
+            crop = picture[
+                max(0, box.y0) : min(height, box.y1), max(0, box.x0) : min(width, box.x1)
+            ]
             text, score = "", 0.0
             if crop.size:
-                result = self.engine(np.ascontiguousarray(crop), use_det=False, use_cls=False,
-                                     use_rec=True)
+                result = self.engine(
+                    np.ascontiguousarray(crop), use_det=False, use_cls=False, use_rec=True
+                )
                 if result.txts:
                     text = " ".join(str(t) for t in result.txts)
                     score = float(min(result.scores)) if result.scores else 0.0
@@ -115,11 +128,14 @@ class PaddleOCRDetector:
 
     name = "paddleocr"
 
-    def __init__(self, *, det_model_dir: Path | None, rec_model_dir: Path | None,
-                 device: str = "auto") -> None:
+    def __init__(
+        self, *, det_model_dir: Path | None, rec_model_dir: Path | None, device: str = "auto"
+    ) -> None:
         if det_model_dir is None or rec_model_dir is None:
-            raise ConfigError("the paddleocr backend needs pixels.detector.det_model_dir and "
-                              "rec_model_dir (local PaddleX model folders; nothing is downloaded)")
+            raise ConfigError(
+                "the paddleocr backend needs pixels.detector.det_model_dir and "
+                "rec_model_dir (local PaddleX model folders; nothing is downloaded)"
+            )
         for path in (det_model_dir, rec_model_dir):
             if not Path(path).is_dir():
                 raise ConfigError(f"pixels.detector: no model folder at {path}")
@@ -129,14 +145,19 @@ class PaddleOCRDetector:
         try:
             from paddleocr import PaddleOCR, TextDetection
         except ImportError:
-            raise ConfigError("the paddleocr backend needs the PaddleOCR package: "
-                              "pip install 'dicomnode[paddle]'") from None
+            raise ConfigError(
+                "the paddleocr backend needs the PaddleOCR package: pip install 'dicomnode[paddle]'"
+            ) from None
         dev = "gpu" if device in ("cuda", "gpu") else "cpu"
         self._det = TextDetection(model_dir=str(det_model_dir), device=dev)
-        self._ocr = PaddleOCR(text_detection_model_dir=str(det_model_dir),
-                              text_recognition_model_dir=str(rec_model_dir),
-                              use_doc_orientation_classify=False, use_doc_unwarping=False,
-                              use_textline_orientation=False, device=dev)
+        self._ocr = PaddleOCR(
+            text_detection_model_dir=str(det_model_dir),
+            text_recognition_model_dir=str(rec_model_dir),
+            use_doc_orientation_classify=False,
+            use_doc_unwarping=False,
+            use_textline_orientation=False,
+            device=dev,
+        )
 
     def detect(self, picture: np.ndarray) -> list[Box]:
         boxes = []
@@ -148,30 +169,49 @@ class PaddleOCRDetector:
     def recognize(self, picture: np.ndarray, boxes: list[Box]) -> list[Box]:
         out = []
         for box in boxes:
-            crop = np.ascontiguousarray(picture[box.y0:box.y1, box.x0:box.x1][:, :, ::-1])
+            crop = np.ascontiguousarray(picture[box.y0 : box.y1, box.x0 : box.x1][:, :, ::-1])
             texts, scores = [], []
             for result in self._ocr.predict(crop):
                 texts += list(result.get("rec_texts", []))
                 scores += list(result.get("rec_scores", []))
-            out.append(Box(box.x0, box.y0, box.x1, box.y1,
-                           float(min(scores)) if scores else 0.0, box.source, " ".join(texts)))
+            out.append(
+                Box(
+                    box.x0,
+                    box.y0,
+                    box.x1,
+                    box.y1,
+                    float(min(scores)) if scores else 0.0,
+                    box.source,
+                    " ".join(texts),
+                )
+            )
         return out
 
 
 def make_detector(backend: str, **options: Any) -> TextDetector:
     if backend == "rapidocr":
-        return RapidOCRDetector(threads=options.get("threads", 1),
-                                device=options.get("device", "auto"),
-                                max_side=options.get("max_side", 1024))
+        return RapidOCRDetector(
+            threads=options.get("threads", 1),
+            device=options.get("device", "auto"),
+            max_side=options.get("max_side", 1024),
+        )
     if backend == "paddleocr":
-        return PaddleOCRDetector(det_model_dir=options.get("det_model_dir"),
-                                 rec_model_dir=options.get("rec_model_dir"),
-                                 device=options.get("device", "auto"))
+        return PaddleOCRDetector(
+            det_model_dir=options.get("det_model_dir"),
+            rec_model_dir=options.get("rec_model_dir"),
+            device=options.get("device", "auto"),
+        )
     raise ConfigError(f"unknown text detector {backend!r}; use rapidocr or paddleocr")
 
 
-def find_text(detector: TextDetector, picture: np.ndarray, regions: list[Box],
-              *, pad: int = 24, max_side: int = 1024) -> list[Box]:
+def find_text(
+    detector: TextDetector,
+    picture: np.ndarray,
+    regions: list[Box],
+    *,
+    pad: int = 24,
+    max_side: int = 1024,
+) -> list[Box]:
     """Detect text near ``regions`` (candidates of the presence check): on merged, padded
     crops; on the whole picture, tiled when large, once the crops cover most of it. Small
     crops are enlarged twice, so that small fonts reach the detector's preferred size."""
@@ -181,7 +221,7 @@ def find_text(detector: TextDetector, picture: np.ndarray, regions: list[Box],
         crops = _tiles(width, height, max_side)
     found: list[Box] = []
     for crop in crops:
-        view = np.ascontiguousarray(picture[crop.y0:crop.y1, crop.x0:crop.x1])
+        view = np.ascontiguousarray(picture[crop.y0 : crop.y1, crop.x0 : crop.x1])
         scale = 2.0 if crop.height <= 96 and max(crop.width, crop.height) * 2 <= max_side else 1.0
         if scale != 1.0:
             view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
@@ -205,6 +245,8 @@ def _tiles(width: int, height: int, side: int, overlap: int = 64) -> list[Box]:
     if max(width, height) <= side:
         return [Box(0, 0, width, height)]
     step = side - overlap
-    return [Box(x, y, min(width, x + side), min(height, y + side))
-            for y in range(0, max(1, height - overlap), step)
-            for x in range(0, max(1, width - overlap), step)]
+    return [
+        Box(x, y, min(width, x + side), min(height, y + side))
+        for y in range(0, max(1, height - overlap), step)
+        for x in range(0, max(1, width - overlap), step)
+    ]

@@ -128,8 +128,16 @@ class PixelPolicy:
         self.spec = spec
         self.regions = regions
         self.source = source
-        fields = {"Modality", "SOPClassUID", "ImageType", "BurnedInAnnotation", "Manufacturer",
-                  "Rows", "Columns", "SequenceOfUltrasoundRegions"}
+        fields = {
+            "Modality",
+            "SOPClassUID",
+            "ImageType",
+            "BurnedInAnnotation",
+            "Manufacturer",
+            "Rows",
+            "Columns",
+            "SequenceOfUltrasoundRegions",
+        }
         for region in regions:
             for group in region.when:
                 fields.update(str(c["field"]) for c in group)
@@ -140,10 +148,18 @@ class PixelPolicy:
         if any(m.matches(header) for m in self.spec.always_check):
             return Decision(True, "always-check rule", regions, keep)
         if any(m.matches(header) for m in self.spec.skip):
-            return Decision(bool(regions), "skip rule" + (" (known regions only)" if regions else ""),
-                            regions, keep)
-        return Decision(self.spec.default == "check" or bool(regions), f"default {self.spec.default}",
-                        regions, keep)
+            return Decision(
+                bool(regions),
+                "skip rule" + (" (known regions only)" if regions else ""),
+                regions,
+                keep,
+            )
+        return Decision(
+            self.spec.default == "check" or bool(regions),
+            f"default {self.spec.default}",
+            regions,
+            keep,
+        )
 
     def _regions(self, header: Mapping[str, Any]) -> tuple[tuple[Box, ...], tuple[Box, ...]]:
         rows = int(header.get("Rows") or 0) or 1 << 16
@@ -159,9 +175,15 @@ class PixelPolicy:
                 boxes.append(Box(x0, y0, x1, y1, source="region").clipped(cols, rows))
             if region.keep_only == "SequenceOfUltrasoundRegions":
                 for item in header.get("SequenceOfUltrasoundRegions") or []:
-                    keep.append(Box(int(item.RegionLocationMinX0), int(item.RegionLocationMinY0),
-                                    int(item.RegionLocationMaxX1) + 1,
-                                    int(item.RegionLocationMaxY1) + 1, source="region"))
+                    keep.append(
+                        Box(
+                            int(item.RegionLocationMinX0),
+                            int(item.RegionLocationMinY0),
+                            int(item.RegionLocationMaxX1) + 1,
+                            int(item.RegionLocationMaxY1) + 1,
+                            source="region",
+                        )
+                    )
         return tuple(b for b in boxes if b.area > 0), tuple(keep)
 
 
@@ -184,8 +206,10 @@ def _region(raw: Mapping[str, Any], where: str) -> _Region:
             keep_only=raw.get("keep_only"),
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: region {raw.get('label', '?')!r}: {exc}; boxes are "
-                          "[x0, y0, x1, y1] in pixels") from None
+        raise ConfigError(
+            f"{where}: region {raw.get('label', '?')!r}: {exc}; boxes are "
+            "[x0, y0, x1, y1] in pixels"
+        ) from None
 
 
 def load_policy(path: Path | None = None) -> PixelPolicy:

@@ -29,18 +29,20 @@ __all__ = ["DiffusionRemover", "FillRemover", "Remover", "TeleaRemover", "make_r
 class Remover(Protocol):
     name: str
 
-    def remove(self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box],
-               fill: np.ndarray) -> np.ndarray: ...
+    def remove(
+        self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box], fill: np.ndarray
+    ) -> np.ndarray: ...
 
 
 class FillRemover:
     name = "fill"
 
-    def remove(self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box],
-               fill: np.ndarray) -> np.ndarray:
+    def remove(
+        self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box], fill: np.ndarray
+    ) -> np.ndarray:
         out = frame.copy()
         for box in boxes:
-            out[box.y0:box.y1, box.x0:box.x1] = fill
+            out[box.y0 : box.y1, box.x0 : box.x1] = fill
         return out
 
 
@@ -51,14 +53,15 @@ def stroke_mask(picture: np.ndarray, boxes: list[Box], dilate: int = 2) -> np.nd
     mask = np.zeros(grey.shape, np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * dilate + 1, 2 * dilate + 1))
     for box in boxes:
-        patch = grey[box.y0:box.y1, box.x0:box.x1]
+        patch = grey[box.y0 : box.y1, box.x0 : box.x1]
         if patch.size == 0:
             continue
         distance = cv2.absdiff(patch, np.full_like(patch, int(np.median(patch))))
         _, strokes = cv2.threshold(distance, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         if not 0.02 < strokes.mean() < 0.7:
             strokes = np.ones_like(strokes)
-        mask[box.y0:box.y1, box.x0:box.x1] |= cv2.dilate(strokes, kernel)
+        grown = np.asarray(cv2.dilate(strokes, kernel), dtype=np.uint8)
+        mask[box.y0 : box.y1, box.x0 : box.x1] |= grown
     return mask
 
 
@@ -69,8 +72,9 @@ class TeleaRemover:
         self.radius = radius
         self._fill = FillRemover()
 
-    def remove(self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box],
-               fill: np.ndarray) -> np.ndarray:
+    def remove(
+        self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box], fill: np.ndarray
+    ) -> np.ndarray:
         if not boxes:
             return frame.copy()
         mask = stroke_mask(picture, boxes)
@@ -92,24 +96,38 @@ class DiffusionRemover:
 
     name = "diffusion"
 
-    def __init__(self, model_path: Any, *, device: str = "auto", steps: int = 25,
-                 crop: int = 512, prompt: str = "") -> None:
+    def __init__(
+        self,
+        model_path: Any,
+        *,
+        device: str = "auto",
+        steps: int = 25,
+        crop: int = 512,
+        prompt: str = "",
+    ) -> None:
         try:
             import torch
             from diffusers import StableDiffusionInpaintPipeline
         except ImportError:
-            raise ConfigError("the diffusion remover needs torch and diffusers: "
-                              "pip install 'dicomnode[diffusion]'") from None
+            raise ConfigError(
+                "the diffusion remover needs torch and diffusers: "
+                "pip install 'dicomnode[diffusion]'"
+            ) from None
         if model_path is None:
-            raise ConfigError("pixels.remover.model_path must name a local Stable Diffusion "
-                              "inpainting folder (nothing is downloaded)")
+            raise ConfigError(
+                "pixels.remover.model_path must name a local Stable Diffusion "
+                "inpainting folder (nothing is downloaded)"
+            )
         cuda = torch.cuda.is_available()
         if device == "cuda" and not cuda:
             raise ConfigError("pixels.remover.device is cuda, but torch sees no GPU")
         self.device = "cuda" if cuda and device in ("auto", "cuda") else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32
         self.pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            str(model_path), torch_dtype=dtype, local_files_only=True, safety_checker=None,
+            str(model_path),
+            torch_dtype=dtype,
+            local_files_only=True,
+            safety_checker=None,
             requires_safety_checker=False,
         ).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -118,8 +136,9 @@ class DiffusionRemover:
         self.prompt = prompt
         self._torch = torch
 
-    def remove(self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box],
-               fill: np.ndarray) -> np.ndarray:
+    def remove(
+        self, frame: np.ndarray, picture: np.ndarray, boxes: list[Box], fill: np.ndarray
+    ) -> np.ndarray:
         from PIL import Image
 
         if not boxes:
@@ -127,20 +146,31 @@ class DiffusionRemover:
         height, width = picture.shape[:2]
         mask = stroke_mask(picture, boxes, dilate=3)
         windows = [self._window(box, width, height) for box in boxes]
-        images = [Image.fromarray(picture[w.y0:w.y1, w.x0:w.x1]).resize((self.crop, self.crop))
-                  for w in windows]
-        masks = [Image.fromarray(mask[w.y0:w.y1, w.x0:w.x1] * 255).resize((self.crop, self.crop))
-                 for w in windows]
+        images = [
+            Image.fromarray(picture[w.y0 : w.y1, w.x0 : w.x1]).resize((self.crop, self.crop))
+            for w in windows
+        ]
+        masks = [
+            Image.fromarray(mask[w.y0 : w.y1, w.x0 : w.x1] * 255).resize((self.crop, self.crop))
+            for w in windows
+        ]
         generator = self._torch.Generator(self.device).manual_seed(0)
-        result = self.pipe(prompt=[self.prompt] * len(images), image=images, mask_image=masks,
-                           num_inference_steps=self.steps, generator=generator,
-                           height=self.crop, width=self.crop, output_type="np").images
+        result = self.pipe(
+            prompt=[self.prompt] * len(images),
+            image=images,
+            mask_image=masks,
+            num_inference_steps=self.steps,
+            generator=generator,
+            height=self.crop,
+            width=self.crop,
+            output_type="np",
+        ).images
         painted = picture.copy()
         for window, patch in zip(windows, result, strict=True):
             patch8 = (np.clip(patch, 0, 1) * 255).astype(np.uint8)
             patch8 = cv2.resize(patch8, (window.width, window.height), interpolation=cv2.INTER_AREA)
-            region = mask[window.y0:window.y1, window.x0:window.x1].astype(bool)
-            painted[window.y0:window.y1, window.x0:window.x1][region] = patch8[region]
+            region = mask[window.y0 : window.y1, window.x0 : window.x1].astype(bool)
+            painted[window.y0 : window.y1, window.x0 : window.x1][region] = patch8[region]
         return _back_to_frame(frame, painted, mask)
 
     def _window(self, box: Box, width: int, height: int) -> Box:
@@ -173,6 +203,10 @@ def make_remover(method: str, **options: Any) -> Remover:
     if method == "telea":
         return TeleaRemover()
     if method == "diffusion":
-        return DiffusionRemover(options.get("model_path"), device=options.get("device", "auto"),
-                                steps=options.get("steps", 25))
+        return DiffusionRemover(
+            options.get("model_path"),
+            device=options.get("device", "auto"),
+            steps=options.get("steps", 25),
+            crop=options.get("crop", 512),
+        )
     raise ConfigError(f"unknown remover {method!r}; use fill, telea or diffusion")

@@ -60,19 +60,30 @@ class PixelStage:
 
     name = "pixels"
 
-    def __init__(self, settings: PixelConfig, *, policy: PixelPolicy | None = None,
-                 detector: TextDetector | None = None, remover: Remover | None = None) -> None:
+    def __init__(
+        self,
+        settings: PixelConfig,
+        *,
+        policy: PixelPolicy | None = None,
+        detector: TextDetector | None = None,
+        remover: Remover | None = None,
+    ) -> None:
         self.settings = settings
         self.policy = policy or load_policy(settings.policy)
         self.detector = detector or make_detector(
-            settings.detector.backend, threads=settings.detector.threads,
-            device=settings.detector.device, max_side=settings.detector.max_side,
+            settings.detector.backend,
+            threads=settings.detector.threads,
+            device=settings.detector.device,
+            max_side=settings.detector.max_side,
             det_model_dir=settings.detector.det_model_dir,
             rec_model_dir=settings.detector.rec_model_dir,
         )
         self.remover = remover or make_remover(
-            settings.remover.method, model_path=settings.remover.model_path,
-            device=settings.remover.device, steps=settings.remover.steps,
+            settings.remover.method,
+            model_path=settings.remover.model_path,
+            device=settings.remover.device,
+            steps=settings.remover.steps,
+            crop=settings.remover.crop,
         )
         self._fill = FillRemover()
         self.sensitive = settings.mode == "sensitive-text"
@@ -83,7 +94,9 @@ class PixelStage:
         report = self.clean(item.dataset, item.header, item.identity)
         item.notes["pixels"] = report
 
-    def clean(self, ds: Dataset, header: dict[str, Any], identity: tuple[str, ...] = ()) -> dict[str, Any]:
+    def clean(
+        self, ds: Dataset, header: dict[str, Any], identity: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         """Clean ``ds`` in place; returns counts and timings (no PHI)."""
         decision = self.policy.decide(header)
         if not decision.check:
@@ -120,12 +133,25 @@ class PixelStage:
             what = codec.encode(ds, frames)
             _mark_derived(ds)
         _stamp(ds, what)
-        return {"checked": True, "why": decision.why, "frames": len(frames.arrays),
-                "distinct_frames": len(done), "frames_changed": changed, "boxes": boxes,
-                "pixel_data": what, "seconds": seconds}
+        return {
+            "checked": True,
+            "why": decision.why,
+            "frames": len(frames.arrays),
+            "distinct_frames": len(done),
+            "frames_changed": changed,
+            "boxes": boxes,
+            "pixel_data": what,
+            "seconds": seconds,
+        }
 
-    def clean_frame(self, frame: np.ndarray, photometric: str, ds: Dataset, decision: Decision,
-                    phi: SensitiveText | None) -> FrameResult:
+    def clean_frame(
+        self,
+        frame: np.ndarray,
+        photometric: str,
+        ds: Dataset,
+        decision: Decision,
+        phi: SensitiveText | None,
+    ) -> FrameResult:
         seconds: dict[str, float] = {}
         started = time.perf_counter()
         picture = codec.display(frame, photometric, ds)
@@ -164,8 +190,15 @@ class PixelStage:
         seconds["verify"] = time.perf_counter() - started
         return FrameResult(cleaned, removed, seconds)
 
-    def _remaining(self, frame: np.ndarray, photometric: str, ds: Dataset,
-                   phi: SensitiveText | None, removed: list[Box], examined: list[Box]) -> list[Box]:
+    def _remaining(
+        self,
+        frame: np.ndarray,
+        photometric: str,
+        ds: Dataset,
+        phi: SensitiveText | None,
+        removed: list[Box],
+        examined: list[Box],
+    ) -> list[Box]:
         """Verification: text the detector still finds anywhere in the cleaned frame.
 
         The presence check runs on the whole frame again; detection runs where something
@@ -174,9 +207,11 @@ class PixelStage:
         """
         picture = codec.display(frame, photometric, ds)
         found = candidates(picture)
-        regions = [c for c in found
-                   if any(c.touches(r, 24) for r in removed)
-                   or not any(c.touches(e) for e in examined)]
+        regions = [
+            c
+            for c in found
+            if any(c.touches(r, 24) for r in removed) or not any(c.touches(e) for e in examined)
+        ]
         if not regions:
             return []
         found_text = self._text(picture, regions, phi)
@@ -187,15 +222,23 @@ class PixelStage:
         # And the edge of a box beside an unrelated line (a vessel) still is not text: what
         # verification keeps must be readable, at least two characters.
         ink = strokes(picture)
-        for box in removed:
-            ink[box.y0:box.y1, box.x0:box.x1] = 0
-        inked = [b for b in found_text if int(ink[b.y0:b.y1, b.x0:b.x1].sum()) >= 8]
+        for box in removed:  # the box's outline, not its inside: text left inside counts
+            for y0, y1, x0, x1 in (
+                (box.y0 - 3, box.y0 + 3, box.x0 - 3, box.x1 + 3),
+                (box.y1 - 3, box.y1 + 3, box.x0 - 3, box.x1 + 3),
+                (box.y0 - 3, box.y1 + 3, box.x0 - 3, box.x0 + 3),
+                (box.y0 - 3, box.y1 + 3, box.x1 - 3, box.x1 + 3),
+            ):
+                ink[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = 0
+        inked = [b for b in found_text if int(ink[b.y0 : b.y1, b.x0 : b.x1].sum()) >= 8]
         if not inked or phi is not None:
             return inked  # sensitive mode has read them already
         read = self.detector.recognize(picture, inked)
         return [b for b in read if sum(c.isalnum() for c in (b.text or "")) >= 2 and b.score >= 0.5]
 
-    def _text(self, picture: np.ndarray, regions: list[Box], phi: SensitiveText | None) -> list[Box]:
+    def _text(
+        self, picture: np.ndarray, regions: list[Box], phi: SensitiveText | None
+    ) -> list[Box]:
         """Text boxes near the candidate regions: all of them (all-text mode), or those whose
         words are PHI (sensitive-text mode). Doubtful boxes are read to confirm them."""
         boxes = find_text(self.detector, picture, regions)
@@ -216,8 +259,12 @@ def _outside(keep: tuple[Box, ...], width: int, height: int) -> list[Box]:
     """Bands covering everything outside the bounding box of the kept regions."""
     x0, y0 = min(b.x0 for b in keep), min(b.y0 for b in keep)
     x1, y1 = max(b.x1 for b in keep), max(b.y1 for b in keep)
-    bands = [Box(0, 0, width, y0), Box(0, y1, width, height), Box(0, y0, x0, y1),
-             Box(x1, y0, width, y1)]
+    bands = [
+        Box(0, 0, width, y0),
+        Box(0, y1, width, height),
+        Box(0, y0, x0, y1),
+        Box(x1, y0, width, y1),
+    ]
     return [Box(b.x0, b.y0, b.x1, b.y1, source="region") for b in bands if b.area > 0]
 
 
