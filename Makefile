@@ -3,8 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive as real peers (installed when run as root).
-SYSTEM_PACKAGES := dicom3tools dcmtk orthanc openssl fonts-dejavu-core
-SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc openssl fonts-dejavu-core prometheus systemd
+SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl promtool systemd-analyze
 
 .PHONY: run test venv system-deps lint bench clean
 

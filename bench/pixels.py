@@ -30,8 +30,8 @@ from typing import Any
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # tesseract: one core, like everyone else
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import cv2  # noqa: E402
-import pydicom  # noqa: E402
+import cv2
+import pydicom
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,7 +46,9 @@ from dicomnode.synth import make_set  # noqa: E402
 cv2.setNumThreads(1)
 
 
-def run_ours(stage: PixelStage, files: list[Path], out: Path, truth: dict[str, Any]) -> dict[str, float]:
+def run_ours(
+    stage: PixelStage, files: list[Path], out: Path, truth: dict[str, Any]
+) -> dict[str, float]:
     text_free = {e["file"] for e in truth["instances"] if not any(f["boxes"] for f in e["frames"])}
     spent = {"free": 0.0, "free_frames": 0, "text": 0.0, "text_frames": 0}
     out.mkdir(parents=True, exist_ok=True)
@@ -71,13 +73,21 @@ def presidio_engine() -> Any:
 
     blank = Path(tempfile.mkdtemp()) / "blank_en"
     spacy.blank("en").to_disk(blank)
-    provider = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": str(blank)}]})
+    provider = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": str(blank)}],
+        }
+    )
     analyzer = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
-    return DicomImageRedactorEngine(image_analyzer_engine=ImageAnalyzerEngine(analyzer_engine=analyzer))
+    return DicomImageRedactorEngine(
+        image_analyzer_engine=ImageAnalyzerEngine(analyzer_engine=analyzer)
+    )
 
 
-def run_presidio(engine: Any, files: list[Path], out: Path, truth: dict[str, Any]) -> dict[str, float]:
+def run_presidio(
+    engine: Any, files: list[Path], out: Path, truth: dict[str, Any]
+) -> dict[str, float]:
     text_free = {e["file"] for e in truth["instances"] if not any(f["boxes"] for f in e["frames"])}
     spent = {"free": 0.0, "free_frames": 0, "text": 0.0, "text_frames": 0, "failed": 0}
     out.mkdir(parents=True, exist_ok=True)
@@ -114,17 +124,31 @@ def main() -> int:
         detector = RapidOCRDetector(threads=1)
         backends: list[tuple[str, Any]] = [
             ("dicomnode PP-OCRv6 + fill", PixelStage(PixelConfig(), detector=detector)),
-            ("dicomnode PP-OCRv6 + telea", PixelStage(
-                PixelConfig(remover=RemoverConfig(method="telea")), detector=detector)),
+            (
+                "dicomnode PP-OCRv6 + telea",
+                PixelStage(PixelConfig(remover=RemoverConfig(method="telea")), detector=detector),
+            ),
         ]
         if args.diffusion_model:
-            backends.append(("dicomnode PP-OCRv6 + diffusion", PixelStage(
-                PixelConfig(remover=RemoverConfig(method="diffusion", model_path=args.diffusion_model)),
-                detector=detector)))
+            backends.append(
+                (
+                    "dicomnode PP-OCRv6 + diffusion",
+                    PixelStage(
+                        PixelConfig(
+                            remover=RemoverConfig(
+                                method="diffusion", model_path=args.diffusion_model
+                            )
+                        ),
+                        detector=detector,
+                    ),
+                )
+            )
         rows = []
         for name, stage in backends:
             spent = run_ours(stage, files, work / name.replace(" ", "_"), truth)
-            result = evaluate(work / "orig", work / name.replace(" ", "_"), truth, detector, lambda u: u)
+            result = evaluate(
+                work / "orig", work / name.replace(" ", "_"), truth, detector, lambda u: u
+            )
             rows.append((name, spent, result))
             print(f"  measured {name}", file=sys.stderr)
         spent = run_presidio(presidio_engine(), files, work / "presidio", truth)
@@ -135,27 +159,37 @@ def main() -> int:
         print()
         print(f"{len(files)} instances, {frames} frames; CPU time on one core per frame")
         print()
-        print(f"| {'backend':<38} | {'text-free ms':>12} | {'with text ms':>12} | "
-              f"{'vs presidio':>11} | {'PHI boxes removed':>17} | {'pixel leaks':>11} | "
-              f"{'instances failed':>16} |")
-        print(f"|{'-' * 40}|{'-' * 13}:|{'-' * 13}:|{'-' * 12}:|{'-' * 18}:|{'-' * 12}:|{'-' * 17}:|")
+        print(
+            f"| {'backend':<38} | {'text-free ms':>12} | {'with text ms':>12} | "
+            f"{'vs presidio':>11} | {'PHI boxes removed':>17} | {'pixel leaks':>11} | "
+            f"{'instances failed':>16} |"
+        )
+        print(
+            f"|{'-' * 40}|{'-' * 13}:|{'-' * 13}:|{'-' * 12}:|{'-' * 18}:|{'-' * 12}:|{'-' * 17}:|"
+        )
         for name, s, r in rows:
             free = 1000 * s["free"] / max(1, s["free_frames"])
             text = 1000 * s["text"] / max(1, s["text_frames"])
             ratio = (s["text"] / max(1, s["text_frames"])) / base_text if base_text else 0
             removed = f"{r['phi_boxes_removed']}/{r['phi_boxes']} ({100 * r['phi_removed_fraction']:.1f}%)"
-            print(f"| {name:<38} | {free:>12.1f} | {text:>12.0f} | {ratio:>10.2f}x | {removed:>17} | "
-                  f"{len(r['pixel_leaks']):>11} | {s.get('failed', 0):>16} |")
+            print(
+                f"| {name:<38} | {free:>12.1f} | {text:>12.0f} | {ratio:>10.2f}x | {removed:>17} | "
+                f"{len(r['pixel_leaks']):>11} | {s.get('failed', 0):>16} |"
+            )
         print()
-        print("PHI boxes removed: planted PHI lines of which OCR (PP-OCRv6) can read no word "
-              "afterwards. vs presidio: time per frame with text, relative to presidio (over the "
-              "instances it handled; it raises on multi-frame instances, which stay uncleaned).")
+        print(
+            "PHI boxes removed: planted PHI lines of which OCR (PP-OCRv6) can read no word "
+            "afterwards. vs presidio: time per frame with text, relative to presidio (over the "
+            "instances it handled; it raises on multi-frame instances, which stay uncleaned)."
+        )
         ours = rows[0][2]
-        print(f"dicomnode default: detection recall {ours['detection_recall']:.3f}, precision "
-              f"{ours['detection_precision']:.3f}; PSNR inside boxes {ours['psnr_inside_db']:.1f} dB, "
-              f"outside {ours['psnr_outside_db']:.1f} dB; SSIM inside {ours['ssim_inside']:.3f}, "
-              f"outside {ours['ssim_outside']:.3f}; text-free frames untouched "
-              f"{ours['text_free_untouched']}/{ours['text_free_frames']}")
+        print(
+            f"dicomnode default: detection recall {ours['detection_recall']:.3f}, precision "
+            f"{ours['detection_precision']:.3f}; PSNR inside boxes {ours['psnr_inside_db']:.1f} dB, "
+            f"outside {ours['psnr_outside_db']:.1f} dB; SSIM inside {ours['ssim_inside']:.3f}, "
+            f"outside {ours['ssim_outside']:.3f}; text-free frames untouched "
+            f"{ours['text_free_untouched']}/{ours['text_free_frames']}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -24,10 +24,38 @@ log = logging.getLogger("dicomnode")
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
 
-def _setup_logging(verbose: int, command: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers. Messages never carry PHI by design."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(
+    verbose: int, command: str, level: str | None = None, form: str = "text"
+) -> None:
     default = logging.INFO if command == "serve" else logging.WARNING
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else default
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chosen = logging.DEBUG if verbose > 1 else logging.INFO if verbose else default
+    if level and not verbose:
+        chosen = getattr(logging, level)
+    handler = logging.StreamHandler()
+    if form == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(chosen)
+    # pynetdicom logs every association at INFO; identifiers are off (see ingest/forward).
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
 
 
 def _demo_flag(args: argparse.Namespace) -> bool:
@@ -96,6 +124,8 @@ def _node_config(args: argparse.Namespace) -> Config:
     updates: dict[str, object] = {}
     if node:
         updates["node"] = NodeConfig.model_validate({**config.node.model_dump(), **node})
+    if getattr(args, "metrics_port", None) is not None:
+        updates["metrics"] = config.metrics.model_copy(update={"port": args.metrics_port})
     if getattr(args, "spool", None) is not None:
         updates["spool"] = config.spool.model_copy(update={"path": args.spool})
     return config.model_copy(update=updates) if updates else config
@@ -106,8 +136,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.scrub import load_secret
 
     config = _node_config(args)
+    _setup_logging(args.verbose, "serve", config.logging.level, config.logging.format)
     secret = load_secret(demo=_demo_flag(args))
-    node = Node(config, secret)
+    node = Node(config, secret, loader=lambda: _node_config(args))
     log.info("configuration: %s", config.model_dump_json(exclude={"source"}))
     for destination in config.destinations:
         where = getattr(destination, "path", None) or (
@@ -190,6 +221,24 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         f"{moved_d} dead-lettered object(s) for delivery"
     )
     return EXIT_OK
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    """C-ECHO a node (the container healthcheck uses it)."""
+    from dicomnode.config import DicomDestination
+    from dicomnode.forward import echo
+
+    config = load_config(args.config)
+    target = DicomDestination(
+        name="echo",
+        ae_title=args.aec or config.node.ae_title,
+        host=args.host
+        or ("127.0.0.1" if config.node.bind in ("0.0.0.0", "::") else config.node.bind),
+        port=args.port or config.node.port,
+    )
+    error = echo(target, args.aet, timeout=args.timeout)
+    print(error or f"{target.ae_title} at {target.host}:{target.port} answers C-ECHO")
+    return EXIT_FAILURES if error else EXIT_OK
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -290,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ae-title", help="our AE title (overrides node.ae_title)")
     serve.add_argument("--bind", help="address to listen on (overrides node.bind)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides node.port)")
+    serve.add_argument("--metrics-port", type=int, help="metrics port (overrides metrics.port)")
     serve.set_defaults(func=_cmd_serve)
 
     status = sub.add_parser("status", help="spool counts per state; C-ECHO each destination")
@@ -318,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.set_defaults(func=_cmd_retry)
 
+    ping = sub.add_parser("echo", help="C-ECHO a DICOM node (default: this node)")
+    ping.add_argument("--host")
+    ping.add_argument("--port", type=int)
+    ping.add_argument("--aec", help="called AE title (default: node.ae_title)")
+    ping.add_argument("--aet", default="ECHOSCU", help="our AE title")
+    ping.add_argument("--timeout", type=float, default=5)
+    ping.add_argument("--config", type=Path)
+    ping.set_defaults(func=_cmd_echo)
+
     synth = sub.add_parser("synth", help="write a synthetic evaluation set with fake PHI")
     synth.add_argument("outdir", type=Path)
     synth.add_argument("--count", type=int, default=60, help="instances (about 3 frames each)")
@@ -338,7 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.command)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING if args.verbose < 3 else logging.DEBUG)
     try:
         return int(args.func(args))
     except (ConfigError, SecretError) as exc:

@@ -178,6 +178,9 @@ class NodeConfig(_Frozen):
     )
     max_pdu: int = Field(default=0, ge=0, description="largest PDU we accept; 0: no limit")
     network_timeout_s: float = Field(default=60, gt=0)
+    stop_timeout_s: float = Field(
+        default=60, gt=0, description="on SIGTERM, how long work in hand may take to finish"
+    )
     tls: TLSConfig | None = None
 
 
@@ -260,6 +263,24 @@ class PixelConfig(_Frozen):
     remover: RemoverConfig = RemoverConfig()
 
 
+class MetricsConfig(_Frozen):
+    """Prometheus metrics over HTTP."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class LoggingConfig(_Frozen):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    audit_file: Path | None = Field(
+        default=Path("var/audit/audit.jsonl"), description="one JSON line per instance; null: none"
+    )
+    audit_max_mb: int = Field(default=100, ge=1)
+    audit_backups: int = Field(default=10, ge=1)
+
+
 class Config(_Frozen):
     """The whole configuration of a node (and of the offline `scrub` command)."""
 
@@ -268,6 +289,8 @@ class Config(_Frozen):
     pipeline: PipelineConfig = PipelineConfig()
     scrub: ScrubConfig = ScrubConfig()
     pixels: PixelConfig = PixelConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     destinations: tuple[Destination, ...] = (
         FolderDestination(name="folder", path=Path("var/out")),
     )
@@ -290,6 +313,7 @@ _PATHS = (
     ("node", "tls", "private_key"),
     ("node", "tls", "ca_certificates"),
     ("pixels", "policy"),
+    ("logging", "audit_file"),
     ("pixels", "detector", "det_model_dir"),
     ("pixels", "detector", "rec_model_dir"),
     ("pixels", "remover", "model_path"),

@@ -268,7 +268,9 @@ class Forwarder(threading.Thread):
         retry: RetryConfig | None = None,
         batch_size: int = 100,
         keep_days: float = 0,
-        on_result: Callable[[str, Path, Result], None] = lambda name, path, result: None,
+        on_result: Callable[[str, Path, Result, float, int], None] = (
+            lambda name, path, result, seconds, size: None
+        ),
     ) -> None:
         super().__init__(name=f"forward-{sender.name}", daemon=True)
         self.spool = spool
@@ -309,9 +311,12 @@ class Forwarder(threading.Thread):
                 self._back_off("internal error")
 
     def _deliver(self, batch: list[Path]) -> None:
+        sizes = [self._size(path) for path in batch]
+        started = time.perf_counter()
         results = self.sender.send(batch)
+        each = (time.perf_counter() - started) / max(1, len(batch))
         retried = None
-        for path, result in zip(batch, results, strict=True):
+        for path, result, size in zip(batch, results, sizes, strict=True):
             if result.status == "delivered":
                 self.spool.delivered(path, self.sender.name, self.keep_days)
             elif result.status == "rejected":
@@ -325,13 +330,20 @@ class Forwarder(threading.Thread):
                     reason = f"not delivered within {self.retry.dead_letter_after_s:.0f} s: {result.reason}"
                     self.spool.to_dead_letter(path, self.sender.name, {"reason": reason})
                     result = Result("rejected", reason)
-            self.on_result(self.sender.name, path, result)
+            self.on_result(self.sender.name, path, result, each, size)
         if retried is not None:
             self._back_off(retried)
         else:
             self._failures = 0
             self._next_try = 0.0
             self.last_error = None
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     @staticmethod
     def _age(path: Path) -> float:

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import ssl
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,7 +84,9 @@ class Ingest:
         self,
         config: NodeConfig,
         spool: Spool,
-        on_received: Callable[[str, str, int], None] = lambda item_id, ae, size: None,
+        on_received: Callable[[str, str, int, float], None] = (
+            lambda item_id, ae, size, seconds: None
+        ),
         on_refused: Callable[[str, str], None] = lambda reason, ae: None,
     ) -> None:
         self.config = config
@@ -96,6 +99,20 @@ class Ingest:
             caller.ae_title: [ipaddress.ip_network(a, strict=False) for a in caller.addresses]
             for caller in config.allowed_callers
         }
+
+    def update(self, config: NodeConfig) -> None:
+        """Take new allowed callers and disk floor without restarting the listener."""
+        self.config = config
+        self._floor = config.disk_floor_mb * 1024 * 1024
+        self._allowed = {
+            caller.ae_title: [ipaddress.ip_network(a, strict=False) for a in caller.addresses]
+            for caller in config.allowed_callers
+        }
+
+    @property
+    def open_associations(self) -> int:
+        server = self._server
+        return len(server.active_associations) if server is not None else 0
 
     @property
     def port(self) -> int:
@@ -177,6 +194,7 @@ class Ingest:
             event.assoc.kill()
 
     def _on_store(self, event: evt.Event) -> int:
+        started = time.perf_counter()
         calling = str(event.assoc.requestor.ae_title).strip()
         received = event.dataset_path
         try:
@@ -196,5 +214,5 @@ class Ingest:
             log.error("cannot write to the spool (%s): refusing C-STORE with 0xC211", exc)
             self.on_refused("spool-error", calling)
             return STATUS_CANNOT_PROCESS
-        self.on_received(item_id, calling, size)
+        self.on_received(item_id, calling, size, time.perf_counter() - started)
         return STATUS_SUCCESS

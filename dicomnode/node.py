@@ -1,8 +1,14 @@
-"""The node: spool, workers, forwarders and listener, started and stopped together.
+"""The node: spool, workers, forwarders, listener, metrics and audit, started and stopped
+together.
 
 Start-up order makes sure nothing is lost: the spool is recovered first (half-done work back
-to ``incoming/``), then workers and forwarders start, then the listener. Stopping goes the
-other way: no new associations, workers finish the item in hand, forwarders the batch in hand.
+to ``incoming/``), then workers and forwarders start, then the listener. SIGTERM goes the
+other way: no new associations, workers finish the item in hand, forwarders the batch in
+hand, within ``node.stop_timeout_s``. SIGHUP reloads the configuration and every rule file:
+the new one is validated completely first, and a bad one is refused (logged) while the old
+one keeps running; a good one replaces workers and forwarders without losing anything (items
+in the spool simply wait for the new workers), and restarts the listener only if its
+address, AE title or TLS changed.
 """
 
 from __future__ import annotations
@@ -11,32 +17,67 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from prometheus_client import start_http_server
 
 from dicomnode import __version__
-from dicomnode.config import Config
+from dicomnode.audit import AuditTrail
+from dicomnode.config import Config, load_config
+from dicomnode.errors import DicomnodeError
 from dicomnode.forward import Forwarder, Result, sender_for
 from dicomnode.ingest import Ingest
-from dicomnode.pipeline import Outcome, WorkerPool
+from dicomnode.metrics import Metrics
+from dicomnode.pipeline import Outcome, WorkerPool, build_stages
 from dicomnode.scrub import load_profile
-from dicomnode.spool import Spool
+from dicomnode.spool import Spool, calling_ae_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Node"]
+__all__ = ["Node", "validate"]
+
+
+def validate(config: Config, secret: bytes) -> None:
+    """Everything a worker will build, built once here: a bad rule or policy fails now."""
+    load_profile(config.scrub.options, config.scrub.site_rules)
+    build_stages(config, secret)
 
 
 class Node:
     """One running dicomnode."""
 
-    def __init__(self, config: Config, secret: bytes) -> None:
-        # Fail before anything starts if the profile or site rules are wrong.
-        load_profile(config.scrub.options, config.scrub.site_rules)
+    def __init__(
+        self, config: Config, secret: bytes, *, loader: Callable[[], Config] | None = None
+    ) -> None:
+        validate(config, secret)
         self.config = config
+        self.secret = secret
+        self.loader = loader or (lambda: load_config(config.source))
         self.spool = Spool(config.spool.path)
-        self.pool = WorkerPool(config, secret, self.spool, on_outcome=self._on_outcome)
-        self.forwarders = [
+        self.metrics = Metrics()
+        self.audit = AuditTrail(
+            config.logging.audit_file,
+            max_mb=config.logging.audit_max_mb,
+            backups=config.logging.audit_backups,
+        )
+        self.pool = self._pool(config)
+        self.forwarders = self._forwarders(config)
+        self.ingest = self._ingest(config)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._lock = threading.Lock()
+        self._metrics_server: Any = None
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _pool(self, config: Config) -> WorkerPool:
+        return WorkerPool(config, self.secret, self.spool, on_outcome=self._on_outcome)
+
+    def _forwarders(self, config: Config) -> list[Forwarder]:
+        return [
             Forwarder(
                 self.spool,
                 sender_for(destination, config.node.ae_title),
@@ -47,46 +88,133 @@ class Node:
             )
             for destination in config.destinations
         ]
-        self.ingest = Ingest(config.node, self.spool, on_received=self._on_received)
-        self._stop = threading.Event()
+
+    def _ingest(self, config: Config) -> Ingest:
+        return Ingest(
+            config.node, self.spool, on_received=self._on_received, on_refused=self._on_refused
+        )
+
+    def _describe(self, config: Config) -> None:
+        self.metrics.describe_config(
+            {
+                "ae_title": config.node.ae_title,
+                "port": str(config.node.port),
+                "options": ",".join(sorted(o.value for o in config.scrub.options)),
+                "site_rules": str(config.scrub.site_rules or ""),
+                "pixels": config.pixels.mode if config.pixels.enabled else "off",
+                "remover": config.pixels.remover.method,
+                "destinations": ",".join(d.name for d in config.destinations),
+                "source": str(config.source or "embedded defaults"),
+            }
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         log.info("dicomnode %s starting; spool %s", __version__, self.spool.root)
         self.spool.create([d.name for d in self.config.destinations])
         self.spool.recover()
+        self._describe(self.config)
+        self.metrics.watch_spool(self._spool_state)
+        if self.config.metrics.enabled:
+            self._metrics_server = start_http_server(
+                self.config.metrics.port,
+                addr=self.config.metrics.bind,
+                registry=self.metrics.registry,
+            )
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.bind, self.metrics_port)
         self.pool.start()
         for forwarder in self.forwarders:
             forwarder.start()
         self.ingest.start()
+        self.metrics.open_associations.set_function(lambda: float(self.ingest.open_associations))
 
-    def stop(self, timeout: float = 30.0) -> bool:
+    @property
+    def metrics_port(self) -> int:
+        if self._metrics_server is None:
+            return 0
+        return int(self._metrics_server[0].server_address[1])
+
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop listening, let work in hand finish; True if everything stopped in time."""
-        log.info("stopping: no new associations; finishing work in hand")
+        timeout = timeout if timeout is not None else self.config.node.stop_timeout_s
+        log.info("stopping: no new associations; finishing work in hand (up to %.0f s)", timeout)
+        deadline = time.monotonic() + timeout
         self.ingest.stop()
-        clean = self.pool.stop(timeout)
+        clean = self.pool.stop(max(1.0, deadline - time.monotonic()))
         for forwarder in self.forwarders:
             forwarder.stop()
         for forwarder in self.forwarders:
-            forwarder.join(timeout)
+            forwarder.join(max(1.0, deadline - time.monotonic()))
+            clean = clean and not forwarder.is_alive()
+        if self._metrics_server is not None:
+            self._metrics_server[0].shutdown()
+        self.audit.close()
         log.info("stopped%s", "" if clean else " (some work was interrupted; it resumes at start)")
         return clean
 
     def run(self) -> int:
-        """Start, serve until SIGTERM or SIGINT, stop. Returns the exit code."""
+        """Start, serve until SIGTERM or SIGINT (reload on SIGHUP), stop; the exit code."""
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s", signal.Signals(signum).name)
             self._stop.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        def on_reload(_signum: int, _frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_reload)
         self.start()
         last_janitor = time.monotonic()
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(0.5):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
             if time.monotonic() - last_janitor > 600:
                 last_janitor = time.monotonic()
                 self._janitor()
         return 0 if self.stop() else 1
+
+    def reload(self, config: Config | None = None) -> bool:
+        """Swap in a new configuration, or keep the old one if the new one is not valid."""
+        try:
+            new = config or self.loader()
+            validate(new, self.secret)
+        except DicomnodeError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return False
+        except Exception as exc:  # a half-valid file must never take the node down
+            log.error("reload refused (%s), the running configuration stays", type(exc).__name__)
+            return False
+        with self._lock:
+            old = self.config
+            if new.spool.path != old.spool.path:
+                log.error("reload refused: spool.path cannot change while running; restart")
+                return False
+            self.spool.create([d.name for d in new.destinations])
+            pool, self.pool = self.pool, self._pool(new)
+            self.pool.start()
+            pool.stop(old.node.stop_timeout_s)  # its items stay in incoming/ for the new one
+            forwarders, self.forwarders = self.forwarders, self._forwarders(new)
+            for forwarder in forwarders:
+                forwarder.stop()
+            for forwarder in forwarders:
+                forwarder.join(old.node.stop_timeout_s)
+            for forwarder in self.forwarders:
+                forwarder.start()
+            listener = ("ae_title", "bind", "port", "tls", "max_pdu", "max_associations")
+            if any(getattr(new.node, k) != getattr(old.node, k) for k in listener):
+                self.ingest.stop()
+                self.ingest = self._ingest(new)
+                self.ingest.start()
+            else:
+                self.ingest.update(new.node)
+            self.config = new
+            self._describe(new)
+        log.info("configuration reloaded from %s", new.source or "embedded defaults")
+        return True
 
     def _janitor(self) -> None:
         if self.config.spool.keep_forwarded_days > 0:
@@ -100,16 +228,53 @@ class Node:
             except FileNotFoundError:
                 pass
 
+    def _spool_state(self) -> tuple[dict[str, Any], int, int]:
+        return (
+            self.spool.counts(),
+            self.spool.free_bytes(),
+            self.config.node.disk_floor_mb * 1024 * 1024,
+        )
+
     # -- events between the parts ----------------------------------------------------------
 
-    def _on_received(self, item_id: str, calling_ae: str, size: int) -> None:
+    def _on_received(self, item_id: str, calling_ae: str, size: int, seconds: float) -> None:
+        self.metrics.received.labels(calling_ae).inc()
+        self.metrics.received_bytes.labels(calling_ae).inc(size)
+        self.metrics.observe_stages({"receive": seconds})
         self.pool.submit(item_id)
 
+    def _on_refused(self, reason: str, calling_ae: str) -> None:
+        self.metrics.refused.labels(reason).inc()
+        self.audit.write("refused", calling_ae=calling_ae, reason=reason)
+
     def _on_outcome(self, outcome: Outcome) -> None:
+        self.metrics.observe_stages(outcome.seconds)
+        if outcome.gpu:
+            self.metrics.gpu_memory.set(outcome.gpu.get("memory_bytes", 0))
+            if "utilisation_ratio" in outcome.gpu:
+                self.metrics.gpu_utilisation.set(outcome.gpu["utilisation_ratio"])
         if outcome.status == "clean":
+            self.metrics.cleaned.inc()
+            self.metrics.text_regions.inc(outcome.done.get("pixels", {}).get("boxes", 0))
+            self.audit.write(
+                "cleaned",
+                id=outcome.id,
+                calling_ae=outcome.calling_ae,
+                uids=outcome.uids,
+                done=outcome.done,
+                destinations=[d.name for d in self.config.destinations],
+            )
             for forwarder in self.forwarders:
                 forwarder.wake()
         elif outcome.status == "quarantined":
+            self.metrics.quarantined.labels(outcome.reason or "unknown").inc()
+            self.audit.write(
+                "quarantined",
+                id=outcome.id,
+                calling_ae=outcome.calling_ae,
+                stage=outcome.stage,
+                reason=outcome.reason,
+            )
             log.warning(
                 "quarantined %s from %s: %s at stage %s",
                 outcome.id,
@@ -118,6 +283,26 @@ class Node:
                 outcome.stage,
             )
 
-    def _on_result(self, destination: str, path: Path, result: Result) -> None:
-        if result.status == "rejected":
-            log.warning("dead-lettered %s for %s: %s", path.name, destination, result.reason)
+    def _on_result(
+        self, destination: str, path: Path, result: Result, seconds: float, size: int
+    ) -> None:
+        item_id = path.stem
+        if result.status == "delivered":
+            self.metrics.forwarded.labels(destination).inc()
+            self.metrics.forwarded_bytes.labels(destination).inc(size)
+            self.metrics.observe_stages({"forward": seconds})
+            self.audit.write(
+                "delivered", id=item_id, calling_ae=calling_ae_of(item_id), destination=destination
+            )
+        elif result.status == "rejected":
+            self.metrics.dead_lettered.labels(destination).inc()
+            self.audit.write(
+                "dead-lettered",
+                id=item_id,
+                calling_ae=calling_ae_of(item_id),
+                destination=destination,
+                reason=result.reason,
+            )
+            log.warning("dead-lettered %s for %s: %s", item_id, destination, result.reason)
+        else:
+            self.metrics.retries.labels(destination).inc()

@@ -131,6 +131,10 @@ class Outcome:
     stage: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     size: int = 0
+    # Of the clean object only (pseudonymised), for the audit trail; and what was done.
+    uids: dict[str, str] = field(default_factory=dict)
+    done: dict[str, Any] = field(default_factory=dict)
+    gpu: dict[str, float] = field(default_factory=dict)
 
 
 def build_stages(config: Config, secret: bytes) -> list[Stage]:
@@ -198,7 +202,47 @@ class Pipeline:
             with contextlib.suppress(OSError):
                 os.replace(path, self.spool.incoming / path.name)
             return Outcome(item_id, "deferred", calling_ae, "spool-io", "deliver", seconds)
-        return Outcome(item_id, "clean", calling_ae, seconds=seconds, size=size)
+        pixels = item.notes.get("pixels", {})
+        for name, value in pixels.get("seconds", {}).items():
+            seconds[name] = value  # detect, remove, verify within the pixel stage
+        ds = item.dataset
+        uids = {
+            k: str(ds.get(k, ""))
+            for k in (
+                "SOPInstanceUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "PatientID",
+                "SOPClassUID",
+            )
+        }
+        done = {
+            "scrub": item.notes.get("scrub", {}),
+            "pixels": {k: v for k, v in pixels.items() if k != "seconds"},
+        }
+        return Outcome(
+            item_id,
+            "clean",
+            calling_ae,
+            seconds=seconds,
+            size=size,
+            uids=uids,
+            done=done,
+            gpu=_gpu_usage(),
+        )
+
+
+def _gpu_usage() -> dict[str, float]:
+    """GPU memory and utilisation, when this process has used the GPU (diffusion)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    usage = {"memory_bytes": float(torch.cuda.memory_allocated())}
+    with contextlib.suppress(Exception):  # needs NVML
+        usage["utilisation_ratio"] = float(torch.cuda.utilization()) / 100
+    return usage
 
 
 def _die_with_parent() -> None:

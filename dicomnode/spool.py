@@ -54,7 +54,7 @@ def new_id(calling_ae: str = "") -> str:
 def calling_ae_of(item_id: str) -> str:
     """The calling AE title recorded in a spool id (sanitised)."""
     parts = item_id.split("_")
-    return parts[1] if len(parts) >= 3 else ""
+    return "_".join(parts[1:-1]) if len(parts) >= 3 else ""
 
 
 @dataclass(frozen=True)

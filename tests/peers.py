@@ -125,10 +125,14 @@ class NodeProcess:
         self.spool = workdir / "spool"
         self.out = workdir / "out"
         node = {"port": self.port, "disk_floor_mb": 1, **sections.pop("node", {})}
+        self.metrics_port = free_port()
+        self.audit = workdir / "audit" / "audit.jsonl"
         self.config = {
             "node": node,
             "spool": {"path": str(self.spool)},
             "pipeline": {"workers": 2},
+            "metrics": {"port": self.metrics_port},
+            "logging": {"audit_file": str(self.audit)},
             "destinations": destinations
             or [{"name": "folder", "type": "folder", "path": str(self.out)}],
             **sections,
@@ -154,6 +158,18 @@ class NodeProcess:
             wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, 60, "the node")
             assert self.proc.poll() is None, self.log.read_text()
         return self
+
+    def metrics(self) -> dict[str, float]:
+        """The node's metrics, read over HTTP as Prometheus would: {'name{labels}': value}."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        return values
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -52,7 +52,7 @@ def test_backs_off_then_delivers_and_dead_letters_refusals(tmp_path: Path) -> No
         sender,
         retry=RetryConfig(initial_delay_s=0.05, max_delay_s=0.2),
         batch_size=2,
-        on_result=lambda d, p, r: events.append((p.stem, r.status)),
+        on_result=lambda d, p, r, seconds, size: events.append((p.stem, r.status)),
     )
     forwarder.start()
     try:

@@ -26,7 +26,7 @@ def listener(tmp_path: Path) -> Iterator[tuple[Ingest, list[str]]]:
     ingest = Ingest(
         NodeConfig(port=0, disk_floor_mb=1),
         spool,
-        on_received=lambda item, ae, size: received.append(item),
+        on_received=lambda item, ae, size, seconds: received.append(item),
     )
     ingest.start()
     try:

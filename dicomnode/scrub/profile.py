@@ -322,11 +322,20 @@ def load_profile(
             "options retain-long-full-dates and retain-long-modified-dates exclude each "
             "other: choose one"
         )
-    return _compile(chosen, site_file.resolve() if site_file else None)
+    path = site_file.resolve() if site_file else None
+    stamp = None
+    if path is not None:
+        try:
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    return _compile(chosen, path, stamp)
 
 
 @cache
-def _compile(options: frozenset[Option], site_file: Path | None) -> Profile:
+def _compile(options: frozenset[Option], site_file: Path | None, _stamp: object = None) -> Profile:
+    """The compiled table; cached per options and site file version (its mtime and size)."""
     basic = _profile_file("basic.yaml")
     public, repeating, _ = _table_rules(basic, "basic")
     private_rules: dict[PrivateKey, Rule] = {}

@@ -1,0 +1,163 @@
+"""Every Prometheus metric of the node, in one place, with the registry passed in.
+
+Counters per outcome (received by calling AE, forwarded by destination, quarantined by
+reason, dead-lettered, refused), latency histograms per stage, gauges read at scrape time
+(spool depth and oldest age per state, open associations, free disk), build and config info,
+and GPU memory and utilisation when a GPU stage runs. Labels never carry PHI: AE titles,
+destination names, stage names and quarantine reasons only.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dicomnode import __version__
+
+__all__ = ["STAGES", "Metrics"]
+
+STAGES = ("receive", "read", "scrub", "pixels", "detect", "remove", "verify", "encode", "forward")
+# From a few milliseconds (a header) to minutes (a diffusion-inpainted cine loop).
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class _SpoolCollector(Collector):
+    """Spool depth, oldest age and free disk, computed when Prometheus scrapes."""
+
+    def __init__(self, read: Callable[[], tuple[dict[str, Any], int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts, free, floor = self._read()
+        items = GaugeMetricFamily(
+            "dicomnode_spool_items", "Items in each spool state", labels=["state"]
+        )
+        oldest = GaugeMetricFamily(
+            "dicomnode_spool_oldest_age_seconds",
+            "Age of the oldest item in each spool state",
+            labels=["state"],
+        )
+        for state, value in sorted(counts.items()):
+            items.add_metric([state], value.count)
+            oldest.add_metric([state], value.oldest_age_s or 0.0)
+        yield items
+        yield oldest
+        yield GaugeMetricFamily(
+            "dicomnode_spool_free_bytes", "Free disk space of the spool", value=free
+        )
+        yield GaugeMetricFamily(
+            "dicomnode_disk_floor_bytes", "Free space below which C-STORE is refused", value=floor
+        )
+
+
+class Metrics:
+    """The node's metrics, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "dicomnode_instances_received_total",
+            "Instances received and made durable",
+            ["calling_ae"],
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "dicomnode_received_bytes_total",
+            "Bytes of instances received",
+            ["calling_ae"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "dicomnode_stores_refused_total",
+            "C-STOREs and associations refused",
+            ["reason"],
+            registry=r,
+        )
+        self.cleaned = Counter(
+            "dicomnode_instances_cleaned_total", "Instances that passed every stage", registry=r
+        )
+        self.forwarded = Counter(
+            "dicomnode_instances_forwarded_total",
+            "Instances a destination confirmed",
+            ["destination"],
+            registry=r,
+        )
+        self.forwarded_bytes = Counter(
+            "dicomnode_forwarded_bytes_total",
+            "Bytes a destination confirmed",
+            ["destination"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "dicomnode_forward_retries_total",
+            "Deliveries postponed to retry",
+            ["destination"],
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "dicomnode_instances_quarantined_total",
+            "Instances sent to quarantine",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "dicomnode_instances_dead_lettered_total",
+            "Clean instances given up on",
+            ["destination"],
+            registry=r,
+        )
+        self.text_regions = Counter(
+            "dicomnode_text_regions_total", "Burned-in text regions removed", registry=r
+        )
+        self.stage_seconds = Histogram(
+            "dicomnode_stage_seconds",
+            "Time per instance in a stage",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.open_associations = Gauge(
+            "dicomnode_open_associations", "Associations open now", registry=r
+        )
+        self.gpu_memory = Gauge(
+            "dicomnode_gpu_memory_bytes", "GPU memory in use by a GPU stage", registry=r
+        )
+        self.gpu_utilisation = Gauge(
+            "dicomnode_gpu_utilisation_ratio",
+            "GPU utilisation while a GPU stage runs (0-1)",
+            registry=r,
+        )
+        self.build = Info("dicomnode_build", "Version of dicomnode and its runtime", registry=r)
+        self.config = Info("dicomnode_config", "The configuration in force", registry=r)
+        import pydicom
+        import pynetdicom
+
+        self.build.info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "pydicom": pydicom.__version__,
+                "pynetdicom": pynetdicom.__version__,
+            }
+        )
+        for stage in STAGES:  # every series exists from the start, at zero
+            self.stage_seconds.labels(stage)
+        self._lock = threading.Lock()
+
+    def watch_spool(self, read: Callable[[], tuple[dict[str, Any], int, int]]) -> None:
+        self.registry.register(_SpoolCollector(read))
+
+    def describe_config(self, values: dict[str, str]) -> None:
+        self.config.info(values)
+
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        for stage, value in seconds.items():
+            if stage in STAGES:
+                self.stage_seconds.labels(stage).observe(value)
