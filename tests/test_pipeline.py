@@ -30,7 +30,7 @@ def test_clean_instance_goes_to_every_destination(spool: Spool) -> None:
     item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
     outcome = pipeline(spool).process(item, "0")
     assert outcome.status == "clean" and outcome.calling_ae == "CT1"
-    assert set(outcome.seconds) == {"read", "scrub", "pixels", "encode"}
+    assert {"read", "scrub", "pixels", "encode"} <= set(outcome.seconds)
     for name in ("a", "b"):
         (path,) = spool.outgoing_items(name)
         assert leaks(path.read_bytes()) == []
