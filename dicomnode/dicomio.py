@@ -27,14 +27,22 @@ from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
 from dicomnode import __version__
 from dicomnode.errors import UnreadableInstanceError, UnsupportedInstanceError
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "encode_instance", "read_instance", "vr_of"]
+__all__ = [
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "encode_chunks",
+    "encode_instance",
+    "encode_items",
+    "raw",
+    "read_instance",
+    "vr_of",
+]
 
 # Our implementation class UID, under the UUID-derived root 2.25 (no registration needed).
 IMPLEMENTATION_CLASS_UID = "2.25.207460873491830637215384624150728306465"
@@ -298,12 +306,3 @@ def raw(
 ) -> RawDataElement:
     """A raw element holding already-encoded ``value``."""
     return RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, little, True, False)
-
-
-def empty_sequence(tag: int) -> DataElement:
-    return DataElement(tag, "SQ", [])
-
-
-__all__ += ["IMPLEMENTATION_VERSION_NAME", "empty_sequence", "raw"]
-# Re-exported for callers that decide the output syntax.
-EXPLICIT_LE = ExplicitVRLittleEndian
