@@ -4,7 +4,7 @@
 JPEG/RLE-compressed), secondary captures (report screens), angiography (8 and 16 bit) and
 CT-like slices (16 bit, text-free and screen-saved dose pages), with Faker identities in the
 header and burned into the pixels in several fonts, sizes, colours and contrasts (white on
-black, grey over tissue, inverted boxes). ``truth.json`` lists every planted string and its
+black, grey over tissue, faint lines, inverted boxes). ``truth.json`` lists every planted string and its
 box per frame, and the header strings, for ``dicomnode evaluate``.
 """
 
@@ -199,14 +199,18 @@ def _screen(p: _Painter, who: dict[str, str], colour: bool) -> list[_Frame]:
     ]
     size = p.rng.choice([14, 16, 18, 22])
     fill = (230, 230, 230) if colour else 230
+    faint = (75, 79, 87) if colour else 75  # low contrast: 35 grey levels above the background
     for n, (text, phi) in enumerate(lines):
         inverted = n == 2
+        dim = n == 4
         p.text(
             frame,
             (24, 24 + n * (size + 12)),
             text,
             size=size,
-            fill=(20, 20, 20) if colour and inverted else (20 if inverted else fill),
+            fill=(20, 20, 20)
+            if colour and inverted
+            else (20 if inverted else faint if dim else fill),
             box_fill=((235, 235, 235) if colour else 235) if inverted else None,
             phi=phi,
         )

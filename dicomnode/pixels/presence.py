@@ -22,19 +22,28 @@ _KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (7, 7))
 _JOIN = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 3))
 
 
-def strokes(picture: np.ndarray, contrast: int = 48) -> np.ndarray:
+def strokes(picture: np.ndarray, contrast: int = 12) -> np.ndarray:
     """1 where a thin bright or dark stroke is (letters are made of them; the straight edge
-    of a large filled box is not), else 0."""
+    of a large filled box is not), else 0.
+
+    The threshold adapts to the neighbourhood: at least ``contrast`` grey levels (faint
+    text on a flat background counts), and well above the local texture (speckle does not).
+    """
     if picture.ndim == 3:  # the brightest channel: coloured text stands out in one of them
         grey = cv2.max(cv2.max(picture[:, :, 0], picture[:, :, 1]), picture[:, :, 2])
     else:
         grey = picture
     bright = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, _KERNEL)
     dark = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, _KERNEL)
-    return ((bright >= contrast) | (dark >= contrast)).astype(np.uint8)
+    hats = cv2.max(bright, dark)
+    texture = cv2.blur(hats, (31, 31))
+    floor = cv2.max(
+        cv2.multiply(texture, np.full_like(texture, 3)), np.full_like(texture, contrast)
+    )
+    return (hats >= floor).astype(np.uint8)
 
 
-def candidates(picture: np.ndarray, contrast: int = 48, max_side: int = 1024) -> list[Box]:
+def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> list[Box]:
     """Boxes around every text-like structure in an 8-bit RGB (or grey) picture."""
     scale = 1.0
     if max(picture.shape[:2]) > max_side:  # large frames: look at a reduced copy
