@@ -73,7 +73,8 @@ def decode(ds: Dataset) -> Frames:
     except Exception as exc:
         raise PixelDecodeError(
             f"cannot decode the pixel data ({syntax.name}, {photometric}): "
-            f"{type(exc).__name__}; install the pixel codecs (dicomnode[pixels])"
+            f"{type(exc).__name__}; the data may be corrupt or use an option no installed "
+            "decoder supports (pylibjpeg, pyjpegls; python-gdcm adds more)"
         ) from None
     if not raw and arrays and arrays[0].ndim == 3:
         photometric = "RGB"
