@@ -225,6 +225,12 @@ class DicomDestination(_Destination):
     port: int = Field(ge=1, le=65535)
     calling_ae_title: AETitle | None = None
     batch_size: int = Field(default=100, ge=1, le=10000)
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="associations in parallel to this destination (helps over slow links)",
+    )
     timeout_s: float = Field(default=30, gt=0)
     retry: RetryConfig = RetryConfig()
 

@@ -18,6 +18,7 @@ import random
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,12 @@ def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> 
 
 
 class Forwarder(threading.Thread):
-    """Delivers one destination's queue, forever, until stopped."""
+    """Delivers one destination's queue, forever, until stopped.
+
+    A destination may have several lanes (``lane`` of ``lanes``), each its own thread and
+    association: an object belongs to one lane by a hash of its name, so lanes never send the
+    same object, and the destination's round-trip latency is overlapped.
+    """
 
     def __init__(
         self,
@@ -271,8 +277,12 @@ class Forwarder(threading.Thread):
         on_result: Callable[[str, Path, Result, float, int], None] = (
             lambda name, path, result, seconds, size: None
         ),
+        lane: int = 0,
+        lanes: int = 1,
     ) -> None:
-        super().__init__(name=f"forward-{sender.name}", daemon=True)
+        super().__init__(name=f"forward-{sender.name}-{lane}", daemon=True)
+        self.lane = lane
+        self.lanes = lanes
         self.spool = spool
         self.sender = sender
         self.retry = retry or RetryConfig()
@@ -300,6 +310,8 @@ class Forwarder(threading.Thread):
                 self._wake.clear()
                 continue
             items = self.spool.outgoing_items(self.sender.name)
+            if self.lanes > 1:
+                items = [p for p in items if zlib.crc32(p.name.encode()) % self.lanes == self.lane]
             if not items:
                 self._wake.wait(1.0)
                 self._wake.clear()

@@ -77,17 +77,23 @@ class Node:
         return WorkerPool(config, self.secret, self.spool, on_outcome=self._on_outcome)
 
     def _forwarders(self, config: Config) -> list[Forwarder]:
-        return [
-            Forwarder(
-                self.spool,
-                sender_for(destination, config.node.ae_title),
-                retry=getattr(destination, "retry", None),
-                batch_size=getattr(destination, "batch_size", 100),
-                keep_days=config.spool.keep_forwarded_days,
-                on_result=self._on_result,
-            )
-            for destination in config.destinations
-        ]
+        forwarders = []
+        for destination in config.destinations:
+            lanes = getattr(destination, "parallel", 1)
+            for lane in range(lanes):
+                forwarders.append(
+                    Forwarder(
+                        self.spool,
+                        sender_for(destination, config.node.ae_title),
+                        retry=getattr(destination, "retry", None),
+                        batch_size=getattr(destination, "batch_size", 100),
+                        keep_days=config.spool.keep_forwarded_days,
+                        on_result=self._on_result,
+                        lane=lane,
+                        lanes=lanes,
+                    )
+                )
+        return forwarders
 
     def _ingest(self, config: Config) -> Ingest:
         return Ingest(
