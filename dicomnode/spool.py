@@ -30,7 +30,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,32 +254,43 @@ class Spool:
 
     def requeue_quarantined(self, reason: str | None = None) -> int:
         """Send quarantined originals through the pipeline again (after a rule change)."""
-        moved = 0
-        for folder in _dirs(self.quarantine):
-            if reason and folder.name != reason:
-                continue
-            for path in sorted(folder.glob("*" + SUFFIX)):
-                os.replace(path, self.incoming / path.name)
-                path.with_suffix(".json").unlink(missing_ok=True)
-                moved += 1
-        if moved:
-            fsync_dir(self.incoming)
-        return moved
+        return self._move_back(self.quarantine, reason, lambda _: self.incoming, fresh_age=False)
 
     def requeue_dead_letters(self, destination: str | None = None) -> int:
         """Give dead-lettered objects back to their destination's queue, with a fresh age."""
+        return self._move_back(
+            self.dead_letter, destination, lambda name: self.outgoing / name, fresh_age=True
+        )
+
+    def _move_back(
+        self,
+        root: Path,
+        only: str | None,
+        target_for: Callable[[str], Path],
+        *,
+        fresh_age: bool,
+    ) -> int:
+        """Move the objects of ``root/<name>/`` (one name, or all) to ``target_for(name)``.
+
+        The sidecar goes after its object: a crash in between leaves an orphan sidecar,
+        which ``recover`` removes, never an object without its state.
+        """
         moved = 0
-        for folder in _dirs(self.dead_letter):
-            if destination and folder.name != destination:
+        for folder in _dirs(root):
+            if only and folder.name != only:
                 continue
-            target = self.outgoing / folder.name
+            target = target_for(folder.name)
             target.mkdir(parents=True, exist_ok=True)
+            count = 0
             for path in sorted(folder.glob("*" + SUFFIX)):
-                os.utime(path)  # the age for dead-lettering starts again
+                if fresh_age:
+                    os.utime(path)  # the age for dead-lettering starts again
                 os.replace(path, target / path.name)
                 path.with_suffix(".json").unlink(missing_ok=True)
-                moved += 1
-            fsync_dir(target)
+                count += 1
+            if count:
+                fsync_dir(target)
+            moved += count
         return moved
 
     def counts(self) -> dict[str, SpoolCounts]:
