@@ -2,18 +2,27 @@
 
 Decoding goes through pydicom's pixel handlers (pylibjpeg and its plugins, pyjpegls) for every
 transfer syntax the node accepts. Values stay native (bit depth, signedness, photometric
-interpretation) where that can be written back exactly; YBR_FULL_422 is expanded and written as
-YBR_FULL, and lossy sources are decoded to RGB.
+interpretation) where that can be written back exactly; YBR_FULL_422, YBR_RCT, YBR_ICT and
+every lossy source are decoded to RGB.
 
 Writing back happens only when a frame changed; otherwise the Pixel Data element is left as
 it was, byte for byte. Lossless sources are re-encoded in their own transfer syntax when an
-encoder exists (RLE, JPEG-LS, JPEG 2000); JPEG Lossless (process 14), which no installed
-encoder writes, and every lossy source are written uncompressed in Explicit VR Little Endian:
-no second generation of loss, LossyImageCompression stays "01" where it was.
+encoder exists (RLE, JPEG-LS, JPEG 2000) and takes the image (pydicom's RLE encoder stops at 16
+bits); JPEG Lossless (process 14), which no installed encoder writes, images the encoder
+refuses, and every lossy source are written uncompressed in Explicit VR Little Endian: no second
+generation of loss, LossyImageCompression stays "01" where it was.
+
+Photometric Interpretation and Planar Configuration follow PS3.5 8.2 for the syntax written:
+JPEG 2000 RGB frames are written YBR_RCT with the reversible colour transform (8.2.4: the PI
+names the transform in the codestream; the US, VL and ophthalmic IODs accept nothing else),
+unless the source itself was RGB, which is written back without the transform; JPEG-LS and
+JPEG 2000 take Planar Configuration 0 (8.2.3, 8.2.4); RLE and native data keep the source's
+value (G.2 note 2: free unless the IOD constrains it, as US does for YBR_FULL).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +46,8 @@ from pydicom.uid import (
 from dicomnode.errors import InstanceError
 
 __all__ = ["Frames", "decode", "display", "encode", "fill_value"]
+
+log = logging.getLogger(__name__)
 
 UNCOMPRESSED = {
     ImplicitVRLittleEndian,
@@ -140,16 +151,31 @@ def encode(ds: Dataset, frames: Frames) -> str:
     """Write changed frames back into ``ds``; returns what was done, for the record."""
     stack = np.stack(frames.arrays)
     source = frames.syntax
+    source_pi = str(ds.get("PhotometricInterpretation", "")).strip()
+    source_planar = ds.get("PlanarConfiguration")
+    source_planar = source_planar if source_planar in (0, 1) else None
+    refused = ""
     if source in REENCODABLE and not frames.lossy:
-        _set_image_attributes(ds, frames)
-        ds.compress(
-            source, stack if len(frames.arrays) > 1 else stack[0], generate_instance_uid=False
-        )
-        return f"re-encoded in {source.name}"
+        _set_image_attributes(ds, frames, source, source_pi, source_planar)
+        try:
+            ds.compress(
+                source, stack if len(frames.arrays) > 1 else stack[0], generate_instance_uid=False
+            )
+        except ValueError as exc:  # pydicom's encoders refuse what they cannot write
+            log.warning(
+                "%s encoder refused the image, writing it uncompressed: %s",
+                source.name,
+                str(exc).splitlines()[0],
+            )
+            refused = f" ({source.name} encoder refused the image)"
+        else:
+            return f"re-encoded in {source.name}"
     target = source if source in UNCOMPRESSED else ExplicitVRLittleEndian
-    _set_image_attributes(ds, frames)
+    planar = _set_image_attributes(ds, frames, target, source_pi, source_planar)
+    if planar == 1:
+        stack = np.moveaxis(stack, -1, 1)  # frames, samples, rows, columns
     dtype = stack.dtype.newbyteorder(">" if target == ExplicitVRBigEndian else "<")
-    data = stack.astype(dtype, copy=False).tobytes()
+    data = np.ascontiguousarray(stack).astype(dtype, copy=False).tobytes()
     if len(data) % 2:
         data += b"\x00"
     if "PixelData" in ds:
@@ -159,15 +185,34 @@ def encode(ds: Dataset, frames: Frames) -> str:
         ds.file_meta.TransferSyntaxUID = target
         if frames.lossy:
             ds.LossyImageCompression = "01"
-        return f"written uncompressed ({target.name}) from {source.name}"
+        return f"written uncompressed ({target.name}) from {source.name}{refused}"
     return "written uncompressed"
 
 
-def _set_image_attributes(ds: Dataset, frames: Frames) -> None:
+def _set_image_attributes(
+    ds: Dataset, frames: Frames, target: UID, source_pi: str, source_planar: int | None
+) -> int | None:
+    """Describe the frames as they will be written in ``target``; returns the planar configuration.
+
+    PS3.5 8.2: the Photometric Interpretation must be one the syntax allows and, for JPEG 2000,
+    name the colour transform applied in the codestream (pydicom's encoder applies the
+    reversible one when told YBR_RCT and none for RGB).
+    """
     first = frames.arrays[0]
-    ds.PhotometricInterpretation = frames.photometric
+    photometric = frames.photometric
+    if target == JPEG2000Lossless and photometric == "RGB" and source_pi != "RGB":
+        photometric = "YBR_RCT"
+    ds.PhotometricInterpretation = photometric
+    planar: int | None = None
     if first.ndim == 3:
         ds.SamplesPerPixel = first.shape[-1]
-        ds.PlanarConfiguration = 0
+        planar = 0
+        keeps_own = UNCOMPRESSED | {RLELossless}
+        if source_planar is not None and target in keeps_own and frames.syntax in keeps_own:
+            planar = source_planar
+        ds.PlanarConfiguration = planar
+    elif "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration  # Type 1C: present only with more than one sample
     if first.dtype.itemsize == 1 and int(ds.get("BitsAllocated", 8)) != 8:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    return planar

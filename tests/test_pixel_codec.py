@@ -1,0 +1,191 @@
+"""Re-encoding after text removal: the Photometric Interpretation and Planar Configuration
+written are valid for the transfer syntax written (PS3.5 8.2), dciodvfy finds no error the
+source did not have, and decoding the output gives back exactly the cleaned frames.
+
+The codec is driven directly (decode, change a box, encode), without the scrubber or OCR."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
+from pydicom.pixels import convert_color_space  # type: ignore[attr-defined]
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from dicomnode.pixels import codec
+from tests.conftest import PYDICOM_FILES, require_tool
+
+# What PS3.5 allows for three samples (Tables 8.2.2-1, 8.2.3-1, 8.2.4-1; native data: PS3.3
+# C.7.6.3.1.2), and the Planar Configuration each syntax takes (None: the source's own value).
+COLOUR_PI = {
+    JPEG2000Lossless: {"YBR_RCT", "RGB", "YBR_FULL"},
+    JPEGLSLossless: {"RGB", "YBR_FULL"},
+    RLELossless: {"RGB", "YBR_FULL"},
+    ExplicitVRLittleEndian: {"RGB", "YBR_FULL", "YBR_FULL_422"},
+}
+PLANAR = {JPEG2000Lossless: 0, JPEGLSLossless: 0, RLELossless: None, ExplicitVRLittleEndian: None}
+
+# file: (syntax written, Photometric Interpretation written)
+BUNDLED = {
+    "examples_jpeg2k.dcm": (JPEG2000Lossless, "YBR_RCT"),  # US, the tester's case
+    "GDCMJ2K_TextGBR.dcm": (JPEG2000Lossless, "YBR_RCT"),  # SC
+    "MR_small_jp2klossless.dcm": (JPEG2000Lossless, "MONOCHROME2"),
+    "SC_rgb_rle.dcm": (RLELossless, "RGB"),
+    "SC_rgb_rle_16bit_2frame.dcm": (RLELossless, "RGB"),
+    "SC_rgb_rle_32bit.dcm": (ExplicitVRLittleEndian, "RGB"),  # no encoder takes 32-bit RLE
+    "MR_small_RLE.dcm": (RLELossless, "MONOCHROME2"),
+    "MR_small_jpeg_ls_lossless.dcm": (JPEGLSLossless, "MONOCHROME2"),
+    "examples_palette.dcm": (ExplicitVRLittleEndian, "PALETTE COLOR"),
+    "SC_rgb_dcmtk_+eb+cy+np.dcm": (ExplicitVRLittleEndian, "RGB"),  # JPEG baseline YBR_FULL_422
+    "examples_ybr_color.dcm": (ExplicitVRLittleEndian, "RGB"),  # US, JPEG baseline, 30 frames
+    "SC_ybr_full_422_uncompressed.dcm": (ExplicitVRLittleEndian, "RGB"),
+    "SC_rgb_gdcm_KY.dcm": (ExplicitVRLittleEndian, "RGB"),  # JPEG 2000 lossy, RGB
+    "693_J2KI.dcm": (ExplicitVRLittleEndian, "MONOCHROME2"),  # JPEG 2000 lossy, grey
+}
+
+
+def _dciodvfy_errors(dciodvfy: str, path: Path) -> set[str]:
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    return {re.sub(r"\d+(\.\d+)*", "N", line) for line in lines if line.startswith("Error")}
+
+
+def _clean_a_box(ds: Dataset) -> codec.Frames:
+    """Decode, blank a 10x10 box in every frame (as the remover would), encode; the frames."""
+    frames = codec.decode(ds)
+    for frame in frames.arrays:
+        frame[:10, :10] = codec.fill_value(frame, frames.photometric, ds)
+    codec.encode(ds, frames)
+    return frames
+
+
+def _uses_mct(ds: Dataset) -> list[bool]:
+    """Per frame: does the JPEG 2000 codestream apply a multiple component transform?"""
+    flags = []
+    for stream in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))):
+        position = 2  # after SOC
+        while stream[position : position + 2] != b"\xff\x52":  # COD
+            position += 2 + int.from_bytes(stream[position + 2 : position + 4], "big")
+        # COD: marker, Lcod, Scod, progression order, layers (2 bytes), MCT
+        flags.append(stream[position + 8] == 1)
+    return flags
+
+
+def _check_written(ds: Dataset, syntax: UID, source_planar: int | None) -> None:
+    pi = ds.PhotometricInterpretation
+    if ds.SamplesPerPixel == 3:
+        assert pi in COLOUR_PI[syntax]
+        expected_planar = PLANAR[syntax]
+        assert ds.PlanarConfiguration == (
+            expected_planar if expected_planar is not None else (source_planar or 0)
+        )
+    else:
+        assert "PlanarConfiguration" not in ds
+    if syntax == JPEG2000Lossless and ds.SamplesPerPixel == 3:
+        # PS3.5 8.2.4: YBR_RCT if and only if the reversible transform was applied.
+        assert set(_uses_mct(ds)) == {pi == "YBR_RCT"}
+
+
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_reencoded_bundled_file_stays_valid(name: str, tmp_path: Path) -> None:
+    dciodvfy = require_tool("dciodvfy")
+    path = PYDICOM_FILES / name
+    assert path.exists(), f"{name} is not among pydicom's bundled files (pydicom changed?)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's remarks on odd test files
+        ds = pydicom.dcmread(path)
+    source_planar = ds.get("PlanarConfiguration")
+    lossy = codec.decode(ds).lossy
+    frames = _clean_a_box(ds)
+    out = tmp_path / name
+    ds.save_as(out, enforce_file_format=True)
+
+    syntax, photometric = BUNDLED[name]
+    written = pydicom.dcmread(out)
+    assert written.file_meta.TransferSyntaxUID == syntax
+    assert written.PhotometricInterpretation == photometric
+    _check_written(written, syntax, source_planar)
+    if lossy:
+        assert written.LossyImageCompression == "01"
+    back = codec.decode(written)
+    assert back.photometric == frames.photometric
+    assert len(back.arrays) == len(frames.arrays)
+    assert all(np.array_equal(a, b) for a, b in zip(back.arrays, frames.arrays, strict=True))
+    new = _dciodvfy_errors(dciodvfy, out) - _dciodvfy_errors(dciodvfy, path)
+    assert not new, f"dciodvfy reports new errors: {sorted(new)}"
+
+
+def _us_colour(photometric: str, syntax: UID, planar: int) -> Dataset:
+    """A two-frame colour ultrasound in ``syntax``, its frames random (nothing compresses away)."""
+    rgb = np.random.default_rng(7).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    pixels = convert_color_space(rgb, "RGB", "YBR_FULL") if photometric == "YBR_FULL" else rgb
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "US"
+    ds.NumberOfFrames = 2
+    ds.Rows, ds.Columns = 48, 64
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = photometric  # YBR_RCT: pydicom applies the transform
+    ds.PlanarConfiguration = planar
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = (np.moveaxis(pixels, -1, 1) if planar else pixels).tobytes()
+    ds["PixelData"].VR = "OB"
+    if syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax, pixels, generate_instance_uid=False)
+    return ds
+
+
+# (source PI, syntax, source Planar Configuration): PI and Planar Configuration written
+COLOUR_CASES = {
+    ("YBR_RCT", JPEG2000Lossless, 0): ("YBR_RCT", 0),
+    ("RGB", JPEG2000Lossless, 0): ("RGB", 0),  # no transform in the source, none written
+    ("YBR_FULL", JPEG2000Lossless, 0): ("YBR_FULL", 0),
+    ("RGB", JPEGLSLossless, 1): ("RGB", 0),  # PS3.5 8.2.3: shall be 0
+    ("YBR_FULL", JPEGLSLossless, 0): ("YBR_FULL", 0),
+    ("RGB", RLELossless, 0): ("RGB", 0),
+    ("YBR_FULL", RLELossless, 1): ("YBR_FULL", 1),  # US requires 1 for YBR_FULL
+    ("YBR_FULL", ExplicitVRLittleEndian, 1): ("YBR_FULL", 1),
+    ("RGB", ExplicitVRLittleEndian, 1): ("RGB", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(COLOUR_CASES), ids=lambda c: f"{c[0]}-{c[1].name}-{c[2]}")
+def test_colour_reencoding_keeps_a_valid_photometric(
+    case: tuple[str, UID, int], tmp_path: Path
+) -> None:
+    photometric, syntax, planar = case
+    ds = _us_colour(photometric, syntax, planar)
+    source = tmp_path / "source.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    frames = _clean_a_box(ds)
+    out = tmp_path / "out.dcm"
+    ds.save_as(out, enforce_file_format=True)
+
+    written = pydicom.dcmread(out)
+    assert written.file_meta.TransferSyntaxUID == syntax
+    assert (written.PhotometricInterpretation, written.PlanarConfiguration) == COLOUR_CASES[case]
+    _check_written(written, syntax, planar)
+    back = codec.decode(written)
+    assert all(np.array_equal(a, b) for a, b in zip(back.arrays, frames.arrays, strict=True))
+    dciodvfy = require_tool("dciodvfy")
+    new = _dciodvfy_errors(dciodvfy, out) - _dciodvfy_errors(dciodvfy, source)
+    assert not new, f"dciodvfy reports new errors: {sorted(new)}"
