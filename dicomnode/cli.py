@@ -111,6 +111,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     )
     if profile.site_file:
         print(f"site rules: {profile.site_file}")
+    if config.scrub.lookup is not None:
+        from dicomnode.scrub.lookup import load_lookup
+
+        table = load_lookup(config.scrub.lookup.path)
+        print(
+            f"lookup table: {table.source} ({table.patients} patient(s), {table.accessions} "
+            f"accession number(s); unmapped patients: {config.scrub.lookup.unmapped})"
+        )
+    if config.scrub.crosswalk is not None:
+        print(f"crosswalk: {config.scrub.crosswalk.path} (readable with the broker's private key)")
     return EXIT_OK
 
 
@@ -283,6 +293,99 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_FAILURES if leaks else EXIT_OK
 
 
+def _cmd_crosswalk_keygen(args: argparse.Namespace) -> int:
+    """A key pair for the crosswalk: the private half to a file for the honest broker."""
+    from dicomnode.crosswalk import write_private_key
+
+    public = write_private_key(args.out)
+    print(
+        f"wrote the private key to {args.out} (mode 0600). Keep it with the honest broker, "
+        "never on the node, and back it up: without it the crosswalk cannot be read. Put "
+        "this line under scrub.crosswalk in the node's configuration:",
+        file=sys.stderr,
+    )
+    print(f"public_key: {public}")
+    return EXIT_OK
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return f"uid {os.getuid()}"
+
+
+def _cmd_reidentify(args: argparse.Namespace) -> int:
+    """Look pseudonyms up in the crosswalk; every lookup is a line in the audit trail."""
+    from dicomnode.audit import AuditTrail
+    from dicomnode.crosswalk import read_crosswalk
+
+    config = load_config(args.config)
+    crosswalk: Path | None = args.crosswalk
+    if crosswalk is None and config.scrub.crosswalk is not None:
+        crosswalk = config.scrub.crosswalk.path
+    if crosswalk is None:
+        raise ConfigError(
+            "no crosswalk to read: give --crosswalk FILE, or --config with scrub.crosswalk set"
+        )
+    if config.logging.audit_file is None:
+        raise ConfigError(
+            "logging.audit_file is null: re-identification is always audited; set it in the "
+            "configuration given with --config"
+        )
+    try:
+        key = args.key.read_text(encoding="utf-8")
+        mode = args.key.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"{args.key}: cannot read the private key ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{args.key}: not a key file; give the file 'dicomnode crosswalk-keygen' wrote"
+        ) from None
+    if mode & 0o077:
+        print(f"warning: {args.key} has mode {mode:o}; chmod 600 it", file=sys.stderr)
+    wanted: dict[str, dict[tuple[str, str], None]] = {p.strip(): {} for p in args.pseudonyms}
+    user = _os_user()
+    audit = AuditTrail(
+        config.logging.audit_file,
+        max_mb=config.logging.audit_max_mb,
+        backups=config.logging.audit_backups,
+    )
+    try:
+        try:
+            for kind, original, pseudonym in read_crosswalk(crosswalk, key):
+                if pseudonym in wanted:
+                    wanted[pseudonym][(kind, original)] = None
+        except DicomnodeError:
+            audit.write(
+                "reidentify-failed",
+                user=user,
+                pseudonyms=list(wanted),
+                crosswalk=str(crosswalk),
+                reason="the key or the crosswalk could not be used",
+            )
+            raise
+        # Audited before anything is shown: no line in the trail, no answer.
+        for pseudonym, matches in wanted.items():
+            audit.write(
+                "reidentified",
+                user=user,
+                pseudonym=pseudonym,
+                matches=len(matches),
+                crosswalk=str(crosswalk),
+            )
+    finally:
+        audit.close()
+    for pseudonym, matches in wanted.items():
+        if not matches:
+            print(f"no record for {pseudonym}", file=sys.stderr)
+        for kind, original in matches:
+            print(f"{kind} {original}")
+    return EXIT_OK if any(wanted.values()) else EXIT_FAILURES
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomnode",
@@ -390,6 +493,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     common(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    keygen = sub.add_parser(
+        "crosswalk-keygen", help="create the honest broker's key pair for the crosswalk"
+    )
+    keygen.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="PRIVATE_KEY_FILE",
+        help="where the private key goes (mode 0600; never overwritten); keep it off the node",
+    )
+    keygen.set_defaults(func=_cmd_crosswalk_keygen)
+
+    reidentify = sub.add_parser(
+        "reidentify", help="honest broker: the originals behind pseudonyms (audited)"
+    )
+    reidentify.add_argument(
+        "--key", type=Path, required=True, metavar="PRIVATE_KEY_FILE", help="the private key"
+    )
+    reidentify.add_argument(
+        "--crosswalk",
+        type=Path,
+        metavar="FILE",
+        help="the crosswalk file (default: scrub.crosswalk.path of the configuration)",
+    )
+    reidentify.add_argument(
+        "--config",
+        type=Path,
+        help="configuration (YAML) naming the crosswalk and the audit trail; default: "
+        "$DICOMNODE_CONFIG or the embedded defaults",
+    )
+    reidentify.add_argument(
+        "pseudonyms", nargs="+", metavar="PSEUDONYM", help="Patient ID, accession or study UID"
+    )
+    reidentify.set_defaults(func=_cmd_reidentify)
     return parser
 
 

@@ -25,12 +25,15 @@ from pydantic import (
 
 from dicomnode.errors import ConfigError
 from dicomnode.scrub.actions import Option
+from dicomnode.scrub.lookup import load_lookup
 
 __all__ = [
     "CONFIG_ENV",
     "Config",
+    "CrosswalkConfig",
     "DicomDestination",
     "FolderDestination",
+    "LookupConfig",
     "NodeConfig",
     "ScrubConfig",
     "load_config",
@@ -53,6 +56,33 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LookupConfig(_Frozen):
+    """The study's own subject IDs and research accessions (a CSV from the honest broker)."""
+
+    path: Path = Field(description="the lookup table (CSV); see dicomnode.scrub.lookup")
+    unmapped: Literal["quarantine", "pseudonym"] = Field(
+        default="quarantine",
+        description="a patient not in the table: quarantine (unmapped-patient), or the keyed "
+        "pseudonym",
+    )
+
+
+class CrosswalkConfig(_Frozen):
+    """An encrypted original -> pseudonym record that only the honest broker can read."""
+
+    path: Path = Field(description="the crosswalk file the node appends to")
+    public_key: str = Field(
+        description="the broker's age public key (age1...); the private key stays with them"
+    )
+
+    @field_validator("public_key")
+    @classmethod
+    def _public_key(cls, v: str) -> str:
+        from dicomnode.crosswalk import check_public_key
+
+        return check_public_key(v)
+
+
 class ScrubConfig(_Frozen):
     """How headers are de-identified."""
 
@@ -68,6 +98,12 @@ class ScrubConfig(_Frozen):
     date_shift_days: tuple[int, int] = Field(
         default=(-3650, -1),
         description="range of the per-patient date shift, in days (modified-dates option)",
+    )
+    lookup: LookupConfig | None = Field(
+        default=None, description="map patients to the study's own subject IDs"
+    )
+    crosswalk: CrosswalkConfig | None = Field(
+        default=None, description="record originals -> pseudonyms, encrypted, for re-identification"
     )
 
     @field_validator("patient_id_prefix")
@@ -314,6 +350,8 @@ class Config(_Frozen):
 
 _PATHS = (
     ("scrub", "site_rules"),
+    ("scrub", "lookup", "path"),
+    ("scrub", "crosswalk", "path"),
     ("spool", "path"),
     ("node", "tls", "certificate"),
     ("node", "tls", "private_key"),
@@ -373,4 +411,9 @@ def load_config(path: Path | str | None = None) -> Config:
     site = config.scrub.site_rules
     if site is not None and not site.is_file():
         raise ConfigError(f"{path}: scrub.site_rules: no such file {site}")
+    if config.scrub.lookup is not None:
+        try:
+            load_lookup(config.scrub.lookup.path)  # cached: free when the file did not change
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: scrub.lookup: {exc}") from None
     return config
