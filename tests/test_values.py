@@ -1,14 +1,11 @@
-"""Dates, dummies and the free-text cleaner."""
+"""Dates and dummies (the free-text cleaner: tests/test_freetext.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dicomnode.scrub.profile import rules_dir
 from dicomnode.scrub.values import (
     DUMMY_BY_VR,
-    TextCleaner,
-    identity_terms,
     shift_date,
     shift_datetime,
 )
@@ -51,33 +48,3 @@ def test_dummies_are_valid_for_their_vr() -> None:
         assert value and len(value) % 2 == 0, vr
     assert len(DUMMY_BY_VR["CS"].rstrip()) <= 16 and DUMMY_BY_VR["CS"].isupper()
     assert len(DUMMY_BY_VR["AE"]) <= 16
-
-
-@pytest.fixture(scope="module")
-def cleaner() -> TextCleaner:
-    return TextCleaner.from_files(rules_dir() / "safe-words.txt")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("AX T1 POST GAD", "AX T1 POST GAD"),
-        ("Lung 1.25mm B70f", "Lung 1.25mm B70f"),
-        ("CT CHEST 12/03/2021 10:42", "CT CHEST"),
-        ("Head w/o contrast for John Smith", "Head w/o contrast for"),
-        ("Scan 1985 MRN 12345678", "Scan"),
-        ("DWI b1000 ADC", "DWI b1000 ADC"),
-        ("Brain^Zebulon", "Brain"),
-        ("Thorax Müller 山田太郎 Иванов", "Thorax"),
-        ("CT_HEAD_Smith", "CT_HEAD"),
-    ],
-)
-def test_cleaner_keeps_only_known_safe_words(
-    cleaner: TextCleaner, text: str, expected: str
-) -> None:
-    assert cleaner.clean(text) == expected
-
-
-def test_identity_terms_beat_the_vocabulary(cleaner: TextCleaner) -> None:
-    banned = identity_terms(["Chest^Brain", "ACC123"])
-    assert cleaner.clean("CT CHEST BRAIN HEAD ACC123", banned) == "CT HEAD"

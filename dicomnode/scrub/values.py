@@ -1,4 +1,4 @@
-"""Replacement values: dummies by VR, shifted dates, cleaned text.
+"""Replacement values: dummies by VR and shifted dates (free text: :mod:`.freetext`).
 
 Everything here works on encoded bytes and returns encoded bytes, padded to even length, so
 the engine never has to decode an element it does not change.
@@ -10,7 +10,6 @@ import datetime as dt
 import re
 import struct
 from collections.abc import Iterable
-from pathlib import Path
 
 # Dummy values (action D): non-empty, valid for the VR, and recognisable as replaced.
 _TEXT_DUMMY = b"ANONYMIZED"
@@ -143,86 +142,3 @@ def shift_datetime(value: str, days: int) -> str:
     if day:
         out += f"{base.day:02d}"
     return out + rest
-
-
-# -- free text -----------------------------------------------------------------------------
-
-_DATE_LIKE = re.compile(
-    r"\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b"  # 12/03/2021, 2021-03-12, 12.3.21
-    r"|\b(?:19|20)\d{6}\b"  # 20210312
-    r"|\b\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?\b"  # 10:42, 10:42:07
-    r"|\b\d{1,2}[ -]?(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?[ -]?\d{2,4}\b",
-    re.IGNORECASE,
-)
-# Any run of letters or digits, in any script: a name in Cyrillic or kanji is a token too, and
-# only tokens can survive cleaning (what lies between them is punctuation and space).
-_TOKEN = re.compile(r"[^\W_]+(?:\.[0-9]+)?")
-_YEAR = re.compile(r"^(?:18|19|20)\d\d$")
-
-
-class TextCleaner:
-    """Keeps only known-safe words of a free-text value (the C action on text).
-
-    A word survives when it is in the safe vocabulary (``rules/safe-words.txt`` plus site
-    words) and is not one of the instance's identity terms; a number survives when it is
-    short (at most 4 digits, or a decimal) and not a year; a token mixing letters and digits
-    ("T1W", "B30f", "5mm") survives when it is short and its letters are safe words or at
-    most two single letters.
-    Dates, times and everything else are dropped.
-    """
-
-    def __init__(self, words: Iterable[str]) -> None:
-        self._words = frozenset(w.lower() for w in words)
-
-    @classmethod
-    def from_files(cls, *paths: Path, extra: Iterable[str] = ()) -> TextCleaner:
-        words: list[str] = list(extra)
-        for path in paths:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                words.extend(line.split("#", 1)[0].split())
-        return cls(words)
-
-    def _safe_token(self, token: str, banned: frozenset[str]) -> bool:
-        low = token.lower()
-        if low in banned:
-            return False
-        if low.isalpha():
-            return low in self._words
-        if low.replace(".", "", 1).isdigit():
-            if "." in low:
-                return len(low) <= 8
-            return len(low) <= 4 and not _YEAR.match(low)
-        # letters and digits mixed ("T1W", "B30f", "5mm", "b1000"): short, few digits, and its
-        # letters safe words or at most two stray single letters (an ID has more).
-        if len(low) > 8 or sum(c.isdigit() for c in low) > 4:
-            return False
-        letters = [part for part in re.split(r"[\d.]+", low) if part]
-        stray = [part for part in letters if part not in self._words]
-        return len(stray) <= 2 and all(len(part) == 1 for part in stray)
-
-    def clean(self, text: str, banned: frozenset[str] = frozenset()) -> str:
-        """Return ``text`` with every token not known to be safe removed."""
-        text = _DATE_LIKE.sub(" ", text)
-        out: list[str] = []
-        pos = 0
-        for match in _TOKEN.finditer(text):
-            out.append(text[pos : match.start()])
-            if self._safe_token(match.group(), banned):
-                out.append(match.group())
-            pos = match.end()
-        out.append(text[pos:])
-        cleaned = "".join(out)
-        # Collapse what removal left behind: runs of spaces and orphaned separators.
-        cleaned = re.sub(r"[ \t]{2,}", " ", cleaned)
-        cleaned = re.sub(r"(?m)^[\s,;:/^_-]+|[\s,;:/^_-]+$", "", cleaned)
-        return cleaned
-
-
-def identity_terms(values: Iterable[str]) -> frozenset[str]:
-    """Lower-cased words of identity values (names, IDs, addresses) to ban from clean text."""
-    terms: set[str] = set()
-    for value in values:
-        for token in _TOKEN.findall(value.replace("^", " ")):
-            if len(token) >= 2:
-                terms.add(token.lower())
-    return frozenset(terms)
