@@ -1,6 +1,8 @@
 """Property: whatever the dataset, no string from a PHI attribute of the input appears in the
 output. Random values are placed at the top level, inside sequences at random depths, and in
-private attributes."""
+private attributes; senders lie: declared VRs are mutated, private elements of unknown
+creators are nested inside sequences PS3.15 lists as safe, and UIDs are forged to look
+standard."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicomnode.dicomio import encode_instance, read_instance
+from dicomnode.errors import InstanceError
 from dicomnode.scrub import Action, Scrubber
 from tests.conftest import SECRET
 from tests.phi import planted_dataset, to_bytes
@@ -73,7 +76,12 @@ DATES = st.dates(
 )
 
 
-def _value(vr: str, token: str, date: str, n: int) -> str:
+# Declared VRs a lying sender may give a text attribute (the dictionary's VR decides).
+LIES = ("DS", "IS", "CS", "AE", "SH", "LO", "LT", "UT", "UN", "OB")
+SAFE_SEQUENCE = (0x2001, "Philips Imaging DD 001", 0x5F)  # Stack Sequence (Table E.3.10-1)
+
+
+def _value(vr: str, token: str, date: str, n: int, forge: bool = False) -> str:
     if vr == "PN":
         return f"{token}^{token[::-1]}"
     if vr == "DA":
@@ -81,6 +89,8 @@ def _value(vr: str, token: str, date: str, n: int) -> str:
     if vr == "DT":
         return date + "120000"
     if vr == "UI":
+        if forge:  # looks standard, is not registered: must be remapped
+            return f"1.2.840.10008.{int(token[-3:]) + 1}.{n + 1}.9{int(token[-3:])}"
         return f"1.2.999.{int(token[-3:]) + 1}.{n + 1}"
     if vr in ("SH", "AE"):
         return token
@@ -99,7 +109,7 @@ def datasets(draw: st.DrawFn, name: str) -> tuple[Dataset, list[str]]:
         if vr == "SQ":
             continue
         token = draw(TOKENS)
-        value = _value(vr, token, date, n)
+        value = _value(vr, token, date, n, forge=draw(st.booleans()))
         depth = draw(st.integers(0, 3))
         target = ds
         for _ in range(depth):
@@ -108,11 +118,35 @@ def datasets(draw: st.DrawFn, name: str) -> tuple[Dataset, list[str]]:
             setattr(target, container, Sequence([item]))
             target = item
         target.add_new(tag, vr, value)
+        if vr not in ("DA", "DT", "UI") and draw(st.integers(0, 3)) == 0:
+            lie = draw(st.sampled_from(LIES))
+            element = target[tag]
+            element.VR = lie
+            # Set the value as a sender would write it, bypassing pydicom's conversion.
+            if lie in ("UN", "OB"):
+                element._value = value.encode("latin-1") + b" " * (len(value) % 2)
+            else:
+                element._value = value
         secrets_out.append(date if vr in ("DA", "DT") else value)
     if draw(st.booleans()):
         token = draw(TOKENS)
         block = ds.private_block(0x0011, draw(TOKENS), create=True)
         block.add_new(0x10, "LO", token)
+        secrets_out.append(token)
+    if draw(st.booleans()):
+        # Unknown creators nested inside a safe private sequence, at a random depth.
+        token = draw(TOKENS)
+        item = Dataset()
+        evil = item.private_block(0x0009, draw(TOKENS), create=True)
+        evil.add_new(0x01, draw(st.sampled_from(["PN", "LO", "SH", "UT"])), token)
+        for _ in range(draw(st.integers(0, 2))):
+            outer = Dataset()
+            outer.private_block(SAFE_SEQUENCE[0], SAFE_SEQUENCE[1], create=True).add_new(
+                SAFE_SEQUENCE[2], "SQ", Sequence([item])
+            )
+            item = outer
+        group, creator, low = SAFE_SEQUENCE
+        ds.private_block(group, creator, create=True).add_new(low, "SQ", Sequence([item]))
         secrets_out.append(token)
     return ds, secrets_out
 
@@ -120,7 +154,11 @@ def datasets(draw: st.DrawFn, name: str) -> tuple[Dataset, list[str]]:
 def _check(name: str, case: tuple[Dataset, list[str]]) -> None:
     ds, planted = case
     parsed = read_instance(to_bytes(ds))
-    scrubbers()[name].scrub(parsed)
+    try:
+        scrubbers()[name].scrub(parsed)
+    except InstanceError as exc:
+        assert exc.reason == "vr-mismatch", exc  # refused (quarantined) leaks nothing
+        return
     out = encode_instance(parsed)
     for value in planted:
         for variant in {value, value.replace("^", " ")}:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from dicomnode.scrub.actions import Action, DateMode, Option
 from dicomnode.scrub.engine import Scrubber, ScrubReport
+from dicomnode.scrub.lookup import LookupTable, load_lookup
 from dicomnode.scrub.profile import Profile, load_profile
 from dicomnode.scrub.pseudonym import Pseudonymizer, load_secret
 
@@ -19,12 +20,14 @@ if TYPE_CHECKING:
 __all__ = [
     "Action",
     "DateMode",
+    "LookupTable",
     "Option",
     "Profile",
     "Pseudonymizer",
     "ScrubReport",
     "Scrubber",
     "build_scrubber",
+    "load_lookup",
     "load_profile",
     "load_secret",
 ]
@@ -35,9 +38,18 @@ def build_scrubber(config: Config, *, demo: bool = False, secret: bytes | None =
     settings = config.scrub
     profile = load_profile(settings.options, settings.site_rules)
     key = secret if secret is not None else load_secret(demo=demo)
+    lookup = load_lookup(settings.lookup.path) if settings.lookup is not None else None
+    crosswalk = None
+    if settings.crosswalk is not None:
+        from dicomnode.crosswalk import CrosswalkWriter
+
+        crosswalk = CrosswalkWriter(settings.crosswalk.path, settings.crosswalk.public_key)
     return Scrubber(
         profile,
         Pseudonymizer(key, date_shift_days=settings.date_shift_days),
         patient_id_prefix=settings.patient_id_prefix,
         patient_name=settings.patient_name,
+        lookup=lookup,
+        unmapped=settings.lookup.unmapped if settings.lookup is not None else "quarantine",
+        crosswalk=crosswalk,
     )

@@ -1,18 +1,24 @@
 """The vocabularies of the profile: action codes and options.
 
 PS3.15 Table E.1-1 gives each attribute an action code. The combined codes (X/Z, X/D, ...)
-mean "the weakest action the IOD allows": which one applies depends on the attribute's type
-in the IOD of each SOP class. Without the module tables we resolve them to the action that is
-conformant whatever the type, so an output never breaks its IOD because of the scrubber:
+mean "the weakest action the IOD allows": which one applies depends on the attribute's Type
+in the IOD of the instance's SOP class. The engine asks the PS3.3 tables (``scrub/iod.py``)
+for that Type when it meets the attribute; the compiled action below is what it falls back
+to for a class the tables do not know, chosen to be conformant whatever the Type:
 
 ==========  ===========================================================================
-code        resolved to
+code        Type 3 (or absent from the IOD) / Type 2 / Type 1 -- and without IOD facts
 ==========  ===========================================================================
-X/Z         Z: a type 2 attribute must stay present; an empty value leaks nothing
-X/D, Z/D    D: a type 1 attribute needs a value; a dummy consistent with the VR
-X/Z/D       D, for the same reason
-X/Z/U*      U: keep the sequence and replace every UID inside it
+X/Z         X / Z / Z (an empty Type 1 value is still better than a kept one) -- Z
+X/D, Z/D    X (Z/D: Z) / D / D -- D: a dummy consistent with the VR
+X/Z/D       X / Z / D -- D
+X/Z/U*      U at every Type: the sequence stays and every UID inside it is replaced
 ==========  ===========================================================================
+
+X/Z/U* is our one reading beyond the letter of the table: the standard would remove a Type 3
+sequence of references, but once its UIDs are replaced it carries nothing identifying, and
+references between objects (localizers, source images, the study) are what research needs
+(DESIGN: "It keeps what research needs"). Retain UIDs keeps them unreplaced.
 
 An attribute that is absent stays absent: nothing is added by these rules.
 """

@@ -11,15 +11,24 @@ of its contents"):
 
 In the last two, codes from standard coding schemes (DCM, SCT, LN...) are concepts, not
 data about anyone, and are kept.
+
+Nothing a sender declares is trusted: a public element is handled by the VR of the DICOM
+dictionary, not the one it arrived with; a UID is kept only when it is a registered DICOM UID
+(or, under Retain UIDs, at least a well-formed one); a private element is kept only when PS3.15
+lists it as safe for its creator, at its own VR, whatever sequence it sits in. The identifying
+values of an instance are gathered during the walk, at every depth and before anything is
+removed, so that free text cleaned afterwards loses every mention of them.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.datadict import (  # type: ignore[attr-defined]
@@ -28,32 +37,48 @@ from pydicom.datadict import (  # type: ignore[attr-defined]
 )
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_sequence
 from pydicom.sequence import Sequence
+from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from dicomnode import __version__
 from dicomnode.dicomio import encode_items, raw, vr_of
-from dicomnode.errors import InstanceError, ScrubError
+from dicomnode.errors import InstanceError, ScrubError, UnsupportedInstanceError
+from dicomnode.scrub import iod
 from dicomnode.scrub.actions import Action, DateMode, Option
-from dicomnode.scrub.profile import Profile, Rule, rules_dir
+from dicomnode.scrub.freetext import Identity, Kind, TextCleaner
+from dicomnode.scrub.profile import Profile, Rule
 from dicomnode.scrub.pseudonym import Pseudonymizer
+from dicomnode.scrub.timeshift import (
+    DATE_TIME_PAIRS,
+    Shift,
+    shift_da,
+    shift_dt,
+    shift_pair,
+    shift_tm,
+)
 from dicomnode.scrub.values import (
     DUMMY_BY_VR,
     FREE_TEXT_VRS,
     MAX_LENGTH,
-    TextCleaner,
-    identity_terms,
+    TEXT_VRS,
     join_text,
     join_values,
     pad,
-    shift_date,
-    shift_datetime,
     split_values,
 )
+
+if TYPE_CHECKING:
+    from dicomnode.crosswalk import CrosswalkWriter
+    from dicomnode.scrub.lookup import LookupTable
 
 log = logging.getLogger(__name__)
 
 PATIENT_ID = 0x00100020
 PATIENT_NAME = 0x00100010
+ISSUER_OF_PATIENT_ID = 0x00100021
+ACCESSION_NUMBER = 0x00080050
+SOP_CLASS_UID = 0x00080016
 SPECIFIC_CHARACTER_SET = 0x00080005
 STUDY_INSTANCE_UID = 0x0020000D
 CODING_SCHEME_DESIGNATOR = 0x00080102
@@ -64,11 +89,30 @@ STANDARD_SCHEMES = frozenset(
     "DCM SCT SRT SNM3 LN UCUM RADLEX FMA NCIt NCIT UMLS MSH I10 I9C ICD10 I10P ACR BI NEU MDC "
     "ITIS_TSN NCBI HGNC PUBCHEM_CID RXNORM NDC UNS IBSI ISO IEC61217 NCDR UBERON MA DCMUID".split()
 )
-DICOM_ROOT = "1.2.840.10008."
 PATIENT_IDENTITY_REMOVED = 0x00120062
 DEIDENTIFICATION_METHOD = 0x00120063
 DEIDENTIFICATION_CODES = 0x00120064
 TEMPORAL_MODIFIED = 0x00280303
+
+# UIDs DICOM itself defines (SOP classes, transfer syntaxes, coding schemes, well-known
+# instances): the only UIDs kept as they are, whatever they look like.
+REGISTERED_UIDS = frozenset(UID_dictionary)
+_UID_FORM = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+_DECIMAL = re.compile(rb"^(?:[ \x00]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[ \x00]*(?:\\|$))*$")
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+# The smallest age, per unit, that PS3.15 and HIPAA say must not be given exactly (90 years).
+_AGE_LIMIT = {"Y": 90, "M": 1080, "W": 4693, "D": 32873}
+# Sequences nest a few levels in images and 10-20 in deep SR trees; beyond this, refuse
+# before Python's recursion limit (and pydicom's error handling at each level) is reached.
+MAX_DEPTH = 64
+_BINARY_SIZE = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "SV": 8, "UV": 8}
+_DATE_VRS = frozenset({"DA", "DT", "TM"})
+_NUMBER_VRS = frozenset({"DS", "IS"})
+
+
+def well_formed_uid(value: str) -> bool:
+    """A UID by PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters."""
+    return len(value) <= 64 and _UID_FORM.match(value) is not None
 
 
 class Mode(Enum):
@@ -86,7 +130,20 @@ class ScrubReport:
     private_removed: int = 0
     private_kept: int = 0
     date_shift_days: int | None = None
+    time_shift_seconds: int | None = None
+    vr_corrected: int = 0
+    text_cleaned: int = 0
     actions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Text:
+    """A value to clean once every identifying value of the instance is known."""
+
+    ds: Dataset
+    tag: int
+    vr: str
+    keep_unknown: bool  # a safe private text: only identifiers go, other words stay
 
 
 @dataclass
@@ -96,10 +153,16 @@ class _Instance:
     encodings: list[str]
     implicit: bool
     little: bool
+    sop_class: str
+    knows_iod: bool
+    patient_id: str  # as received: PHI, in memory only
     patient_pseudonym: str
-    shift_days: int
-    banned: frozenset[str]
+    shift: Shift | None
     report: ScrubReport
+    identity: Identity = field(default_factory=Identity)
+    texts: list[_Text] = field(default_factory=list)
+    # Sequences removed unread: their identifying values are read only when text is cleaned.
+    unread: list[RawDataElement | DataElement] = field(default_factory=list)
 
 
 class Scrubber:
@@ -116,15 +179,25 @@ class Scrubber:
         patient_id_prefix: str = "",
         patient_name: str = "{patient_id}",
         cleaner: TextCleaner | None = None,
+        lookup: LookupTable | None = None,
+        unmapped: str = "quarantine",
+        crosswalk: CrosswalkWriter | None = None,
     ) -> None:
         self.profile = profile
         self.pseudonyms = pseudonymizer
         self.patient_id_prefix = patient_id_prefix
         self.patient_name = patient_name
-        self.cleaner = cleaner or TextCleaner.from_files(
-            rules_dir() / "safe-words.txt", extra=profile.clean_words
-        )
+        self.cleaner = cleaner or TextCleaner.default(extra=profile.clean_words)
+        self.lookup = lookup
+        self.unmapped = unmapped
+        self.crosswalk = crosswalk
         self._retain_uids = Option.RETAIN_UIDS in profile.options
+        self._identity_kinds = {tag: Kind(kind) for tag, kind in profile.identity.items()}
+        # One lookup per element: its rule, its dictionary VR and what identity it holds.
+        self._table: dict[int, tuple[Rule, str | None, Kind | None]] = {
+            tag: (rule, _DICTIONARY_VR.get(tag), self._identity_kinds.get(tag))
+            for tag, rule in profile.public.items()
+        }
         self._provenance_cache: dict[tuple[Any, ...], dict[int, Any]] = {}
         self._appliers: dict[Action, Callable[..., Any]] = {
             Action.REMOVE: self._remove,
@@ -146,11 +219,19 @@ class Scrubber:
         applied; the dataset is then in an undefined state and must not be used.
         """
         try:
-            state = self._start(ds)
-            self._walk(ds, state, Mode.NORMAL, trusted=False)
+            state, originals = self._start(ds)
+            self._walk(ds, state, Mode.NORMAL, ())
+            self._clean_texts(state)
             self._stamp(ds, state)
+            if self.crosswalk is not None:
+                self._record(ds, originals)
         except InstanceError:
             raise
+        except RecursionError:
+            raise ScrubError(
+                "the dataset nests sequences too deeply to be cleaned with certainty",
+                reason="too-deep",
+            ) from None
         except Exception as exc:
             raise ScrubError(
                 f"the profile could not be applied ({type(exc).__name__}); the instance is "
@@ -158,13 +239,21 @@ class Scrubber:
             ) from exc
         return state.report
 
-    def _start(self, ds: Dataset) -> _Instance:
+    def _start(self, ds: Dataset) -> tuple[_Instance, dict[str, str]]:
         elements = _elements(ds)
         charset = elements.get(SPECIFIC_CHARACTER_SET)
         encodings = convert_encodings(_text_values(charset) if charset is not None else None)
         first = next((e for e in elements.values() if isinstance(e, RawDataElement)), None)
         implicit = bool(first is not None and first.is_implicit_VR)
         little = first is None or bool(first.is_little_endian)
+        sop_class = _first_text(elements.get(SOP_CLASS_UID), encodings)
+        if sop_class not in REGISTERED_UIDS:
+            raise UnsupportedInstanceError(
+                "the SOP Class UID is not a DICOM-registered class (a private or malformed "
+                "class cannot be de-identified with certainty); ask the sender for a standard "
+                "object, or clean it by hand",
+                reason="unknown-sop-class",
+            )
         patient_id = _first_text(elements.get(PATIENT_ID), encodings)
         if patient_id:
             key = patient_id
@@ -172,20 +261,49 @@ class Scrubber:
             # No Patient ID: group by study rather than merge every unknown patient into one.
             key = "study:" + (_first_text(elements.get(STUDY_INSTANCE_UID), encodings) or "")
         report = ScrubReport()
-        shift = 0
+        shift = None
         if self.profile.date_mode is DateMode.MODIFIED:
-            shift = self.pseudonyms.date_shift_days(key)
-            report.date_shift_days = shift
-        terms = self._identity(elements, encodings)
-        return _Instance(
+            shift = self.pseudonyms.shift(key)
+            report.date_shift_days = shift.days
+            report.time_shift_seconds = shift.seconds
+        pseudonym = self._patient_pseudonym(patient_id, key, elements, encodings)
+        originals = {}
+        if self.crosswalk is not None:
+            originals = {
+                "PatientID": patient_id,
+                "AccessionNumber": _first_text(elements.get(ACCESSION_NUMBER), encodings),
+                "StudyInstanceUID": _first_text(elements.get(STUDY_INSTANCE_UID), encodings),
+            }
+        state = _Instance(
             encodings=encodings,
             implicit=implicit,
             little=little,
-            patient_pseudonym=self.pseudonyms.patient_id(key, self.patient_id_prefix),
-            shift_days=shift,
-            banned=identity_terms(terms),
+            sop_class=sop_class,
+            knows_iod=iod.knows(sop_class),
+            patient_id=patient_id,
+            patient_pseudonym=pseudonym,
+            shift=shift,
             report=report,
         )
+        return state, originals
+
+    def _patient_pseudonym(
+        self, patient_id: str, key: str, elements: dict[int, Any], encodings: list[str]
+    ) -> str:
+        """The study's own subject ID from the lookup table, or the keyed pseudonym."""
+        if self.lookup is not None:
+            issuer = _first_text(elements.get(ISSUER_OF_PATIENT_ID), encodings) or None
+            subject = self.lookup.subject_id(patient_id, issuer) if patient_id else None
+            if subject is not None:
+                return subject
+            if self.unmapped == "quarantine":
+                raise ScrubError(
+                    "the patient is not in the lookup table; add the patient to the table "
+                    "(then SIGHUP the node and 'dicomnode retry --quarantine unmapped-patient'),"
+                    " or set scrub.lookup.unmapped: pseudonym",
+                    reason="unmapped-patient",
+                )
+        return self.pseudonyms.patient_id(key, self.patient_id_prefix)
 
     def identity_values(self, ds: Dataset) -> tuple[str, ...]:
         """The values of the identity attributes (names, IDs, institution...) as received:
@@ -193,25 +311,29 @@ class Scrubber:
         elements = _elements(ds)
         charset = elements.get(SPECIFIC_CHARACTER_SET)
         encodings = convert_encodings(_text_values(charset) if charset is not None else None)
-        return tuple(self._identity(elements, encodings))
-
-    def _identity(self, elements: dict[int, Any], encodings: list[str]) -> list[str]:
         terms: list[str] = []
         for tag in self.profile.identity:
             elem = elements.get(tag)
             if elem is not None and not _is_sequence(elem):
                 terms.extend(_text_values(elem, encodings))
-        return terms
+        return tuple(terms)
 
     # -- the walk --------------------------------------------------------------------------
 
-    def _walk(self, ds: Dataset, state: _Instance, mode: Mode, *, trusted: bool) -> None:
+    def _walk(self, ds: Dataset, state: _Instance, mode: Mode, path: tuple[int, ...]) -> None:
+        if len(path) > MAX_DEPTH:
+            raise ScrubError(
+                f"sequences are nested more than {MAX_DEPTH} deep; no real object needs that, "
+                "and it cannot be cleaned with certainty",
+                reason="too-deep",
+            )
         elements = _elements(ds)
         profile = self.profile
-        public = profile.public
+        table = self._table
         normal = mode is Mode.NORMAL
         keep_codes = not normal and _standard_code_item(elements)
         private: list[int] = []
+        times: list[tuple[int, str]] = []
         for tag in list(elements):
             group = tag >> 16
             if group & 1:
@@ -224,12 +346,18 @@ class Scrubber:
                 state.report.removed += 1
                 continue
             elem = elements[tag]
-            rule = public.get(tag)
+            entry = table.get(tag)
+            if entry is None:
+                rule, expected, kind = None, _DICTIONARY_VR.get(tag), None
+            else:
+                rule, expected, kind = entry
+            declared = elem.VR
+            if declared is not None and declared != expected and expected is not None:
+                elem = self._trust_vr(ds, tag, elem, expected, state)
             if normal and rule is not None and rule.action is Action.KEEP:
                 # The common case, kept short: most of a header is kept as it is.
-                vr = elem.VR
-                if vr == "SQ" or (vr in (None, "UN") and tag in _SQ_TAGS):
-                    self._recurse(ds, tag, state, mode, trusted=trusted)
+                if expected in _CHECKED_VRS or (expected is None and declared == "SQ"):
+                    self._keep(ds, tag, elem, state, mode, path)
                 continue
             base = group & 0xFF00
             if base in (0x5000, 0x6000) and self._whole_group_removed(base):
@@ -244,17 +372,78 @@ class Scrubber:
                     state.report.removed += 1
                     continue
                 rule = profile.unlisted_by_vr.get(vr_of(elem)) or _KEEP_DICTIONARY
+            vr = expected or vr_of(elem)
+            if kind is not None or vr == "PN":
+                self._gather(elem, kind or Kind.NAME, state)
             action = rule.action
-            if mode is not Mode.NORMAL and rule.source in _UNLISTED_SOURCES:
-                action = self._mode_action(tag, elem, mode, keep_codes)
+            if not normal and rule.source in _UNLISTED_SOURCES:
+                action = self._mode_action(tag, vr, mode, keep_codes)
+            if rule.code is not None:
+                action = self._by_iod(rule.code, action, (*path, tag), state)
+            if (
+                tag == ACCESSION_NUMBER
+                and self.lookup is not None
+                and self._research_accession(ds, elem, state)
+            ):
+                continue
             if action is Action.KEEP:
-                if _is_sequence(elem):
-                    self._recurse(ds, tag, state, mode, trusted=trusted)
+                self._keep(ds, tag, elem, state, mode, path)
                 continue
             state.report.actions[action.value] = state.report.actions.get(action.value, 0) + 1
-            self._appliers[action](ds, tag, elem, rule, state, mode)
+            if vr in _DATE_VRS and (action is Action.DATE or action is Action.CLEAN):
+                self._date_or_time(ds, tag, elem, vr, times, state, path)
+                continue
+            self._appliers[action](ds, tag, elem, rule, state, mode, (*path, tag))
+        if times:
+            self._shift_times(ds, times, state)
         if private:
-            self._private(ds, private, state, mode, trusted=trusted)
+            self._private(ds, private, state, mode, path, times)
+
+    def _trust_vr(self, ds: Dataset, tag: int, elem: Any, expected: str, state: _Instance) -> Any:
+        """Make an element carry its dictionary VR, or refuse the instance.
+
+        The action and the cleaning of an attribute follow from its VR; a sender that
+        declares StudyDescription as DS must not get it kept as "a number".
+        """
+        if not isinstance(elem, RawDataElement):
+            return elem  # decoded by pydicom, which already resolved the VR
+        declared = elem.VR
+        if declared in _AMBIGUOUS.get(tag, ()):
+            return elem
+        if expected == "SQ" and declared == "UN":
+            return elem  # pydicom reads an SQ sent as UN as a sequence
+        if "SQ" in (declared, expected) or (expected not in TEXT_VRS and declared in TEXT_VRS):
+            raise ScrubError(
+                f"element {_tag_text(tag)} arrived as {declared}, but the DICOM dictionary "
+                f"says {expected}; such a value cannot be cleaned with certainty. Ask the "
+                "sender to fix the VR",
+                reason="vr-mismatch",
+            )
+        if expected not in TEXT_VRS and declared != "UN":
+            return elem  # two binary encodings: nothing to read as text either way
+        fixed = raw(tag, expected, elem.value or b"", implicit=state.implicit, little=state.little)
+        _elements(ds)[tag] = fixed
+        state.report.vr_corrected += 1
+        return fixed
+
+    def _keep(
+        self, ds: Dataset, tag: int, elem: Any, state: _Instance, mode: Mode, path: tuple[int, ...]
+    ) -> None:
+        """Keep, with the checks a kept value still needs: sequences are walked, UIDs must
+        be registered (or well formed under Retain UIDs), ages over 89 are given as 90."""
+        vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
+        if vr == "SQ" or (vr == "UN" and tag in _SQ_TAGS):
+            self._recurse(ds, tag, state, mode, (*path, tag))
+        elif vr == "UI":
+            values = split_values(_raw_bytes(elem))
+            checked = [v if self._keeps_uid(v) else self._map_uid(v) for v in values]
+            if checked != values:
+                self._put(ds, tag, "UI", join_values(checked, "UI"), state)
+        elif vr == "AS":
+            values = split_values(_raw_bytes(elem))
+            capped = [_cap_age(v) for v in values]
+            if capped != values:
+                self._put(ds, tag, "AS", join_values(capped, "AS"), state)
 
     def _whole_group_removed(self, base: int) -> bool:
         """Overlays (60xx) go as a whole when Overlay Data goes, curves (50xx) likewise.
@@ -266,13 +455,10 @@ class Scrubber:
         rule = self.profile.repeating.get(key)
         return rule is not None and rule.action is not Action.KEEP
 
-    def _mode_action(
-        self, tag: int, elem: DataElement | RawDataElement, mode: Mode, code_item: bool
-    ) -> Action:
+    def _mode_action(self, tag: int, vr: str, mode: Mode, code_item: bool) -> Action:
         """Inside a D or C sequence, unlisted values are dummied or cleaned by VR."""
         if tag in self.profile.keep_unlisted or (code_item and tag in _CODE_ELEMENTS):
             return Action.KEEP
-        vr = vr_of(elem)
         if vr in ("UI", "SQ"):
             rule = self.profile.unlisted_by_vr.get(vr)
             return rule.action if rule else Action.KEEP
@@ -280,24 +466,97 @@ class Scrubber:
             return Action.DUMMY if mode is Mode.DUMMY else Action.CLEAN
         if vr == "PN":
             return Action.DUMMY
-        if vr in ("DA", "DT"):
+        if vr in _DATE_VRS:
             return Action.DATE
         return Action.KEEP
 
+    def _by_iod(self, code: str, action: Action, path: tuple[int, ...], state: _Instance) -> Action:
+        """A combined code (X/Z, X/D, X/Z/D, Z/D, X/Z/U*) by the attribute's Type in the IOD.
+
+        Type 3, or not in the IOD at that place at all, is removed where X is allowed; Type 1
+        (and 1C, which may be required here) gets a dummy where D is allowed; Type 2 (and 2C)
+        is emptied. X/Z/U* keeps its references with new UIDs at every Type (actions.py).
+        Without IOD facts (a class the tables do not know) the compiled action stands.
+        """
+        if code.endswith(("U*", "/U")):
+            return Action.UID  # references, their UIDs replaced (see actions.py)
+        kind = iod.attribute_type(state.sop_class, path)
+        removable = "X" in code
+        if kind is None:
+            return Action.REMOVE if state.knows_iod and removable else action
+        if kind is iod.AttributeType.TYPE3 and removable:
+            return Action.REMOVE
+        if kind in _REQUIRED_VALUE and "D" in code:
+            return Action.DUMMY
+        if "Z" in code:
+            return Action.EMPTY
+        return action
+
+    def _type_of(self, state: _Instance, path: tuple[int, ...]) -> iod.AttributeType | None:
+        return iod.attribute_type(state.sop_class, path)
+
     def _recurse(
-        self, ds: Dataset, tag: int, state: _Instance, mode: Mode, *, trusted: bool
+        self, ds: Dataset, tag: int, state: _Instance, mode: Mode, path: tuple[int, ...]
     ) -> None:
         elem = ds[tag]  # decodes the sequence; its items' elements stay raw
         if elem.VR != "SQ":
             return
         for item in elem.value:
-            self._walk(item, state, mode, trusted=trusted)
+            self._walk(item, state, mode, path)
+
+    # -- identity --------------------------------------------------------------------------
+
+    def _gather(self, elem: Any, kind: Kind, state: _Instance) -> None:
+        """Remember an identifying value (for cleaning text later), before it is replaced."""
+        if _is_sequence(elem):
+            state.unread.append(elem)
+            return
+        for value in _text_values(elem, state.encodings):
+            if value:
+                state.identity.add(kind, value)
+
+    def _gather_unread(self, state: _Instance) -> None:
+        """Read the identifying values of sequences that were removed without a walk."""
+        pending = state.unread
+        state.unread = []
+        for elem in pending:
+            try:
+                items = _items_of(elem, state)
+            except Exception:
+                continue  # unparseable: removed anyway, and nothing could be read from it
+            for item in items:
+                self._gather_item(item, state, depth=0)
+
+    def _gather_item(self, ds: Dataset, state: _Instance, depth: int) -> None:
+        if depth > 64:
+            return
+        for tag, elem in list(_elements(ds).items()):
+            vr = elem.VR if tag >> 16 & 1 else (_DICTIONARY_VR.get(tag) or vr_of(elem))
+            kind = self._identity_kinds.get(tag)
+            if vr == "SQ" or (vr in (None, "UN") and tag in _SQ_TAGS):
+                try:
+                    for item in _items_of(elem, state):
+                        self._gather_item(item, state, depth + 1)
+                except Exception:
+                    continue
+            elif kind is not None or vr == "PN":
+                for value in _text_values(elem, state.encodings):
+                    if value:
+                        state.identity.add(kind or Kind.NAME, value)
 
     # -- private attributes ----------------------------------------------------------------
 
     def _private(
-        self, ds: Dataset, tags: list[int], state: _Instance, mode: Mode, *, trusted: bool
+        self,
+        ds: Dataset,
+        tags: list[int],
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
+        times: list[tuple[int, str]],
     ) -> None:
+        """Private elements: kept only where a rule keeps them for their creator (the safe
+        table, or the site), at any depth; everything else goes, its names remembered."""
         elements = _elements(ds)
         creators: dict[tuple[int, int], str] = {}
         for tag in tags:
@@ -305,6 +564,7 @@ class Scrubber:
                 values = _text_values(elements[tag], state.encodings)
                 creators[(tag >> 16, tag & 0xFF)] = values[0] if values else ""
         kept_blocks: set[tuple[int, int]] = set()
+        private_times: list[tuple[int, str]] = []
         for tag in tags:
             group, element = tag >> 16, tag & 0xFFFF
             if 0x0010 <= element <= 0x00FF:
@@ -314,26 +574,207 @@ class Scrubber:
             rule = None
             if creator is not None:
                 rule = self.profile.private.get((group, creator, element & 0xFF))
-                if rule is None and trusted:
-                    rule = _KEEP_TRUSTED
+            elem = elements[tag]
             if rule is None or rule.action is Action.REMOVE:
+                declared = elem.VR
+                if declared == "PN" or declared == "SQ" or declared in (None, "UN"):
+                    self._forget_private(elem, state)
                 del elements[tag]
                 state.report.private_removed += 1
                 continue
-            elem = elements[tag]
-            if rule.action is Action.KEEP:
+            if rule.vr is not None:
+                self._safe_private(ds, tag, elem, rule, state, mode, path, private_times)
+            elif rule.action is Action.KEEP:
                 if _is_sequence(elem) and elem.VR != "UN":
-                    self._recurse(ds, tag, state, mode, trusted=True)
+                    self._recurse(ds, tag, state, mode, (*path, tag))
             elif rule.action is Action.UID and self._retain_uids:
                 pass
             else:
-                self._appliers[rule.action](ds, tag, elem, rule, state, mode)
+                self._appliers[rule.action](ds, tag, elem, rule, state, mode, (*path, tag))
             if tag in elements:
                 kept_blocks.add(block)
                 state.report.private_kept += 1
+            else:
+                state.report.private_removed += 1
+        if private_times:
+            self._shift_times(ds, private_times, state)
         for (group, low), _creator in creators.items():
             if (group, low) not in kept_blocks:
                 del elements[(group << 16) | low]
+
+    def _forget_private(self, elem: Any, state: _Instance) -> None:
+        """A private element about to be removed: a person's name or a sequence in it may
+        be written in free text elsewhere."""
+        declared = elem.VR
+        if declared == "PN":
+            self._gather(elem, Kind.NAME, state)
+        elif declared == "SQ" or (declared in (None, "UN") and _looks_like_items(elem)):
+            state.unread.append(elem)
+
+    def _safe_private(
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
+        times: list[tuple[int, str]],
+    ) -> None:
+        """A private element PS3.15 lists as safe: kept at the VR the table gives it, and
+        only when its value is what that VR says; its text is still searched for names."""
+        expected = rule.vr or "UN"
+        declared = elem.VR
+        elements = _elements(ds)
+        if declared not in (None, "UN", expected):
+            self._forget_private(elem, state)
+            del elements[tag]  # a safe slot used for something else
+            return
+        if declared != expected and isinstance(elem, RawDataElement):
+            if expected == "SQ":
+                try:
+                    items = _items_of(elem, state)
+                except Exception:
+                    del elements[tag]
+                    return
+                elem = DataElement(tag, "SQ", Sequence(items))
+            else:
+                elem = raw(
+                    tag, expected, elem.value or b"", implicit=state.implicit, little=state.little
+                )
+            elements[tag] = elem
+        value = elem.value if isinstance(elem, RawDataElement) else None
+        if expected == "SQ":
+            self._recurse(ds, tag, state, mode, (*path, tag))
+        elif expected == "UI":
+            if not self._retain_uids:
+                self._uid(ds, tag, elem, rule, state, mode, (*path, tag))
+        elif expected in _NUMBER_VRS:
+            if value is not None and not _DECIMAL.match(value):
+                del elements[tag]
+        elif expected in _BINARY_SIZE:
+            if value is not None and len(value) % _BINARY_SIZE[expected]:
+                del elements[tag]
+        elif expected in _DATE_VRS:
+            if self.profile.date_mode is DateMode.MODIFIED:
+                times.append((tag, expected))
+            elif self.profile.date_mode is DateMode.REMOVED:
+                del elements[tag]
+        elif expected in TEXT_VRS:
+            state.texts.append(_Text(ds, tag, expected, keep_unknown=True))
+
+    # -- dates and times -------------------------------------------------------------------
+
+    def _date_or_time(
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        vr: str,
+        times: list[tuple[int, str]],
+        state: _Instance,
+        path: tuple[int, ...],
+    ) -> None:
+        """A DA, DT or TM to clean: shifted later with its partner (modified dates), kept
+        (full dates) or taken out as the IOD allows (no date option)."""
+        date_mode = self.profile.date_mode
+        if date_mode is DateMode.MODIFIED:
+            times.append((tag, vr))
+        elif date_mode is DateMode.REMOVED:
+            self._remove_as_allowed(ds, tag, vr, state, (*path, tag))
+
+    def _remove_as_allowed(
+        self, ds: Dataset, tag: int, vr: str, state: _Instance, path: tuple[int, ...]
+    ) -> None:
+        kind = self._type_of(state, path)
+        if kind in _REQUIRED_VALUE:
+            self._put(ds, tag, vr, DUMMY_BY_VR.get(vr, b""), state)
+        elif kind in _REQUIRED:
+            self._put(ds, tag, vr, b"", state)
+        else:
+            del _elements(ds)[tag]
+            state.report.removed += 1
+
+    def _shift_times(self, ds: Dataset, times: list[tuple[int, str]], state: _Instance) -> None:
+        """Shift the dates and times of one item, a date and its time as one instant."""
+        shift = state.shift
+        assert shift is not None, "only the modified-dates option queues dates to shift"
+        elements = _elements(ds)
+        vrs = dict(times)
+        done: set[int] = set()
+        for tag, vr in times:
+            if tag in done or tag not in elements:
+                continue
+            values = split_values(_raw_bytes(elements[tag]))
+            partner = DATE_TIME_PAIRS.get(tag) if vr == "DA" else None
+            if partner is not None and vrs.get(partner) == "TM" and partner in elements:
+                partner_values = split_values(_raw_bytes(elements[partner]))
+                if len(values) == len(partner_values) and all(values) and all(partner_values):
+                    try:
+                        pairs = [
+                            shift_pair(d, t, shift)
+                            for d, t in zip(values, partner_values, strict=True)
+                        ]
+                    except ValueError:
+                        pass
+                    else:
+                        self._put(ds, tag, "DA", join_values([p[0] for p in pairs], "DA"), state)
+                        self._put(
+                            ds, partner, "TM", join_values([p[1] for p in pairs], "TM"), state
+                        )
+                        done.update((tag, partner))
+                        continue
+            move = _SHIFTERS[vr]
+            try:
+                shifted = [move(v, shift) if v else v for v in values]
+            except ValueError:
+                # A malformed date or time cannot be shifted with certainty; a dummy leaks nothing.
+                self._put(ds, tag, vr, DUMMY_BY_VR.get(vr, b""), state)
+            else:
+                self._put(ds, tag, vr, join_values(shifted, vr), state)
+            done.add(tag)
+
+    # -- free text -------------------------------------------------------------------------
+
+    def _clean_texts(self, state: _Instance) -> None:
+        """Clean every queued text now that every identifying value of the instance is known."""
+        if not state.texts:
+            return
+        if state.unread:
+            self._gather_unread(state)
+        for text in state.texts:
+            elements = _elements(text.ds)
+            elem = elements.get(text.tag)
+            if elem is None:
+                continue
+            vr = text.vr
+            values = _text_values(elem, state.encodings)
+            cleaned = [
+                self.cleaner.clean(v, state.identity, keep_unknown=text.keep_unknown)
+                for v in values
+            ]
+            state.report.text_cleaned += 1
+            if cleaned == values:
+                continue
+            if vr not in FREE_TEXT_VRS:
+                # A code or other constrained value with an identifier in it: no placeholder
+                # fits its grammar. A private one is optional; a public one gets a dummy.
+                if text.tag >> 16 & 1 or vr not in DUMMY_BY_VR:
+                    del elements[text.tag]
+                    state.report.removed += 1
+                else:
+                    self._put(text.ds, text.tag, vr, DUMMY_BY_VR[vr], state)
+                continue
+            limit = MAX_LENGTH.get(vr, 64)
+            cleaned = [v[:limit] for v in cleaned]
+            joined = "\\".join(cleaned) if vr in ("LO", "SH", "UC") else "".join(cleaned)
+            if values and not joined.strip("\\ "):
+                # Nothing known-safe was left; a dummy keeps a Type 1 attribute valid.
+                self._put(text.ds, text.tag, vr, DUMMY_BY_VR[vr], state)
+                continue
+            encoded = encode_string(joined, state.encodings)
+            self._put(text.ds, text.tag, vr, pad(encoded, vr), state)
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -342,109 +783,174 @@ class Scrubber:
         state.report.replaced += 1
 
     def _remove(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
+        if _is_sequence(elem):
+            state.unread.append(elem)
         del _elements(ds)[tag]
         state.report.removed += 1
 
     def _empty(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
-        vr = vr_of(elem)
+        vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
         if vr == "SQ":
-            _elements(ds)[tag] = DataElement(tag, "SQ", Sequence())
-            state.report.replaced += 1
+            state.unread.append(elem)
+            kind = self._type_of(state, path)
+            if kind in _REQUIRED or not state.knows_iod:
+                _elements(ds)[tag] = DataElement(tag, "SQ", Sequence())
+                state.report.replaced += 1
+            else:
+                # An empty Type 3 sequence is a conformance error; removing it leaks nothing.
+                del _elements(ds)[tag]
+                state.report.removed += 1
         else:
             self._put(ds, tag, vr, b"", state)
 
     def _dummy(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
-        vr = vr_of(elem)
+        vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
         if vr == "SQ":
-            self._recurse(ds, tag, state, Mode.DUMMY, trusted=False)
+            self._recurse(ds, tag, state, Mode.DUMMY, path)
         elif vr == "UI":
-            self._uid(ds, tag, elem, rule, state, mode)
+            self._uid(ds, tag, elem, rule, state, mode, path)
         else:
             self._put(ds, tag, vr, DUMMY_BY_VR.get(vr, b""), state)
 
     def _clean(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
-        vr = vr_of(elem)
+        vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
         if vr == "SQ":
-            self._recurse(ds, tag, state, Mode.CLEAN, trusted=False)
-        elif vr in ("DA", "DT", "TM"):
-            self._date(ds, tag, elem, rule, state, mode)
+            self._recurse(ds, tag, state, Mode.CLEAN, path)
+        elif vr in _DATE_VRS:
+            # Reached only from a site rule on a private date: shift it alone.
+            if state.shift is None:
+                self._remove(ds, tag, elem, rule, state, mode, path)
+            else:
+                self._shift_times(ds, [(tag, vr)], state)
         elif vr == "UI":
-            self._uid(ds, tag, elem, rule, state, mode)
+            self._uid(ds, tag, elem, rule, state, mode, path)
         elif vr in ("PN", "AE"):
             self._put(ds, tag, vr, DUMMY_BY_VR[vr], state)
         elif vr in FREE_TEXT_VRS:
-            values = _text_values(elem, state.encodings)
-            cleaned = [self.cleaner.clean(v, state.banned) for v in values]
-            text = "\\".join(cleaned) if vr in ("LO", "SH", "UC") else "".join(cleaned)
-            if values and not text.strip("\\ "):
-                # Nothing known-safe was left; a dummy keeps a Type 1 attribute valid.
-                self._put(ds, tag, vr, DUMMY_BY_VR[vr], state)
-                return
-            self._put(ds, tag, vr, pad(encode_string(text, state.encodings), vr), state)
-        elif vr in ("CS", "AS", "DS", "IS", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV", "AT"):
-            return  # codes and numbers carry no identity
+            state.texts.append(_Text(ds, tag, vr, keep_unknown=False))
+        elif vr in ("CS", "UR"):
+            # Codes carry no identity, unless someone wrote one into them.
+            state.texts.append(_Text(ds, tag, vr, keep_unknown=True))
+        elif vr in _NUMBER_VRS or vr == "AS":
+            data = _raw_bytes(elem)
+            if vr == "AS" or not _DECIMAL.match(data):
+                values = split_values(data)
+                if vr == "AS":
+                    fixed = [_cap_age(v) if _AGE.match(v) else "" for v in values]
+                    if fixed != values:
+                        self._put(ds, tag, vr, join_values(fixed, vr), state)
+                else:
+                    self._put(ds, tag, vr, DUMMY_BY_VR[vr], state)
+        elif vr in _BINARY_SIZE or vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
+            if vr == "UN" and not isinstance(elem, DataElement):
+                self._remove(ds, tag, elem, rule, state, mode, path)  # unknown bytes
+            return  # numbers carry no identity
         else:
-            self._remove(ds, tag, elem, rule, state, mode)
+            self._remove(ds, tag, elem, rule, state, mode, path)
 
     def _uid(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
-        vr = vr_of(elem)
+        vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
         if vr == "SQ":
-            self._recurse(ds, tag, state, mode, trusted=False)
+            self._recurse(ds, tag, state, mode, path)
             return
         if vr not in ("UI", "UN"):
-            self._dummy(ds, tag, elem, rule, state, mode)
-            return
-        if self._retain_uids and rule.source.startswith("local"):
+            self._dummy(ds, tag, elem, rule, state, mode, path)
             return
         values = split_values(_raw_bytes(elem))
+        if (
+            self._retain_uids
+            and rule.source.startswith("local")
+            and all(map(well_formed_uid, values))
+        ):
+            return
         if not values and rule.action is Action.DUMMY:
             values = [f"dummy:{tag:08X}:{state.patient_pseudonym}"]
         mapped = [self._map_uid(v) for v in values]
         self._put(ds, tag, "UI", join_values(mapped, "UI"), state)
 
+    def _keeps_uid(self, uid: str) -> bool:
+        return uid in REGISTERED_UIDS or (self._retain_uids and well_formed_uid(uid))
+
     def _map_uid(self, uid: str) -> str:
-        if not uid or uid.startswith(DICOM_ROOT):
+        """A registered DICOM UID is kept; any other value, UID-shaped or not, is remapped."""
+        if not uid or uid in REGISTERED_UIDS:
             return uid
         return self.pseudonyms.uid(uid)
 
     def _date(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
-        vr = vr_of(elem)
-        date_mode = self.profile.date_mode
-        if date_mode is DateMode.UNMODIFIED or vr == "TM":
-            return  # whole-day shifts leave times of day as they are
-        if date_mode is DateMode.REMOVED:
-            self._remove(ds, tag, elem, rule, state, mode)
-            return
-        values = split_values(_raw_bytes(elem))
-        shift = shift_date if vr == "DA" else shift_datetime
-        try:
-            shifted = [shift(v, state.shift_days) if v else v for v in values]
-        except ValueError:
-            # A malformed date cannot be shifted with certainty; a dummy leaks nothing.
-            self._put(ds, tag, vr, DUMMY_BY_VR.get(vr, b""), state)
-            return
-        self._put(ds, tag, vr, join_values(shifted, vr), state)
+        """An unlisted value whose VR is not a date after all (site rules, private)."""
+        self._remove(ds, tag, elem, rule, state, mode, path)
 
     def _set(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
-        vr = vr_of(elem)
+        vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
         template = (
             self.patient_name if tag == PATIENT_NAME and rule.source == "local" else rule.value
         )
         text = (template or "").replace("{patient_id}", state.patient_pseudonym)
+        text = text[: MAX_LENGTH.get(vr, len(text))]  # a long subject ID in a name template
         if vr == "SQ":
             raise ScrubError(
                 "action 'set' cannot give a value to a sequence; use keep, remove or empty"
@@ -452,18 +958,27 @@ class Scrubber:
         self._put(ds, tag, vr, pad(encode_string(text, state.encodings), vr), state)
 
     def _hash(
-        self, ds: Dataset, tag: int, elem: Any, rule: Rule, state: _Instance, mode: Mode
+        self,
+        ds: Dataset,
+        tag: int,
+        elem: Any,
+        rule: Rule,
+        state: _Instance,
+        mode: Mode,
+        path: tuple[int, ...],
     ) -> None:
-        vr = vr_of(elem)
+        vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
         if vr in ("UI", "SQ"):
-            self._uid(ds, tag, elem, rule, state, mode)
+            self._uid(ds, tag, elem, rule, state, mode, path)
             return
         values = _text_values(elem, state.encodings)
         if tag == PATIENT_ID and rule.source == "local":
+            # The patient's own ID (at any depth) becomes the patient's pseudonym, which is
+            # the study's subject ID when the lookup table has one; other IDs are hashed.
             out = [
-                self.pseudonyms.patient_id(v, self.patient_id_prefix)
-                if v
-                else state.patient_pseudonym
+                state.patient_pseudonym
+                if not v or v == state.patient_id
+                else self.pseudonyms.patient_id(v, self.patient_id_prefix)
                 for v in values
             ] or [state.patient_pseudonym]
         else:
@@ -472,9 +987,34 @@ class Scrubber:
             out = [
                 rule.prefix + self.pseudonyms.code(v, label=label, length=length) for v in values
             ]
-        self._put(ds, tag, vr, pad("\\".join(out).encode("ascii"), vr), state)
+        self._put(ds, tag, vr, pad(encode_string("\\".join(out), state.encodings), vr), state)
 
-    # -- provenance ------------------------------------------------------------------------
+    def _research_accession(self, ds: Dataset, elem: Any, state: _Instance) -> bool:
+        """The study's own accession number from the lookup table, when it has one."""
+        assert self.lookup is not None
+        values = _text_values(elem, state.encodings)
+        mapped = self.lookup.accession(values[0]) if values and values[0] else None
+        if mapped is None:
+            return False
+        self._put(ds, ACCESSION_NUMBER, "SH", pad(mapped.encode("ascii", "replace"), "SH"), state)
+        return True
+
+    # -- crosswalk and provenance ----------------------------------------------------------
+
+    def _record(self, ds: Dataset, originals: dict[str, str]) -> None:
+        """Give the honest broker's crosswalk the original -> pseudonym pairs of this instance."""
+        assert self.crosswalk is not None
+        elements = _elements(ds)
+        outputs = {
+            "PatientID": PATIENT_ID,
+            "AccessionNumber": ACCESSION_NUMBER,
+            "StudyInstanceUID": STUDY_INSTANCE_UID,
+        }
+        for kind, tag in outputs.items():
+            original = originals.get(kind, "")
+            pseudonym = _first_text(elements.get(tag), ["iso8859"])
+            if original and pseudonym and original != pseudonym:
+                self.crosswalk.record(kind, original, pseudonym)
 
     def _stamp(self, ds: Dataset, state: _Instance) -> None:
         """PatientIdentityRemoved, DeidentificationMethod (+ code sequence), dates flag.
@@ -534,9 +1074,52 @@ class Scrubber:
 _KEEP_DICTIONARY = Rule(Action.KEEP, "dictionary")
 _SQ_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 _UNLISTED_SOURCES = frozenset(
-    {"dictionary"} | {f"local: unlisted {vr}" for vr in ("PN", "DA", "DT", "LT", "ST", "UT", "UI")}
+    {"dictionary"}
+    | {f"local: unlisted {vr}" for vr in ("PN", "DA", "DT", "TM", "LT", "ST", "UT", "UI")}
 )
-_KEEP_TRUSTED = Rule(Action.KEEP, "safe private sequence")
+# The VR of every public attribute with one VR; those the dictionary gives several VRs
+# ("US or SS", "OB or OW") accept any of them as declared.
+_DICTIONARY_VR: dict[int, str] = {
+    tag: entry[0] for tag, entry in DicomDictionary.items() if len(entry[0]) == 2
+}
+_AMBIGUOUS: dict[int, tuple[str, ...]] = {
+    tag: tuple(entry[0].split(" or "))
+    for tag, entry in DicomDictionary.items()
+    if " or " in entry[0]
+}
+_REQUIRED_VALUE = frozenset({iod.AttributeType.TYPE1, iod.AttributeType.TYPE1C})
+_REQUIRED = _REQUIRED_VALUE | {iod.AttributeType.TYPE2, iod.AttributeType.TYPE2C}
+# Kept values of these VRs are still looked at (see Scrubber._keep).
+_CHECKED_VRS = frozenset({"SQ", "UI", "AS"})
+_SHIFTERS: dict[str, Callable[[str, Shift], str]] = {"DA": shift_da, "TM": shift_tm, "DT": shift_dt}
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _cap_age(value: str) -> str:
+    """An age of 90 years or more is given as 090Y (PS3.15 E.3.3, HIPAA safe harbor)."""
+    match = _AGE.match(value)
+    if match and int(match.group(1)) >= _AGE_LIMIT[match.group(2)]:
+        return "090Y"
+    return value
+
+
+def _looks_like_items(elem: Any) -> bool:
+    """Whether the bytes of an element of unknown VR start like a sequence item."""
+    value = elem.value if isinstance(elem, RawDataElement) else None
+    return value is not None and value[:4] in (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+
+
+def _items_of(elem: Any, state: _Instance) -> list[Dataset]:
+    """The items of a sequence element, whatever it arrived as (SQ, UN, implicit)."""
+    if isinstance(elem, DataElement):
+        return list(elem.value) if elem.VR == "SQ" else []
+    value = elem.value or b""
+    unknown = elem.VR in (None, "UN")  # PS3.5 6.2.2: a sequence sent as UN is implicit LE
+    implicit, little = unknown or state.implicit, unknown or state.little
+    return list(read_sequence(io.BytesIO(value), implicit, little, len(value), state.encodings))
 
 
 def _elements(ds: Dataset) -> dict[int, Any]:
@@ -564,12 +1147,11 @@ def _text_values(
         data = elem.value or b""
         if not data:
             return []
-        text = decode_bytes(
-            data, encodings or ["iso8859"], {0x5C} if vr_of(elem) != "LT" else set()
-        )
+        vr = vr_of(elem)
+        text = decode_bytes(data, encodings or ["iso8859"], {0x5C} if vr != "LT" else set())
         return (
             [v.strip(" \x00") for v in text.split("\\")]
-            if vr_of(elem) not in ("LT", "ST", "UT")
+            if vr not in ("LT", "ST", "UT")
             else [text.rstrip(" \x00")]
         )
     value = elem.value

@@ -46,6 +46,8 @@ class Rule:
     source: str
     value: str | None = None  # SET
     prefix: str = ""  # HASH
+    code: str | None = None  # a combined code of Table E.1-1 (X/Z...): the IOD decides
+    vr: str | None = None  # a safe private attribute's VR (Table E.3.10-1)
 
 
 PrivateKey = tuple[int, str, int]  # (group, private creator, low byte of the element)
@@ -68,7 +70,7 @@ class Profile:
     private: Mapping[PrivateKey, Rule]
     unlisted_by_vr: Mapping[str, Rule]
     keep_unlisted: frozenset[int]
-    identity: tuple[int, ...]
+    identity: Mapping[int, str]  # tag -> kind of identifying value (NAME, ID, PHONE...)
     codes: tuple[tuple[str, str], ...]  # CID 7050 (code value, meaning) in force
     site_file: str | None
     clean_words: tuple[str, ...] = ()
@@ -129,8 +131,8 @@ def _table_rules(
     repeating: dict[tuple[int, int], Rule] = {}
     private: Rule | None = None
     for key, row in data.get("attributes", {}).items():
-        action = Action.from_code(row["action"])
-        rule = Rule(action, source)
+        code = str(row["action"])
+        rule = Rule(Action.from_code(code), source, code=code if "/" in code else None)
         if key == "private":
             private = rule
             continue
@@ -352,8 +354,9 @@ def _compile(options: frozenset[Option], site_file: Path | None, _stamp: object 
             repeating[key] = _merge_option(repeating.get(key), rule)
         for row in data.get("safe_private", []):
             group, _, low = parse_tag(row["tag"])
-            action = Action.UID if row.get("vr") == "UI" else Action.KEEP
-            private_rules[(group, str(row["creator"]), low)] = Rule(action, source)
+            vr = str(row.get("vr") or "UN")
+            action = Action.UID if vr == "UI" else Action.KEEP
+            private_rules[(group, str(row["creator"]), low)] = Rule(action, source, vr=vr)
         codes.append((str(data["code"]), str(data["meaning"])))
         methods.append(str(data["meaning"]))
 
@@ -374,7 +377,11 @@ def _compile(options: frozenset[Option], site_file: Path | None, _stamp: object 
         for vr, row in local.get("unlisted_by_vr", {}).items()
     }
     keep_unlisted = frozenset(keyword_dict[k] for k in local.get("keep_unlisted", []))
-    identity = tuple(keyword_dict[k] for k in local.get("identity", []))
+    identity = {
+        keyword_dict[keyword]: kind.upper()
+        for kind, keywords in local.get("identity", {}).items()
+        for keyword in keywords
+    }
 
     # Every dictionary attribute no layer lists: kept, or handled by its VR.
     listed = set(public)

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from dicomnode.errors import SecretError
+from dicomnode.scrub.timeshift import Shift
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +113,9 @@ class Pseudonymizer:
         span = self._max_days - self._min_days + 1
         number = int.from_bytes(self._digest(b"date-shift", patient_key)[:8], "big")
         return self._min_days + number % span
+
+    def shift(self, patient_key: str) -> Shift:
+        """The offset of every date and time of one patient: the day shift above plus 1 to
+        86399 seconds, so that a time of day is never left as it was."""
+        number = int.from_bytes(self._digest(b"time-shift", patient_key)[:8], "big")
+        return Shift(self.date_shift_days(patient_key), 1 + number % 86399)

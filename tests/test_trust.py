@@ -1,0 +1,251 @@
+"""Nothing a sender declares is trusted: VRs, UIDs, private creators, nesting, ages."""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable
+
+import pydicom
+import pytest
+from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicomnode.dicomio import encode_instance, encode_items, read_instance
+from dicomnode.errors import InstanceError
+from dicomnode.scrub import Scrubber
+from tests.phi import leaks, planted_dataset, to_bytes
+
+Make = Callable[..., Scrubber]
+SECRET_NAME = "Quillfeather Marchbanks"
+MARK = "MARKERVALUE1"
+SAFE_SEQ = (0x2001, "Philips Imaging DD 001", 0x5F)  # Stack Sequence, safe in Table E.3.10-1
+
+
+def scrub_bytes(scrubber: Scrubber, data: bytes) -> bytes:
+    parsed = read_instance(data)
+    scrubber.scrub(parsed)
+    return encode_instance(parsed)
+
+
+def with_declared_vr(ds: Dataset, keyword: str, declared: str, value: str) -> bytes:
+    """The dataset as explicit VR little endian bytes, with ``keyword`` declared as
+    ``declared`` (whatever the dictionary says) and holding ``value``."""
+    setattr(ds, keyword, MARK)
+    data = to_bytes(ds)
+    tag = keyword_dict[keyword]
+    vr = dictionary_VR(tag)
+    header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+    marked = MARK.encode()
+    old = header + struct.pack("<H", len(marked)) + marked
+    assert data.count(old) == 1
+    payload = value.encode("latin-1")
+    if len(payload) % 2:
+        payload += b" "
+    new_header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + declared.encode()
+    if declared in ("OB", "OW", "UN", "UT", "UC", "UR", "SQ", "OF", "OD", "OL"):
+        new = new_header + b"\x00\x00" + struct.pack("<I", len(payload)) + payload
+    else:
+        new = new_header + struct.pack("<H", len(payload)) + payload
+    return data.replace(old, new)
+
+
+FREE_TEXT_AND_NAMES = [
+    "StudyDescription",
+    "SeriesDescription",
+    "ImageComments",
+    "ProtocolName",
+    "AdditionalPatientHistory",
+    "PatientComments",
+    "ReferringPhysicianName",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "InstitutionName",
+    "StationName",
+    "DerivationDescription",
+    "AcquisitionComments",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription",
+]
+
+
+@pytest.mark.parametrize("declared", ["DS", "CS", "IS", "AE", "UN", "OB", "UT"])
+@pytest.mark.parametrize("keyword", FREE_TEXT_AND_NAMES)
+def test_a_wrong_declared_vr_does_not_bypass_cleaning(
+    scrubber: Scrubber, keyword: str, declared: str
+) -> None:
+    data = with_declared_vr(planted_dataset(), keyword, declared, f"CT {SECRET_NAME}")
+    try:
+        out = scrub_bytes(scrubber, data)
+    except InstanceError as exc:
+        assert exc.reason == "vr-mismatch"  # refused is fine; passed through is not
+        return
+    assert b"Quillfeather" not in out and b"Marchbanks" not in out
+    again = pydicom.dcmread(io.BytesIO(out))
+    if keyword in again:
+        assert dictionary_VR(keyword_dict[keyword]) == again[keyword].VR
+
+
+def test_a_sequence_declared_as_text_is_refused(scrubber: Scrubber) -> None:
+    data = with_declared_vr(planted_dataset(), "StudyDescription", "SQ", "x" * 8)
+    with pytest.raises(InstanceError) as caught:
+        scrub_bytes(scrubber, data)
+    assert caught.value.reason == "vr-mismatch"
+
+
+def _private_item(depth: int) -> Dataset:
+    """An item holding an unknown creator's private PN (and its own nested item below)."""
+    item = Dataset()
+    evil = item.private_block(0x0009, "EVILCORP", create=True)
+    evil.add_new(0x01, "PN", SECRET_NAME.replace(" ", "^"))
+    evil.add_new(0x02, "LO", f"scanned by {SECRET_NAME}")
+    item.PatientName = SECRET_NAME.replace(" ", "^")
+    item.ImageComments = f"comment {SECRET_NAME}"
+    if depth > 1:
+        item.ReferencedImageSequence = Sequence([_private_item(depth - 1)])
+    return item
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_private_elements_nested_in_a_safe_private_sequence_are_not_trusted(
+    scrubber: Scrubber, depth: int
+) -> None:
+    ds = planted_dataset()
+    group, creator, low = SAFE_SEQ
+    philips = ds.private_block(group, creator, create=True)
+    philips.add_new(low, "SQ", Sequence([_private_item(depth)]))
+    philips.add_new(0x01, "FL", 1.5)  # safe: MR Image Chemical Shift
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert b"Quillfeather" not in out and b"Marchbanks" not in out
+    assert b"EVILCORP" not in out
+    again = pydicom.dcmread(io.BytesIO(out))
+    stack = again.private_block(group, creator)[low]
+    assert stack.VR == "SQ" and len(stack.value) == 1  # the safe sequence itself is kept
+    assert again.private_block(group, creator)[0x01].value == pytest.approx(1.5)
+
+
+def test_a_safe_private_sequence_sent_as_un_is_read_not_copied(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    group, creator, low = SAFE_SEQ
+    items = encode_items([_private_item(2)], implicit=True)  # PS3.5 6.2.2: UN is implicit LE
+    ds.private_block(group, creator, create=True).add_new(low, "UN", items)
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert b"Quillfeather" not in out and b"Marchbanks" not in out
+
+
+def test_a_safe_private_text_is_searched_for_identifiers(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    ge = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+    ge.add_new(0x9E, "LO", "fgre3d Quartermaine 07700 900461")  # Internal Pulse Sequence Name
+    ge.add_new(0x23, "UN", b"Quartermaine")  # Table speed (DS), holding no number
+    ge.add_new(0x24, "LO", "Quartermaine")  # Mid Scan Time (DS), declared as text
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert b"Quartermaine" not in out and b"900461" not in out
+    again = pydicom.dcmread(io.BytesIO(out))
+    block = again.private_block(0x0019, "GEMS_ACQU_01")
+    assert "fgre3d" in block[0x9E].value  # the rest of the safe value is kept
+    assert (0x0019 << 16 | 0x1023) not in again and (0x0019 << 16 | 0x1024) not in again
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "1.2.840.10008.../../../../tmp/x",
+        "1.2.840.10008.5.1.4.1.1.2." + "9" * 300,
+        "1.2.840.10008.999.12345.67",  # DICOM root, not registered
+        "1.2.840.10008.5.1.4.1.1.2 Quartermaine",
+    ],
+)
+def test_a_uid_that_merely_starts_with_the_dicom_root_is_remapped(
+    scrubber: Scrubber, forged: str
+) -> None:
+    ds = planted_dataset()
+    ds.SOPInstanceUID = forged
+    ds.StudyInstanceUID = forged + ".1"
+    ref = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    ref.ReferencedSOPInstanceUID = forged
+    ref.ReferencedSOPClassUID = forged  # a class UID: kept, when it is a registered one
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert forged.encode() not in out and b"tmp" not in out and b"Quartermaine" not in out
+    again = pydicom.dcmread(io.BytesIO(out))
+    assert again.SOPInstanceUID.startswith("2.25.") and len(again.SOPInstanceUID) <= 64
+    assert again.file_meta.MediaStorageSOPInstanceUID == again.SOPInstanceUID
+    ref = again.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert ref.ReferencedSOPClassUID.startswith("2.25.")
+    assert ref.ReferencedSOPInstanceUID == again.SOPInstanceUID  # the same forged value
+
+
+def test_registered_uids_are_kept(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    out = pydicom.dcmread(io.BytesIO(scrub_bytes(scrubber, to_bytes(ds))))
+    assert out.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    ref = out.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert ref.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_an_unregistered_sop_class_is_quarantined(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    ds.SOPClassUID = "1.2.840.10008.../../x"
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    with pytest.raises(InstanceError) as caught:
+        scrub_bytes(scrubber, to_bytes(ds))
+    assert caught.value.reason == "unknown-sop-class"
+
+
+def test_retain_uids_keeps_only_well_formed_uids(make_scrubber: Make) -> None:
+    ds = planted_dataset()
+    ds.SeriesInstanceUID = "1.2.3.../../etc/passwd"
+    out = pydicom.dcmread(
+        io.BytesIO(scrub_bytes(make_scrubber(options=("retain-uids",)), to_bytes(ds)))
+    )
+    assert out.SOPInstanceUID == ds.SOPInstanceUID  # well formed: kept, as the option says
+    assert out.SeriesInstanceUID.startswith("2.25.")
+
+
+@pytest.mark.parametrize(
+    ("age", "expected"),
+    [("059Y", "059Y"), ("089Y", "089Y"), ("090Y", "090Y"), ("097Y", "090Y"), ("999M", "999M")],
+)
+def test_ages_over_89_are_given_as_90(scrubber: Scrubber, age: str, expected: str) -> None:
+    ds = planted_dataset()
+    ds.PatientAge = age
+    out = pydicom.dcmread(io.BytesIO(scrub_bytes(scrubber, to_bytes(ds))))
+    assert out.PatientAge == expected
+
+
+def test_deep_nesting_is_removed_or_refused_cleanly(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    item = Dataset()
+    item.PatientName = SECRET_NAME
+    for _ in range(100):
+        outer = Dataset()
+        outer.ReferencedImageSequence = Sequence([item])
+        item = outer
+    ds.ReferencedSeriesSequence = Sequence([item])
+    try:
+        out = scrub_bytes(scrubber, to_bytes(ds))
+    except InstanceError as exc:
+        assert exc.reason == "too-deep"
+    else:
+        assert b"Quillfeather" not in out
+
+
+def test_nesting_beyond_the_limit_is_refused_not_a_recursion_error(scrubber: Scrubber) -> None:
+    group, creator, low = SAFE_SEQ
+    item = Dataset()
+    item.PatientName = SECRET_NAME
+    for _ in range(100):  # safe private sequences are walked: every level is visited
+        outer = Dataset()
+        outer.private_block(group, creator, create=True).add_new(low, "SQ", Sequence([item]))
+        item = outer
+    ds = planted_dataset()
+    ds.private_block(group, creator, create=True).add_new(low, "SQ", Sequence([item]))
+    with pytest.raises(InstanceError) as caught:
+        scrub_bytes(scrubber, to_bytes(ds))
+    assert caught.value.reason == "too-deep"
+
+
+def test_the_output_never_holds_a_planted_value(scrubber: Scrubber) -> None:
+    out = scrub_bytes(scrubber, to_bytes(planted_dataset()))
+    assert leaks(out) == []
