@@ -290,7 +290,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             else:
                 print(f"{key}: {value}")
     leaks = result["header_leaks"] or result["pixel_leaks"] or result["missing_outputs"]
-    return EXIT_FAILURES if leaks else EXIT_OK
+    broken = not (result["uids_consistent"] and result["intervals_kept"])
+    invalid = result["times_unshifted"] or result["dciodvfy_new_errors"]
+    return EXIT_FAILURES if leaks or broken or invalid else EXIT_OK
 
 
 def _cmd_crosswalk_keygen(args: argparse.Namespace) -> int:
