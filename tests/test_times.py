@@ -217,3 +217,41 @@ def test_full_dates_keep_times_and_no_option_removes_them(make_scrubber: Make) -
     assert basic.StudyTime == ""  # Z
     assert "AcquisitionTime" not in basic or basic.AcquisitionTime == ""
     assert basic.get("ContentTime", "") in ("", "000000")
+
+
+PAIR_KEYWORDS = sorted(
+    (pydicom.datadict.keyword_for_tag(d), pydicom.datadict.keyword_for_tag(t))
+    for d, t in DATE_TIME_PAIRS.items()
+)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+@pytest.mark.parametrize(("date_kw", "time_kw"), PAIR_KEYWORDS, ids=[p[0] for p in PAIR_KEYWORDS])
+def test_every_date_time_pair_at_every_depth_moves_as_one_instant(
+    scrubber: Scrubber, date_kw: str, time_kw: str, depth: int
+) -> None:
+    ds = planted_dataset()
+    shift = scrubber.pseudonyms.shift(ds.PatientID)
+    offset = dt.timedelta(days=shift.days, seconds=shift.seconds)
+    target = ds
+    for _ in range(depth):  # kept sequences, walked with the profile
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.4242"
+        holder = Dataset()
+        holder.SeriesInstanceUID = "1.2.826.0.1.3680043.99.4243"
+        holder.ReferencedInstanceSequence = Sequence([item])
+        target.ReferencedSeriesSequence = Sequence([holder])
+        target = item
+    setattr(target, date_kw, "20210314")
+    setattr(target, time_kw, "235530")
+    out = run(scrubber, ds)
+    found = out
+    for _ in range(depth):
+        found = found.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    date, time = str(found.get(date_kw) or ""), str(found.get(time_kw) or "")
+    if date in ("", "19000101") or time in ("", "000000"):
+        # Removed, emptied or dummied by the profile: nothing of the original instant is left.
+        assert date != "20210314" and time != "235530"
+        return
+    assert _instant(date, time) - _instant("20210314", "235530") == offset

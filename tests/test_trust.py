@@ -36,19 +36,21 @@ def with_declared_vr(ds: Dataset, keyword: str, declared: str, value: str) -> by
     data = to_bytes(ds)
     tag = keyword_dict[keyword]
     vr = dictionary_VR(tag)
-    header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
     marked = MARK.encode()
-    old = header + struct.pack("<H", len(marked)) + marked
+    old = _element(tag, vr, marked)
     assert data.count(old) == 1
     payload = value.encode("latin-1")
     if len(payload) % 2:
         payload += b" "
-    new_header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + declared.encode()
-    if declared in ("OB", "OW", "UN", "UT", "UC", "UR", "SQ", "OF", "OD", "OL"):
-        new = new_header + b"\x00\x00" + struct.pack("<I", len(payload)) + payload
-    else:
-        new = new_header + struct.pack("<H", len(payload)) + payload
-    return data.replace(old, new)
+    return data.replace(old, _element(tag, declared, payload))
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    """One element in explicit VR little endian (PS3.5 7.1.2)."""
+    header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+    if vr in ("OB", "OW", "UN", "UT", "UC", "UR", "SQ", "OF", "OD", "OL", "OV", "SV", "UV"):
+        return header + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return header + struct.pack("<H", len(value)) + value
 
 
 FREE_TEXT_AND_NAMES = [
@@ -249,3 +251,46 @@ def test_nesting_beyond_the_limit_is_refused_not_a_recursion_error(scrubber: Scr
 def test_the_output_never_holds_a_planted_value(scrubber: Scrubber) -> None:
     out = scrub_bytes(scrubber, to_bytes(planted_dataset()))
     assert leaks(out) == []
+
+
+def _protected_text_keywords() -> list[str]:
+    """Every name and free-text attribute of the dictionary the default profile does not keep."""
+    from dicomnode.config import Config
+    from dicomnode.scrub import Action, build_scrubber
+    from tests.conftest import SECRET
+
+    profile = build_scrubber(Config(), secret=SECRET).profile
+    out = []
+    for tag, rule in profile.public.items():
+        if tag >> 16 in (0x0000, 0x0002, 0x0004) or rule.action is Action.KEEP:
+            continue
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue
+        keyword = pydicom.datadict.keyword_for_tag(tag)
+        if vr in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") and keyword:
+            out.append(keyword)
+    return sorted(out)
+
+
+PROTECTED = _protected_text_keywords()
+LIES = ["DS", "CS", "IS", "AE", "UN", "OB", "UT", "SH", "DA", "UI"]
+
+
+def test_the_list_of_protected_text_attributes_is_the_whole_dictionary() -> None:
+    assert len(PROTECTED) > 200 and "StudyDescription" in PROTECTED
+
+
+@pytest.mark.parametrize("keyword", PROTECTED)
+def test_no_declared_vr_lets_any_name_or_text_attribute_through(
+    scrubber: Scrubber, keyword: str
+) -> None:
+    declared = LIES[PROTECTED.index(keyword) % len(LIES)]
+    data = with_declared_vr(planted_dataset(), keyword, declared, f"CT {SECRET_NAME}")
+    try:
+        out = scrub_bytes(scrubber, data)
+    except InstanceError as exc:
+        assert exc.reason == "vr-mismatch"
+        return
+    assert b"Quillfeather" not in out and b"Marchbanks" not in out

@@ -703,7 +703,8 @@ class Scrubber:
         elements = _elements(ds)
         vrs = dict(times)
         done: set[int] = set()
-        for tag, vr in times:
+        # Dates first: a date takes its time along, whichever comes first in the item.
+        for tag, vr in sorted(times, key=lambda entry: entry[1] != "DA"):
             if tag in done or tag not in elements:
                 continue
             values = split_values(_raw_bytes(elements[tag]))

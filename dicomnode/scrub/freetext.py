@@ -33,6 +33,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 
 import phonenumbers
@@ -717,12 +718,9 @@ class TextCleaner:
     def default(
         cls, extra: Iterable[str] = (), *, regions: tuple[str, ...] = DEFAULT_REGIONS
     ) -> TextCleaner:
-        """The shipped word files (safe words and general vocabulary) plus the site's words."""
-        from dicomnode.scrub.profile import rules_dir  # the profile loader is not needed here
-
-        folder = rules_dir()
-        words = read_words(folder / "safe-words.txt", folder / "vocabulary.txt")
-        return cls([*words, *extra], regions=regions)
+        """The shipped word files (safe words and general vocabulary) plus the site's words;
+        one per set of site words in a process (the files ship with the code)."""
+        return _default_cleaner(tuple(extra), tuple(regions))
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -939,3 +937,12 @@ class TextCleaner:
         cleaned = _AFTER_OPENING.sub(r"\1", cleaned)
         cleaned = _REPEATED.sub(r"\1", cleaned)
         return _EDGES.sub("", cleaned)
+
+
+@cache
+def _default_cleaner(extra: tuple[str, ...], regions: tuple[str, ...]) -> TextCleaner:
+    from dicomnode.scrub.profile import rules_dir  # the profile loader is not needed here
+
+    folder = rules_dir()
+    words = read_words(folder / "safe-words.txt", folder / "vocabulary.txt")
+    return TextCleaner([*words, *extra], regions=regions)
