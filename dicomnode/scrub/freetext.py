@@ -680,6 +680,7 @@ _SPLIT_LETTERS = re.compile(r"[\d.]+")
 
 
 _CACHED_TEXTS = 4096
+_CACHED_LENGTH = 256  # so the cache holds at most ~1 MB of text
 _CACHED_IDENTITIES = 64
 
 
@@ -734,6 +735,8 @@ class TextCleaner:
         (private text that PS3.15 lists as safe), every word not known to be safe removed."""
         if not text:
             return text
+        if len(text) > _CACHED_LENGTH:  # long reports are rarely repeated: not worth the memory
+            return self._clean(text, identity, keep_unknown)
         key = (text, keep_unknown, identity.key if identity else None)
         done = self._cleaned.get(key)
         if done is not None:
