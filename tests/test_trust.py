@@ -294,3 +294,41 @@ def test_no_declared_vr_lets_any_name_or_text_attribute_through(
         assert exc.reason == "vr-mismatch"
         return
     assert b"Quillfeather" not in out and b"Marchbanks" not in out
+
+
+@pytest.mark.parametrize(
+    ("keyword", "declared"),
+    [
+        ("Rows", "LO"),  # a binary attribute sent as text
+        ("SmallestImagePixelValue", "LO"),  # "US or SS" sent as text
+        ("Rows", "ZZ"),  # no VR at all
+    ],
+)
+def test_text_where_the_dictionary_says_binary_is_refused(
+    scrubber: Scrubber, keyword: str, declared: str
+) -> None:
+    ds = planted_dataset()
+    ds.SmallestImagePixelValue = 0
+    data = _with_element(ds, keyword, declared, SECRET_NAME.encode())
+    with pytest.raises(InstanceError) as caught:
+        scrub_bytes(scrubber, data)
+    assert caught.value.reason == "vr-mismatch"
+    assert "Quillfeather" not in str(caught.value)
+
+
+def test_text_sent_with_a_vr_that_does_not_exist_is_cleaned_as_text(scrubber: Scrubber) -> None:
+    data = with_declared_vr(planted_dataset(), "StudyDescription", "ZZ", f"CT {SECRET_NAME}")
+    out = scrub_bytes(scrubber, data)
+    assert b"Quillfeather" not in out
+    assert pydicom.dcmread(io.BytesIO(out))["StudyDescription"].VR == "LO"
+
+
+def _with_element(ds: Dataset, keyword: str, declared: str, value: bytes) -> bytes:
+    """``ds`` as bytes with ``keyword`` replaced by an element declared as ``declared``."""
+    tag = keyword_dict[keyword]
+    data = to_bytes(ds)
+    old = _element(tag, dictionary_VR(tag).split(" ")[0], ds[keyword].value.to_bytes(2, "little"))
+    assert data.count(old) == 1
+    if len(value) % 2:
+        value += b" "
+    return data.replace(old, _element(tag, declared, value))

@@ -352,7 +352,7 @@ class Scrubber:
             else:
                 rule, expected, kind = entry
             declared = elem.VR
-            if declared is not None and declared != expected and expected is not None:
+            if declared is not None and declared != expected:
                 elem = self._trust_vr(ds, tag, elem, expected, state)
             if normal and rule is not None and rule.action is Action.KEEP:
                 # The common case, kept short: most of a header is kept as it is.
@@ -399,32 +399,39 @@ class Scrubber:
         if private:
             self._private(ds, private, state, mode, path, times)
 
-    def _trust_vr(self, ds: Dataset, tag: int, elem: Any, expected: str, state: _Instance) -> Any:
+    def _trust_vr(
+        self, ds: Dataset, tag: int, elem: Any, expected: str | None, state: _Instance
+    ) -> Any:
         """Make an element carry its dictionary VR, or refuse the instance.
 
         The action and the cleaning of an attribute follow from its VR; a sender that
-        declares StudyDescription as DS must not get it kept as "a number".
+        declares StudyDescription as DS must not get it kept as "a number", nor Rows as LO.
         """
         if not isinstance(elem, RawDataElement):
             return elem  # decoded by pydicom, which already resolved the VR
         declared = elem.VR
-        if declared in _AMBIGUOUS.get(tag, ()):
-            return elem
-        if expected == "SQ" and declared == "UN":
+        allowed = _AMBIGUOUS.get(tag)
+        if expected is None:
+            if allowed is None or declared in allowed or declared == "UN":
+                return elem  # not in the dictionary (removed anyway), or one of its VRs
+        elif expected == "SQ" and declared == "UN":
             return elem  # pydicom reads an SQ sent as UN as a sequence
-        if "SQ" in (declared, expected) or (expected not in TEXT_VRS and declared in TEXT_VRS):
-            raise ScrubError(
-                f"element {_tag_text(tag)} arrived as {declared}, but the DICOM dictionary "
-                f"says {expected}; such a value cannot be cleaned with certainty. Ask the "
-                "sender to fix the VR",
-                reason="vr-mismatch",
+        elif (expected in TEXT_VRS and declared != "SQ") or declared == "UN":
+            # Text is text whatever the sender called it: clean it as what it is.
+            fixed = raw(
+                tag, expected, elem.value or b"", implicit=state.implicit, little=state.little
             )
-        if expected not in TEXT_VRS and declared != "UN":
+            _elements(ds)[tag] = fixed
+            state.report.vr_corrected += 1
+            return fixed
+        elif expected != "SQ" and declared in _BINARY_VRS:
             return elem  # two binary encodings: nothing to read as text either way
-        fixed = raw(tag, expected, elem.value or b"", implicit=state.implicit, little=state.little)
-        _elements(ds)[tag] = fixed
-        state.report.vr_corrected += 1
-        return fixed
+        raise ScrubError(
+            f"element {_tag_text(tag)} arrived as {declared}, but the DICOM dictionary says "
+            f"{expected or ' or '.join(allowed or ())}; such a value cannot be cleaned with "
+            "certainty. Ask the sender to fix the VR",
+            reason="vr-mismatch",
+        )
 
     def _keep(
         self, ds: Dataset, tag: int, elem: Any, state: _Instance, mode: Mode, path: tuple[int, ...]
@@ -1092,6 +1099,9 @@ _REQUIRED_VALUE = frozenset({iod.AttributeType.TYPE1, iod.AttributeType.TYPE1C})
 _REQUIRED = _REQUIRED_VALUE | {iod.AttributeType.TYPE2, iod.AttributeType.TYPE2C}
 # Kept values of these VRs are still looked at (see Scrubber._keep).
 _CHECKED_VRS = frozenset({"SQ", "UI", "AS"})
+_BINARY_VRS = frozenset(
+    {"AT", "FD", "FL", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV", "UL", "US", "UV"}
+)
 _SHIFTERS: dict[str, Callable[[str, Shift], str]] = {"DA": shift_da, "TM": shift_tm, "DT": shift_dt}
 
 
