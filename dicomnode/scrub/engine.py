@@ -428,7 +428,7 @@ class Scrubber:
             return elem  # two binary encodings: nothing to read as text either way
         raise ScrubError(
             f"element {_tag_text(tag)} arrived as {declared}, but the DICOM dictionary says "
-            f"{expected or ' or '.join(allowed or ())}; such a value cannot be cleaned with "
+            f"{expected or (allowed or ('?',))[-1]}; such a value cannot be cleaned with "
             "certainty. Ask the sender to fix the VR",
             reason="vr-mismatch",
         )
@@ -1091,7 +1091,9 @@ _DICTIONARY_VR: dict[int, str] = {
     tag: entry[0] for tag, entry in DicomDictionary.items() if len(entry[0]) == 2
 }
 _AMBIGUOUS: dict[int, tuple[str, ...]] = {
-    tag: tuple(entry[0].split(" or "))
+    # each VR the dictionary allows, and its own "OB or OW" (what pydicom gives a raw element
+    # it read without a VR)
+    tag: (*entry[0].split(" or "), entry[0])
     for tag, entry in DicomDictionary.items()
     if " or " in entry[0]
 }
