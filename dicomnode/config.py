@@ -212,12 +212,34 @@ class NodeConfig(_Frozen):
     disk_floor_mb: int = Field(
         default=1024, ge=0, description="refuse C-STORE (0xA700) below this much free disk"
     )
-    max_pdu: int = Field(default=0, ge=0, description="largest PDU we accept; 0: no limit")
+    max_pdu: int = Field(
+        default=262144,
+        description="P-DATA PDU length we offer; longer PDUs abort the association",
+    )
     network_timeout_s: float = Field(default=60, gt=0)
     stop_timeout_s: float = Field(
         default=60, gt=0, description="on SIGTERM, how long work in hand may take to finish"
     )
     tls: TLSConfig | None = None
+    request_timeout_s: float = Field(
+        default=5, gt=0, le=60, description="time from connect (and TLS) to a complete request"
+    )
+    max_connections_per_address: int = Field(
+        default=8, ge=1, le=1000, description="open connections per source address"
+    )
+    max_instance_mb: int = Field(
+        default=2048, ge=1, description="refuse (0xA700) a C-STORE data set larger than this"
+    )
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _max_pdu(cls, v: int) -> int:
+        if not 4096 <= v <= 16 * 1024 * 1024:
+            raise ValueError(
+                "use 4096 to 16777216 bytes (default 262144); 0, no limit, is refused because "
+                "a peer could then send PDUs of any length"
+            )
+        return v
 
 
 class SpoolConfig(_Frozen):

@@ -9,9 +9,22 @@ answers. Nothing is decoded on the association thread. Statuses:
   fills while writing: the sender keeps the instance and retries later;
 - 0xC211 when the spool cannot be written for another reason (the log says which).
 
-Associations are refused (A-ASSOCIATE-RJ, "calling AE title not recognised") for a calling AE
-title that is not allowed, or allowed only from other addresses, and when the called AE title
-is not ours.
+A C-STORE whose data set passes ``node.max_instance_mb`` is answered 0xA700 too, without the
+instance ever being whole on disk (see below).
+
+In front of pynetdicom sits the gate (``dicomnode.gate``): a connection becomes an association
+only once it has sent a complete A-ASSOCIATE-RQ within ``node.request_timeout_s`` (TLS handshake
+included), from an address with fewer than ``node.max_connections_per_address`` connections
+open, with our called AE title and an allowed calling AE title (``node.allowed_callers``,
+optionally restricted to source addresses), while one of ``node.max_associations`` slots is
+free; otherwise an A-ASSOCIATE-RJ ("calling/called AE title not recognised", or transient
+"local limit exceeded"). PDUs longer than we offered (``node.max_pdu``) abort the association
+before their body is read.
+
+Why 0xA700 for an instance over ``node.max_instance_mb``: the standard's "Refused: Out of
+Resources" says what happened (the data may be perfectly good; this node will not hold that
+much), whereas 0xC2xx "cannot understand" would send the modality's staff looking for a
+broken object. A sender that retries gets the same answer, and the log says why.
 """
 
 from __future__ import annotations
@@ -42,10 +55,17 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomnode._net import set_nodelay
 from dicomnode.config import NodeConfig
-from dicomnode.forward import set_nodelay
+from dicomnode.gate import (
+    AssociationRequest,
+    GatedServer,
+    Limits,
+    RefusalLog,
+    Rejection,
+    refused_instance,
+)
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -88,31 +108,37 @@ class Ingest:
             lambda item_id, ae, size, seconds: None
         ),
         on_refused: Callable[[str, str], None] = lambda reason, ae: None,
+        on_connection_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
+        """``on_refused(reason, calling_ae)``: a caller or a C-STORE refused (metrics, audit);
+        ``on_connection_refused(reason)``: every connection the gate turned away or cut, by
+        reason (``idle``, ``slow-request``, ``not-a-request``, ``per-address``, ``pdu-length``...;
+        for a counter, never an audit line: a flood calls it thousands of times)."""
         self.config = config
         self.spool = spool
         self.on_received = on_received
         self.on_refused = on_refused
-        self._server: ThreadedAssociationServer | None = None
-        self._floor = config.disk_floor_mb * 1024 * 1024
-        self._allowed = {
-            caller.ae_title: [ipaddress.ip_network(a, strict=False) for a in caller.addresses]
-            for caller in config.allowed_callers
-        }
+        self.refusals = RefusalLog(count=on_connection_refused)
+        self._server: GatedServer | None = None
+        self.update(config)
 
     def update(self, config: NodeConfig) -> None:
-        """Take new allowed callers and disk floor without restarting the listener."""
+        """Take new allowed callers, disk floor and per-peer limits without restarting the
+        listener (``max_associations`` and ``max_pdu`` need a restart)."""
         self.config = config
         self._floor = config.disk_floor_mb * 1024 * 1024
         self._allowed = {
             caller.ae_title: [ipaddress.ip_network(a, strict=False) for a in caller.addresses]
             for caller in config.allowed_callers
         }
+        if self._server is not None:
+            self._server.limits = _limits(config)
 
     @property
     def open_associations(self) -> int:
+        """Associations holding a slot (accepted by the gate, not yet ended)."""
         server = self._server
-        return len(server.active_associations) if server is not None else 0
+        return server.associations if server is not None else 0
 
     @property
     def port(self) -> int:
@@ -128,23 +154,28 @@ class Ingest:
         ae.maximum_associations = self.config.max_associations
         ae.maximum_pdu_size = self.config.max_pdu
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.config.network_timeout_s
-        ae.require_called_aet = True
+        ae.require_called_aet = True  # the gate checks it first; this stays as a backstop
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = ae.start_server(
+        server = ae.make_server(
             (self.config.bind, self.config.port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=self._ssl_context(),
+            server_class=GatedServer,
+            limits=_limits(self.config),
+            admit=self._admit,
+            refusals=self.refusals,
         )
+        assert isinstance(server, GatedServer)
+        server.start()
+        self._server = server
         log.info(
             "listening as %s on %s:%d%s",
             self.config.ae_title,
@@ -170,33 +201,32 @@ class Ingest:
         context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
         return context
 
-    def _on_requested(self, event: evt.Event) -> None:
+    def _admit(self, request: AssociationRequest) -> Rejection | None:
+        """The allow-list, asked by the gate as soon as the A-ASSOCIATE-RQ is in (the gate
+        logs the refusal, rate-limited)."""
         if not self._allowed:
-            return
-        requestor = event.assoc.requestor
-        primitive = requestor.primitive
-        calling = str(primitive.calling_ae_title if primitive else "").strip()
-        networks = self._allowed.get(calling)
+            return None
+        networks = self._allowed.get(request.calling_ae)
+        why = "not an allowed caller"
         refused = networks is None
         if networks:
-            address = ipaddress.ip_address(requestor.address)
+            address = ipaddress.ip_address(request.address)
             refused = not any(address in network for network in networks)
-        if refused:
-            log.warning(
-                "refused association from %s at %s: not an allowed caller",
-                calling,
-                requestor.address,
-            )
-            self.on_refused("calling-ae", calling)
-            # result 1 rejected-permanent, source 1 service-user, 3 calling AE not recognised;
-            # then wait, as pynetdicom does for its own rejections, until the reject is sent.
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            event.assoc.kill()
+            why = "not allowed from this address"
+        if not refused:
+            return None
+        self.on_refused("calling-ae", request.calling_ae)
+        # result 1 rejected-permanent, source 1 service-user, 3 calling AE not recognised
+        return Rejection(0x01, 0x01, 0x03, "calling-ae", why)
 
     def _on_store(self, event: evt.Event) -> int:
         started = time.perf_counter()
         calling = str(event.assoc.requestor.ae_title).strip()
         received = event.dataset_path
+        if refused_instance(received):
+            # The gate logged it when the bytes passed the limit, and deleted the partial file.
+            self.on_refused("too-large", calling)
+            return STATUS_OUT_OF_RESOURCES
         try:
             if self.spool.free_bytes() < self._floor:
                 log.error(
@@ -216,3 +246,14 @@ class Ingest:
             return STATUS_CANNOT_PROCESS
         self.on_received(item_id, calling, size, time.perf_counter() - started)
         return STATUS_SUCCESS
+
+
+def _limits(config: NodeConfig) -> Limits:
+    return Limits(
+        request_timeout_s=config.request_timeout_s,
+        max_connections_per_address=config.max_connections_per_address,
+        max_associations=config.max_associations,
+        max_pdu=config.max_pdu,
+        network_timeout_s=config.network_timeout_s,
+        max_instance_bytes=config.max_instance_mb * 1024 * 1024,
+    )

@@ -1,0 +1,914 @@
+"""The listener's front door: what a stranger on the network can take from the node.
+
+pynetdicom 3.0.4 gives every TCP connection an association thread and counts it against
+``maximum_associations`` before the peer has said a word, does the TLS handshake on the
+accepting thread, and reads every PDU whole into memory, whatever length its header announces.
+So an idle socket held a slot for a minute, one silent TLS connection stalled the listener, and
+one header announcing 4 GB took the process to 2 GB. Here, instead:
+
+- **One gate thread** holds each new connection (non-blocking, ``selectors``) until it has sent
+  a complete A-ASSOCIATE-RQ, within ``request_timeout_s`` counted from the accept, TLS handshake
+  included. The first PDU must be an A-ASSOCIATE-RQ of at most 64 KiB; the called AE title, the
+  calling AE title (the ``admit`` callback: the allow-list) and the free association slots are
+  checked there, and a refusal gets its A-ASSOCIATE-RJ (or A-ABORT for garbage) from the gate.
+  Only an accepted request becomes a pynetdicom association, its bytes replayed, so
+  ``max_associations`` counts requests that passed the allow-list, nothing else.
+- **Connections per source address** are capped (waiting and associated together); at most
+  ``MAX_WAITING`` connections wait for their request at once, the oldest giving way.
+- **Every PDU header is checked before its body is read** (``_FramedSocket``): a P-DATA-TF longer
+  than the ``max_pdu`` we offered plus ``PDATA_SLACK``, any other PDU over 64 KiB, or an unknown
+  PDU type aborts the association (A-ABORT) without allocating. A peer silent in the middle of a
+  PDU is cut after ``network_timeout_s`` (pynetdicom's read had no timeout).
+- **Every DIMSE message is counted as it arrives** (``_MessageGuard``): a command set over
+  64 KiB, or a data set pynetdicom would keep in memory (anything but a C-STORE's) over 1 MiB,
+  aborts; a C-STORE data set that passes ``max_instance_bytes`` is no longer written (the
+  partial file is emptied and unlinked at once), the rest of it is read and dropped, and the
+  store is answered with a failure status (``refused_instance`` tells the C-STORE handler);
+  one that goes on for ``MAX_DISCARDED`` (4 GiB) more is aborted.
+- **Refusals are logged one line each** (source and why), at most ``RefusalLog.burst`` lines per
+  reason in each window, the rest summed up by reason: a flood of garbage cannot flood the log.
+
+What this changes in pynetdicom's behaviour (written against 3.0.4; each function named here is
+pinned by a test in tests/test_hostile_network.py that fails when its source changes):
+
+- ``AssociationServer.get_request``: accept only (pynetdicom wraps TLS there, blocking);
+- ``ThreadingMixIn.process_request``: new connections go to the gate, which calls it later;
+- ``AssociationServer.service_actions``: its ``gc.collect()`` every 60 accepts becomes at
+  most one every 30 s (a connection flood made it a full collection per accept);
+- ``RequestHandler._create_association``/``handle``: the association's ``AssociationSocket``
+  is replaced by a ``_FramedSocket`` that takes over its state (constructing a fresh one would
+  queue a second Evt5), its DIMSE provider's
+  ``receive_primitive`` is wrapped per association, and the handler thread waits for the
+  association to end to give its slot back and delete a partial receive;
+- ``AssociationSocket.recv``/``ready``: replay, PDU checks, ``recv_into`` in one piece (these
+  rely on ``DULServiceProvider._read_pdu_data`` reading 6 header bytes, then the body);
+- the ``pynetdicom.dul`` logger drops its per-PDU read errors (one line per connection here).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import logging
+import os
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, NamedTuple
+
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MAX_REQUEST_PDU",
+    "MAX_WAITING",
+    "PDATA_SLACK",
+    "AssociationRequest",
+    "GatedServer",
+    "Limits",
+    "RefusalLog",
+    "Rejection",
+    "refused_instance",
+]
+
+MIB = 1024 * 1024
+MAX_REQUEST_PDU = 64 * 1024  # A-ASSOCIATE-RQ, and every PDU but P-DATA-TF
+PDATA_SLACK = 4096  # over the max_pdu we offer: peers that count the PDV header in or not
+MAX_WAITING = 256  # connections waiting for their A-ASSOCIATE-RQ at once
+MAX_COMMAND_SET = 64 * 1024
+MAX_IN_MEMORY_DATA_SET = MIB  # data sets pynetdicom keeps in memory (not a C-STORE's)
+MAX_DISCARDED = 4096 * MIB  # read and dropped past max_instance_bytes before aborting
+_GC_EVERY_S = 30.0
+_PDU_TYPES = range(0x01, 0x08)
+_A_ASSOCIATE_RQ = 0x01
+_P_DATA_TF = 0x04
+_RQ_FIXED_LENGTH = 68  # PS3.8 9.3.2: version, reserved, called, calling, reserved
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one peer may take from the node; ``NodeConfig`` fills it."""
+
+    request_timeout_s: float = 5.0
+    max_connections_per_address: int = 8
+    max_associations: int = 16
+    max_pdu: int = 256 * 1024
+    network_timeout_s: float = 60.0
+    max_instance_bytes: int = 2048 * MIB
+
+    def pdu_limit(self, pdu_type: int) -> int:
+        """The longest PDU of this type we read (a 0 max_pdu still gets a 16 MiB ceiling)."""
+        if pdu_type == _P_DATA_TF:
+            return (self.max_pdu or 16 * MIB) + PDATA_SLACK
+        return MAX_REQUEST_PDU
+
+
+@dataclass(frozen=True)
+class AssociationRequest:
+    """What the gate read from an A-ASSOCIATE-RQ (AE titles stripped, unprintables as '?')."""
+
+    calling_ae: str
+    called_ae: str
+    address: str
+
+
+class Rejection(NamedTuple):
+    """An A-ASSOCIATE-RJ (PS3.8 9.3.4 result, source, diagnostic), with a reason for counts
+    and the words for the log line."""
+
+    result: int
+    source: int
+    diagnostic: int
+    reason: str
+    why: str
+
+
+Admit = Callable[[AssociationRequest], Rejection | None]
+
+
+def _reject_pdu(rejection: Rejection) -> bytes:
+    return struct.pack(
+        ">BBLBBBB", 0x03, 0, 4, 0, rejection.result, rejection.source, rejection.diagnostic
+    )
+
+
+def _abort_pdu(reason: int) -> bytes:
+    """A-ABORT from the service provider (PS3.8 9.3.8): 1 unrecognised PDU, 2 unexpected PDU,
+    6 invalid PDU parameter value."""
+    return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason)
+
+
+def _ae_title(raw: bytes | bytearray) -> str:
+    text = bytes(raw).decode("ascii", "replace").strip(" \x00")
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+class RefusalLog:
+    """One line per refused connection, at most ``burst`` lines per reason in each
+    ``window_s``; beyond that refusals are counted and summed up in one line when the window
+    ends. A flood of one kind cannot hide the others, and the log grows by at most
+    ``burst`` lines per reason (a short, fixed list) per window, whatever arrives."""
+
+    def __init__(
+        self,
+        burst: int = 10,
+        window_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        count: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        """``count`` is called with the reason of every refusal, logged or not (metrics)."""
+        self.burst = burst
+        self.window_s = window_s
+        self._clock = clock
+        self._count = count
+        self._lock = threading.Lock()
+        self._started = clock()
+        self._lines: collections.Counter[str] = collections.Counter()
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def refuse(self, reason: str, line: str, level: int = logging.WARNING) -> None:
+        """Log ``line`` unless this window's lines for ``reason`` are spent; count it."""
+        self._count(reason)
+        with self._lock:
+            self._roll()
+            if self._lines[reason] >= self.burst:
+                self._held[reason] += 1
+                return
+            self._lines[reason] += 1
+        log.log(level, "%s", line)
+
+    def flush(self) -> None:
+        """Write the summary of a window that has ended (the gate calls this as it ticks)."""
+        with self._lock:
+            self._roll()
+
+    def _roll(self) -> None:
+        now = self._clock()
+        if now - self._started < self.window_s:
+            return
+        if self._held:
+            counts = ", ".join(f"{r}: {n}" for r, n in self._held.most_common())
+            log.warning(
+                "%d more refused connections in the last %.0f s, not logged one by one (%s)",
+                sum(self._held.values()),
+                now - self._started,
+                counts,
+            )
+        self._started = now
+        self._lines.clear()
+        self._held.clear()
+
+
+# -- refused C-STOREs: the guard marks them, the C-STORE handler answers them ---------------
+
+_refused_lock = threading.Lock()
+_refused: set[str] = set()
+
+
+def refused_instance(path: Path | str) -> bool:
+    """True (once) when the C-STORE received into ``path`` passed the instance size limit:
+    its partial file is already gone and the handler must answer with a failure status."""
+    with _refused_lock:
+        try:
+            _refused.remove(str(path))
+        except KeyError:
+            return False
+        return True
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class GatedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the gate in front of it (see the module docstring).
+
+    Build it with ``ae.make_server(address, ..., server_class=GatedServer, limits=...,
+    admit=...)`` and call ``start()``.
+    """
+
+    daemon_threads = True  # handler threads wait for their association: never join them
+    block_on_close = False
+    request_queue_size = 128  # pynetdicom's 5 drops SYNs under a connection flood
+
+    def __init__(
+        self,
+        ae: Any,
+        address: tuple[str, int],
+        ae_title: str,
+        contexts: list[Any],
+        ssl_context: ssl.SSLContext | None = None,
+        evt_handlers: list[Any] | None = None,
+        *,
+        limits: Limits,
+        admit: Admit,
+        refusals: RefusalLog | None = None,
+    ) -> None:
+        self.limits = limits
+        self.admit = admit
+        self.refusals = refusals or RefusalLog()
+        self._lock = threading.Lock()
+        self._per_address: collections.Counter[str] = collections.Counter()
+        self._associations = 0
+        self._replays: dict[socket.socket, bytes] = {}
+        self._last_gc = time.monotonic()
+        super().__init__(
+            ae,
+            address,
+            ae_title,
+            contexts,
+            ssl_context,
+            evt_handlers=evt_handlers,
+            request_handler=_GatedHandler,
+        )
+        self._gate = _Gate(self)
+        _quiet_pynetdicom_reads()
+
+    def start(self) -> None:
+        """Start the gate and the accept loop, each on a daemon thread."""
+        self._gate.start()
+        thread = threading.Thread(target=self.serve_forever, name="dicomnode-accept", daemon=True)
+        thread.start()
+        # AssociationServer.shutdown() removes itself from here, as ae.start_server() adds it.
+        self.ae._servers.append(self)
+
+    def shutdown(self) -> None:
+        """Stop accepting, drop every connection still at the gate; associations carry on."""
+        super().shutdown()
+        self._gate.stop()
+
+    @property
+    def associations(self) -> int:
+        """Requests accepted and handed to pynetdicom whose association has not ended."""
+        return self._associations
+
+    # -- socketserver hooks -------------------------------------------------------------------
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept only: the TLS handshake happens at the gate, under its deadline."""
+        assert self.socket is not None
+        return self.socket.accept()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the new connection to the gate; no thread, no association yet."""
+        self._gate.add(request, client_address)
+
+    def service_actions(self) -> None:
+        """pynetdicom collects garbage every 60 loops of the accept loop; once per 30 s will do."""
+        now = time.monotonic()
+        if now - self._last_gc >= _GC_EVERY_S:
+            self._last_gc = now
+            gc.collect()
+
+    # -- accounting, shared by the gate and the handler threads --------------------------------
+
+    def _count_in(self, address: str) -> bool:
+        with self._lock:
+            if self._per_address[address] >= self.limits.max_connections_per_address:
+                return False
+            self._per_address[address] += 1
+            return True
+
+    def _count_out(self, address: str, association: bool = False) -> None:
+        with self._lock:
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+            if association:
+                self._associations -= 1
+
+    def _hand_over(self, sock: socket.socket, client_address: Any, request_pdu: bytes) -> None:
+        """An accepted request: pynetdicom takes the connection, replaying ``request_pdu``."""
+        with self._lock:
+            self._associations += 1
+            self._replays[sock] = request_pdu
+        try:
+            sock.setblocking(True)
+            sock.settimeout(self.limits.network_timeout_s)
+            ThreadingMixIn.process_request(self, sock, client_address)
+        except (OSError, RuntimeError) as exc:  # the peer left, or no thread can be started
+            log.error("cannot start the association from %s (%s)", client_address[0], exc)
+            with self._lock:
+                self._replays.pop(sock, None)
+            self._count_out(str(client_address[0]), association=True)
+            sock.close()
+
+    def _take_replay(self, sock: Any) -> bytes:
+        with self._lock:
+            return self._replays.pop(sock, b"")
+
+
+# -- the gate -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Waiting:
+    sock: socket.socket
+    client_address: Any
+    address: str
+    deadline: float
+    handshaking: bool
+    buf: bytearray = field(default_factory=bytearray)
+    length: int = -1  # the PDU length once the 6-byte header is in
+
+    def needed(self) -> int:
+        if self.length < 0:
+            return 6 - len(self.buf)
+        return 6 + self.length - len(self.buf)
+
+
+class _Gate:
+    """One thread, one selector: every connection until its A-ASSOCIATE-RQ is in and judged."""
+
+    def __init__(self, server: GatedServer) -> None:
+        self._server = server
+        self._selector = selectors.DefaultSelector()
+        self._new: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+        self._waiting: dict[socket.socket, _Waiting] = {}  # in accept order
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dicomnode-gate", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def add(self, sock: socket.socket, client_address: Any) -> None:
+        """Called on the accept thread: queue the connection and wake the gate."""
+        self._new.append((sock, client_address))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                for key, _mask in self._selector.select(self._timeout()):
+                    if key.data is None:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    elif key.fileobj in self._waiting:
+                        self._step(key.data)
+                self._take_new()
+                self._expire()
+                self._server.refusals.flush()
+        except Exception:
+            log.exception("the connection gate failed; new connections are no longer served")
+        finally:
+            for waiting in list(self._waiting.values()):
+                self._forget(waiting)
+            while self._new:
+                sock, _address = self._new.popleft()
+                sock.close()
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _timeout(self) -> float:
+        if not self._waiting:
+            return 0.5
+        first = min(w.deadline for w in self._waiting.values())
+        return max(0.0, min(0.5, first - time.monotonic()))
+
+    def _take_new(self) -> None:
+        while self._new:
+            sock, client_address = self._new.popleft()
+            try:
+                self._welcome(sock, client_address)
+            except Exception:
+                log.exception("cannot take a connection from %s", client_address[0])
+                sock.close()
+
+    def _welcome(self, sock: socket.socket, client_address: Any) -> None:
+        server = self._server
+        limits = server.limits
+        address = str(client_address[0])
+        if not server._count_in(address):
+            sock.close()
+            server.refusals.refuse(
+                "per-address",
+                f"refused connection from {address}: {limits.max_connections_per_address} "
+                "connections already open from this address (node.max_connections_per_address)",
+            )
+            return
+        if len(self._waiting) >= MAX_WAITING:
+            oldest = next(iter(self._waiting.values()))
+            self._drop(
+                oldest,
+                "evicted",
+                f"refused connection from {oldest.address}: {MAX_WAITING} connections were "
+                "waiting for their A-ASSOCIATE-RQ; the oldest gives way",
+            )
+        context = server.ssl_context
+        try:
+            sock.setblocking(False)
+            if context is not None:
+                sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            sock.close()
+            server._count_out(address)
+            server.refusals.refuse(
+                "error", f"refused connection from {address}: {exc.strerror or exc}"
+            )
+            return
+        waiting = _Waiting(
+            sock=sock,
+            client_address=client_address,
+            address=address,
+            deadline=time.monotonic() + limits.request_timeout_s,
+            handshaking=context is not None,
+        )
+        self._waiting[sock] = waiting
+        self._selector.register(sock, selectors.EVENT_READ, waiting)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        timeout = self._server.limits.request_timeout_s
+        for waiting in [w for w in self._waiting.values() if w.deadline <= now]:
+            if waiting.handshaking:
+                reason, what = "slow-tls", "TLS handshake"
+            else:
+                reason = "slow-request" if waiting.buf else "idle"
+                what = f"A-ASSOCIATE-RQ ({len(waiting.buf)} bytes of one received)"
+            self._drop(
+                waiting,
+                reason,
+                f"refused connection from {waiting.address}: no complete {what} within "
+                f"{timeout:g} s (node.request_timeout_s)",
+            )
+
+    # -- one connection -------------------------------------------------------------------------
+
+    def _step(self, waiting: _Waiting) -> None:
+        sock = waiting.sock
+        try:
+            if waiting.handshaking:
+                assert isinstance(sock, ssl.SSLSocket)
+                sock.do_handshake()
+                waiting.handshaking = False
+                self._selector.modify(sock, selectors.EVENT_READ, waiting)
+            while True:
+                chunk = sock.recv(waiting.needed())
+                if not chunk:
+                    self._closed_by_peer(waiting)
+                    return
+                waiting.buf += chunk
+                if waiting.length < 0 and len(waiting.buf) == 6 and not self._header(waiting):
+                    return
+                if waiting.length >= 0 and waiting.needed() == 0:
+                    self._decide(waiting)
+                    return
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, waiting)
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, waiting)
+        except BlockingIOError:
+            pass
+        except ssl.SSLError as exc:
+            hint = " (a plain-TCP client?)" if "WRONG_VERSION" in str(exc) else ""
+            self._drop(
+                waiting,
+                "tls",
+                f"refused connection from {waiting.address}: TLS handshake failed "
+                f"({exc.reason or type(exc).__name__}){hint}",
+            )
+        except OSError as exc:
+            self._drop(
+                waiting,
+                "error",
+                f"refused connection from {waiting.address}: {exc.strerror or exc}",
+            )
+
+    def _closed_by_peer(self, waiting: _Waiting) -> None:
+        if waiting.handshaking:
+            line = f"connection from {waiting.address} closed during the TLS handshake"
+            self._drop(waiting, "tls", line)
+            return
+        if not waiting.buf:
+            line = f"connection from {waiting.address} closed without sending a request"
+            self._drop(waiting, "closed", line, level=logging.INFO)
+            return
+        self._drop(
+            waiting,
+            "closed",
+            f"connection from {waiting.address} closed after {len(waiting.buf)} bytes of an "
+            "incomplete A-ASSOCIATE-RQ",
+        )
+
+    def _header(self, waiting: _Waiting) -> bool:
+        """Judge the first PDU's header; False when the connection was refused."""
+        pdu_type, _, length = struct.unpack(">BBL", waiting.buf)
+        if pdu_type != _A_ASSOCIATE_RQ:
+            tls = pdu_type == 0x16  # a TLS record: ClientHello
+            hint = " (a TLS client on a plain port?)" if tls else ""
+            self._drop(
+                waiting,
+                "tls-on-plain-port" if tls else "not-a-request",
+                f"refused connection from {waiting.address}: sent PDU type 0x{pdu_type:02X} "
+                f"where an A-ASSOCIATE-RQ must come first{hint}",
+                reply=_abort_pdu(0x02 if pdu_type in _PDU_TYPES else 0x01),
+            )
+            return False
+        if not _RQ_FIXED_LENGTH <= length <= MAX_REQUEST_PDU:
+            self._drop(
+                waiting,
+                "pdu-length",
+                f"refused connection from {waiting.address}: announced an A-ASSOCIATE-RQ of "
+                f"{length} bytes (accepted: {_RQ_FIXED_LENGTH} to {MAX_REQUEST_PDU})",
+                reply=_abort_pdu(0x06),
+            )
+            return False
+        waiting.length = length
+        return True
+
+    def _decide(self, waiting: _Waiting) -> None:
+        server = self._server
+        pdu = waiting.buf
+        request = AssociationRequest(
+            calling_ae=_ae_title(pdu[26:42]),
+            called_ae=_ae_title(pdu[10:26]),
+            address=waiting.address,
+        )
+        rejection: Rejection | None = None
+        ours = server.ae_title.strip()
+        if request.called_ae != ours:
+            rejection = Rejection(0x01, 0x01, 0x07, "called-ae", f"called AE title is not {ours}")
+        if rejection is None:
+            try:
+                rejection = server.admit(request)
+            except Exception:
+                log.exception("the allow-list check failed; refusing the association")
+                rejection = Rejection(0x02, 0x01, 0x01, "error", "allow-list check failed")
+        if rejection is None and server.associations >= server.limits.max_associations:
+            rejection = Rejection(
+                0x02,
+                0x03,
+                0x02,
+                "slots-full",
+                f"all {server.limits.max_associations} association slots are in use "
+                "(node.max_associations)",
+            )
+        if rejection is not None:
+            self._drop(
+                waiting,
+                rejection.reason,
+                f"refused association from {waiting.address} (calling AE {request.calling_ae!r},"
+                f" called {request.called_ae!r}): {rejection.why}",
+                reply=_reject_pdu(rejection),
+            )
+            return
+        self._unregister(waiting)
+        server._hand_over(waiting.sock, waiting.client_address, bytes(pdu))
+
+    def _unregister(self, waiting: _Waiting) -> None:
+        del self._waiting[waiting.sock]
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(waiting.sock)
+
+    def _forget(self, waiting: _Waiting) -> None:
+        self._unregister(waiting)
+        with contextlib.suppress(OSError):
+            waiting.sock.close()
+        self._server._count_out(waiting.address)
+
+    def _drop(
+        self,
+        waiting: _Waiting,
+        reason: str,
+        line: str,
+        level: int = logging.WARNING,
+        reply: bytes = b"",
+    ) -> None:
+        if reply and not waiting.handshaking:
+            with contextlib.suppress(OSError):
+                waiting.sock.send(reply)
+        self._forget(waiting)
+        self._server.refusals.refuse(reason, line, level)
+
+
+# -- after the gate: the association's socket and its DIMSE messages --------------------------
+
+
+class _GatedHandler(RequestHandler):
+    """pynetdicom's handler, with the framed socket and the message guard, that waits for its
+    association to end to give the slot back."""
+
+    server: GatedServer
+    _association: Association | None = None
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        plain = assoc.dul.socket
+        assert plain is not None
+        replay = self.server._take_replay(self.request)
+        assoc.dul.socket = _FramedSocket.adopt(plain, replay, self.server, self.remote.address)
+        _MessageGuard.install(assoc, self.server)
+        self._association = assoc
+        return assoc
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+            if self._association is not None:
+                self._association.join()
+                self._association.dul.join(5)
+        finally:
+            if self._association is not None:
+                _discard_partial(self._association)
+            self.server._count_out(str(self.client_address[0]), association=True)
+
+
+def _discard_partial(assoc: Association) -> None:
+    """Delete the temporary file of a C-STORE the association ended in the middle of."""
+    message = assoc.dimse.message
+    target = getattr(message, "_data_set_file", None)
+    path = getattr(message, "_data_set_path", None)
+    if target is None or path is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        target.close()
+    with _refused_lock:
+        _refused.discard(str(path))
+    try:
+        os.unlink(path)
+    except OSError:
+        return  # already gone (refused, or discarded once)
+    log.info("association from %s ended in the middle of a C-STORE", assoc.requestor.address)
+
+
+class _FramedSocket(AssociationSocket):
+    """The association's socket: replays the request the gate read, checks each PDU header
+    before pynetdicom reads the body, and reads the body in one piece."""
+
+    _replay: bytearray
+    _body_left: int
+    _server: GatedServer
+    _peer: str
+    _aborted: bool
+
+    @classmethod
+    def adopt(
+        cls, plain: AssociationSocket, replay: bytes, server: GatedServer, peer: str
+    ) -> _FramedSocket:
+        """The same socket state under this class (a new instance would queue a second Evt5)."""
+        framed = cls.__new__(cls)
+        framed.__dict__.update(vars(plain))
+        framed._replay = bytearray(replay)
+        framed._body_left = 0
+        framed._server = server
+        framed._peer = peer
+        framed._aborted = False
+        return framed
+
+    @property
+    def ready(self) -> bool:
+        if self._aborted:
+            return False
+        return bool(self._replay) or super().ready
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes <= 0:
+            return bytearray()
+        if self._body_left > 0:
+            data = self._read(nr_bytes, mid_pdu=True)
+            self._body_left -= len(data)
+            return data
+        # A PDU boundary: DULServiceProvider._read_pdu_data asks for the 6-byte header first.
+        header = self._read(nr_bytes, mid_pdu=False)
+        if len(header) == 6:
+            pdu_type, _, length = struct.unpack(">BBL", header)
+            if pdu_type not in _PDU_TYPES:
+                self._abort("unknown-pdu", f"sent unknown PDU type 0x{pdu_type:02X}", 0x01)
+                return bytearray()
+            limit = self._server.limits.pdu_limit(pdu_type)
+            if length > limit:
+                setting = " (node.max_pdu + slack)" if pdu_type == _P_DATA_TF else ""
+                self._abort(
+                    "pdu-length",
+                    f"announced a PDU (type 0x{pdu_type:02X}) of {length} bytes, over the "
+                    f"{limit} we read{setting}",
+                    0x06,
+                )
+                return bytearray()
+            self._body_left = length
+        return header
+
+    def _read(self, nr_bytes: int, mid_pdu: bool) -> bytearray:
+        out = bytearray(nr_bytes)
+        got = min(nr_bytes, len(self._replay))
+        if got:
+            out[:got] = self._replay[:got]
+            del self._replay[:got]
+        sock = self.socket
+        view = memoryview(out)
+        try:
+            while got < nr_bytes and sock is not None:
+                read = sock.recv_into(view[got:], nr_bytes - got)
+                if read == 0:
+                    if mid_pdu or got:
+                        self._note("closed", "closed the connection in the middle of a PDU")
+                    break
+                got += read
+        except TimeoutError:
+            self._note(
+                "stalled",
+                f"sent nothing for {self._server.limits.network_timeout_s:g} s in the middle "
+                "of a PDU (node.network_timeout_s)",
+            )
+        except OSError as exc:
+            self._note("error", f"connection error ({exc.strerror or exc})")
+        finally:
+            view.release()
+        del out[got:]
+        return out
+
+    def _note(self, reason: str, why: str) -> None:
+        self._server.refusals.refuse(reason, f"association with {self._peer} ended: {why}")
+
+    def _abort(self, reason: str, why: str, abort_reason: int) -> None:
+        """Tell the peer (A-ABORT) and shut the connection; pynetdicom sees it closed."""
+        self._aborted = True
+        self._server.refusals.refuse(reason, f"aborted association with {self._peer}: {why}")
+        sock = self.socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.sendall(_abort_pdu(abort_reason))
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _MessageGuard:
+    """Counts each DIMSE message's bytes as its fragments arrive, before pynetdicom keeps them.
+
+    Installed as the association's ``dimse.receive_primitive`` (pynetdicom's state machine calls
+    it with each P-DATA); fragments are handed on one by one, so that the C-STORE's file exists
+    when its first data set fragment is counted.
+    """
+
+    def __init__(self, assoc: Association, server: GatedServer) -> None:
+        self._assoc = assoc
+        self._server = server
+        self._deliver: Callable[[P_DATA], None] = assoc.dimse.receive_primitive
+        self._command = 0
+        self._data = 0
+        self._discarding = False
+        self._dead = False
+
+    @classmethod
+    def install(cls, assoc: Association, server: GatedServer) -> None:
+        setattr(assoc.dimse, "receive_primitive", cls(assoc, server))  # noqa: B010 - a method
+
+    def __call__(self, primitive: P_DATA) -> None:
+        for context_id, data in primitive.presentation_data_value_list:
+            if self._dead:
+                return
+            fragment = self._check(data)
+            if fragment is None:
+                return
+            single = P_DATA()
+            single.presentation_data_value_list.append((context_id, fragment))
+            self._deliver(single)
+            if self._assoc.dimse.message is None:  # that fragment completed the message
+                self._command = self._data = 0
+                self._discarding = False
+
+    def _check(self, data: bytes) -> bytes | None:
+        if not data:
+            return data
+        message = self._assoc.dimse.message
+        if data[0] & 1:  # a command set fragment
+            self._command += len(data) - 1
+            if self._command > MAX_COMMAND_SET:
+                self._kill(f"a command set over {MAX_COMMAND_SET} bytes")
+                return None
+            return data
+        self._data += len(data) - 1
+        limit = self._server.limits.max_instance_bytes
+        target = getattr(message, "_data_set_file", None)
+        if target is None:  # pynetdicom keeps this data set in memory
+            if not isinstance(message, C_STORE_RQ):  # (a C-STORE's only if chunking is off)
+                limit = MAX_IN_MEMORY_DATA_SET
+            if self._data > limit:
+                self._kill(f"a data set kept in memory grew over {limit} bytes")
+                return None
+            return data
+        if self._data <= limit:
+            return data
+        if not self._discarding:
+            self._discard(message, target, limit)
+        if self._data > limit + MAX_DISCARDED:
+            self._kill(
+                f"kept sending an instance {MAX_DISCARDED // MIB} MB past node.max_instance_mb"
+            )
+            return None
+        return data[:1]  # the control header only: pynetdicom still sees the last fragment
+
+    def _discard(self, message: Any, target: Any, limit: int) -> None:
+        self._discarding = True
+        path = str(message._data_set_path)
+        with _refused_lock:
+            _refused.add(path)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            target.file.flush()
+            target.file.seek(0)
+            target.file.truncate()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        self._server.refusals.refuse(
+            "instance-too-large",
+            f"C-STORE from {self._assoc.requestor.address} (calling AE "
+            f"{str(self._assoc.requestor.ae_title).strip()!r}) passed node.max_instance_mb "
+            f"({limit // MIB} MB): the rest is read and dropped, the store will be refused",
+        )
+
+    def _kill(self, why: str) -> None:
+        """Abort through pynetdicom's own path for an invalid message (Evt19: A-ABORT);
+        returns None, for ``_check`` to drop the fragment."""
+        self._dead = True
+        _discard_partial(self._assoc)
+        self._server.refusals.refuse(
+            "message-too-large", f"aborted association with {self._assoc.requestor.address}: {why}"
+        )
+        self._assoc.dul.event_queue.put("Evt19")
+
+
+class _QuietPduReads(logging.Filter):
+    """Drops pynetdicom's per-PDU read errors: the framed socket logs the connection once."""
+
+    _NOISE = (
+        "Unknown PDU type received",
+        "The received PDU is shorter than expected",
+        "Connection closed before the entire PDU was received",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._NOISE)
+
+
+def _quiet_pynetdicom_reads() -> None:
+    dul_log = logging.getLogger("pynetdicom.dul")
+    if not any(isinstance(f, _QuietPduReads) for f in dul_log.filters):
+        dul_log.addFilter(_QuietPduReads())
