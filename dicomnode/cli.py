@@ -18,25 +18,11 @@ from pathlib import Path
 from dicomnode import __version__
 from dicomnode.config import Config, NodeConfig, load_config
 from dicomnode.errors import ConfigError, DicomnodeError, SecretError
+from dicomnode.logs import setup_logging
 
 log = logging.getLogger("dicomnode")
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers. Messages never carry PHI by design."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 def _setup_logging(
@@ -46,14 +32,7 @@ def _setup_logging(
     chosen = logging.DEBUG if verbose > 1 else logging.INFO if verbose else default
     if level and not verbose:
         chosen = getattr(logging, level)
-    handler = logging.StreamHandler()
-    if form == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(chosen)
+    setup_logging(chosen, form)
     # pynetdicom logs every association at INFO; identifiers are off (see ingest/forward).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
 

@@ -105,6 +105,12 @@ class ScrubConfig(_Frozen):
     crosswalk: CrosswalkConfig | None = Field(
         default=None, description="record originals -> pseudonyms, encrypted, for re-identification"
     )
+    max_depth: int = Field(
+        default=64,
+        ge=4,
+        le=1000,
+        description="sequences nested deeper than this are refused (quarantine: too-deep)",
+    )
 
     @field_validator("patient_id_prefix")
     @classmethod
@@ -325,6 +331,17 @@ class PixelConfig(_Frozen):
     )
     detector: DetectorConfig = DetectorConfig()
     remover: RemoverConfig = RemoverConfig()
+    max_decoded_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="largest decoded pixel data of one instance (rows x columns x frames x "
+        "samples x bytes), checked from the header before decoding; larger: too-large",
+    )
+    max_frame_mb: int = Field(
+        default=128,
+        ge=1,
+        description="largest decoded frame (rows x columns x samples x bytes); larger: too-large",
+    )
 
 
 class MetricsConfig(_Frozen):

@@ -11,10 +11,11 @@ PS3.15 E.1.1 asks that it describe the de-identifying application.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -22,6 +23,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -30,8 +32,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from dicomnode import __version__
+from dicomnode import __version__, limits
 from dicomnode.errors import UnreadableInstanceError, UnsupportedInstanceError
+from dicomnode.limits import TooLargeError
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
@@ -107,18 +110,41 @@ _PACK_US = _LE.us
 _PACK_UL = _LE.ul
 
 
-def read_instance(source: str | Path | bytes | BinaryIO) -> FileDataset:
+def read_instance(
+    source: str | Path | bytes | BinaryIO, *, max_bytes: int | None = None
+) -> FileDataset:
     """Parse a DICOM Part 10 file (path, bytes or stream) with elements left raw.
 
-    Raises :class:`UnreadableInstanceError` for anything that is not a parseable DICOM file
-    and :class:`UnsupportedInstanceError` for a DICOMDIR or an object without SOP Class and
-    Instance UIDs.
+    Nothing larger than ``max_bytes`` (default: the process's instance limit,
+    ``node.max_instance_mb``) is read: a bigger file is refused from its size, and a
+    deflated dataset is inflated by us, in bounded chunks, before pydicom sees it, so that a
+    few megabytes that inflate to gigabytes cost nothing (``too-large``).
+
+    Raises :class:`UnreadableInstanceError` for anything that is not a parseable DICOM file,
+    :class:`UnsupportedInstanceError` for a DICOMDIR or an object without SOP Class and
+    Instance UIDs, and :class:`~dicomnode.limits.TooLargeError` for one over the limit.
     """
-    fp: str | Path | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source
+    limit = max_bytes if max_bytes is not None else limits.instance_limit()
+    size = _size_of(source)
+    if size is not None and size > limit:
+        raise _too_large(f"the file is {_mb(size)}", limit)
     try:
-        ds = pydicom.dcmread(fp)
+        if isinstance(source, str | Path):
+            with open(source, "rb") as fp:
+                ds = _parse(fp, limit)
+        else:
+            ds = _parse(io.BytesIO(source) if isinstance(source, bytes) else source, limit)
     except InvalidDicomError as exc:
         raise UnreadableInstanceError(f"not a DICOM file: {exc}") from None
+    except MemoryError:
+        raise limits.out_of_memory("reading the instance") from None
+    except RecursionError:
+        # pydicom parses sequences of undefined length as it reads them, recursively.
+        raise UnreadableInstanceError(
+            "sequences are nested too deeply to be read (thousands of levels); no real "
+            "object needs that",
+            reason="too-deep",
+        ) from None
     except (EOFError, OSError, ValueError, KeyError, struct.error, NotImplementedError) as exc:
         raise UnreadableInstanceError(
             f"cannot parse the DICOM data ({type(exc).__name__}): the file is truncated or "
@@ -141,6 +167,93 @@ def read_instance(source: str | Path | bytes | BinaryIO) -> FileDataset:
                 reason="not-an-instance",
             )
     return ds
+
+
+def _size_of(source: str | Path | bytes | BinaryIO) -> int | None:
+    """The size of what is to be read, when it can be known without reading it."""
+    if isinstance(source, bytes):
+        return len(source)
+    if isinstance(source, str | Path):
+        try:
+            return os.stat(source).st_size
+        except OSError:
+            return None  # open() will say what is wrong
+    try:
+        here = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(here)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return end - here
+
+
+def _mb(size: int) -> str:
+    return f"{size / limits.MB:,.1f} MB"
+
+
+def _too_large(what: str, limit: int) -> TooLargeError:
+    return TooLargeError(
+        f"{what}; the limit is {_mb(limit)} (node.max_instance_mb). If the instance is "
+        "genuine, raise node.max_instance_mb (and pipeline.worker_memory_mb with it), then "
+        "'dicomnode retry --quarantine too-large'"
+    )
+
+
+def _parse(fp: BinaryIO, limit: int) -> FileDataset:
+    """pydicom's reader, except that a deflated dataset is inflated here, with a limit."""
+    start = fp.tell()
+    preamble = read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        fp.seek(start)
+        return pydicom.dcmread(fp)
+    buffer = DicomBytesIO(_inflate(fp, limit))
+    name = getattr(fp, "name", None)
+    if isinstance(name, str):
+        buffer.name = name
+    dataset = read_dataset(cast(BinaryIO, buffer), is_implicit_VR=False, is_little_endian=True)
+    ds = FileDataset(buffer, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+_INFLATE_CHUNK = 1024 * 1024
+
+
+def _inflate(fp: BinaryIO, limit: int) -> bytes:
+    """The inflated dataset of a deflated file, refused unread when it exceeds ``limit``.
+
+    A first pass inflates in 1 MB pieces and only counts, stopping as soon as the count
+    passes the limit: a bomb costs a megabyte of memory and the time to inflate ``limit``
+    bytes. Only a dataset within the limit is inflated again and kept.
+    """
+    start = fp.tell()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while not inflater.eof:
+            data = inflater.unconsumed_tail or fp.read(_INFLATE_CHUNK)
+            inflated = len(inflater.decompress(data, _INFLATE_CHUNK))
+            if not data and not inflated:
+                break  # the file ended; zlib has nothing pending either
+            total += inflated
+            if total > limit:
+                raise _too_large(
+                    f"the deflated dataset inflates to more than {_mb(limit)} (it stops being "
+                    "read there)",
+                    limit,
+                )
+    except zlib.error:
+        raise UnreadableInstanceError(
+            "the deflated dataset is not a valid deflate stream; resend it from the source"
+        ) from None
+    if not inflater.eof:
+        raise UnreadableInstanceError(
+            "the deflated dataset ends before its deflate stream does; resend it from the source",
+            reason="truncated",
+        )
+    fp.seek(start)
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read())
 
 
 def _check_complete(ds: Dataset) -> None:
@@ -200,15 +313,18 @@ def encode_chunks(ds: Dataset, transfer_syntax: str | None = None) -> list[bytes
     out = _Out()
     out += _PREAMBLE
     out += _file_meta(ds, str(syntax))
-    if syntax == DeflatedExplicitVRLittleEndian:
-        body = _Out()
-        _encode_dataset(ds, body, implicit, codec)
-        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        for chunk in body.chunks():
-            out += packer.compress(chunk)
-        out += packer.flush()
-    else:
-        _encode_dataset(ds, out, implicit, codec)
+    try:
+        if syntax == DeflatedExplicitVRLittleEndian:
+            body = _Out()
+            _encode_dataset(ds, body, implicit, codec)
+            packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+            for chunk in body.chunks():
+                out += packer.compress(chunk)
+            out += packer.flush()
+        else:
+            _encode_dataset(ds, out, implicit, codec)
+    except MemoryError:
+        raise limits.out_of_memory("writing the clean copy") from None
     return out.chunks()
 
 
@@ -244,8 +360,24 @@ def _encode_dataset(ds: Dataset, out: _Out, implicit: bool, codec: _Codec) -> No
                 _encode_dataset(item, out, implicit, codec)
                 out += codec.item_end
             out += codec.seq_end
+        elif _is_bulk(elem):
+            # A large binary value set by a stage (re-encoded Pixel Data): referenced, not
+            # copied twice through pydicom's writer; it is already in the byte order written.
+            _header(out, tag, elem.VR, len(elem.value), implicit, codec)
+            out += elem.value
         else:
             _encode_element(ds, elem, out, implicit, codec)
+
+
+def _is_bulk(elem: DataElement) -> bool:
+    value = elem.value
+    return (
+        elem.VR in ("OB", "OW", "UN")
+        and isinstance(value, bytes)
+        and len(value) >= _Out.BIG
+        and len(value) % 2 == 0
+        and not elem.is_undefined_length
+    )
 
 
 def encode_items(

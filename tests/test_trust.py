@@ -332,3 +332,93 @@ def _with_element(ds: Dataset, keyword: str, declared: str, value: bytes) -> byt
     if len(value) % 2:
         value += b" "
     return data.replace(old, _element(tag, declared, value))
+
+
+def _nested_bytes(levels: int) -> bytes:
+    """A planted instance whose ReferencedSeriesSequence (kept, so walked) nests ``levels``
+    deep, written by hand: undefined-length sequences and items, a name at the bottom."""
+    seq = struct.pack("<HH", 0x0008, 0x1115) + b"SQ\x00\x00" + b"\xff\xff\xff\xff"
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    item_end = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    seq_end = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    name = SECRET_NAME.replace(" ", "^").encode()
+    body = _element(0x00100010, "PN", name + b" " * (len(name) % 2))
+    for _ in range(levels):
+        body = seq + item + body + item_end + seq_end
+    ds = planted_dataset()
+    del ds.ReferencedSeriesSequence
+    data = to_bytes(ds)
+    # (0008,1115) goes in tag order: before the first element of group 0010.
+    position = data.index(struct.pack("<HH", 0x0010, 0x0010))
+    return data[:position] + body + data[position:]
+
+
+@pytest.mark.parametrize("levels", [200, 2000])
+def test_deep_nesting_is_refused_by_the_limit_not_by_a_recursion_error(
+    scrubber: Scrubber, levels: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(InstanceError) as caught:
+        scrub_bytes(scrubber, _nested_bytes(levels))
+    assert caught.value.reason == "too-deep"
+    assert "nested" in str(caught.value) and "deep" in str(caught.value)
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+
+
+def test_the_depth_limit_is_configured(make_scrubber: Make) -> None:
+    data = _nested_bytes(70)
+    out = scrub_bytes(make_scrubber(max_depth=100), data)  # walked without recursion
+    assert b"Quillfeather" not in out
+    with pytest.raises(InstanceError):
+        scrub_bytes(make_scrubber(max_depth=8), _nested_bytes(10))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("InstanceNumber", b"Quillfeather"),  # IS, kept
+        ("PatientSize", b"Marchbanks"),  # DS, kept under patient characteristics
+        ("PatientAge", b"Quil"),  # AS
+        ("Modality", b"ct quillfeather"),  # CS with lower case
+        ("BodyPartExamined", b"QUILLFEATHER!"),  # CS with a character CS does not have
+    ],
+)
+def test_a_kept_value_that_is_not_what_its_vr_says_is_emptied(
+    scrubber: Scrubber, keyword: str, value: bytes
+) -> None:
+    ds = planted_dataset()
+    if keyword not in ds:
+        setattr(ds, keyword, "1" if keyword != "PatientAge" else "050Y")
+    tag = keyword_dict[keyword]
+    vr = dictionary_VR(tag)
+    data = to_bytes(ds)
+    old = _element(tag, vr, _padded(ds[keyword]))
+    assert data.count(old) == 1
+    out = scrub_bytes(
+        scrubber, data.replace(old, _element(tag, vr, value + b" " * (len(value) % 2)))
+    )
+    assert value.lower() not in out.lower()
+    again = pydicom.dcmread(io.BytesIO(out))
+    assert keyword in again and str(again[keyword].value) in ("", "None")
+
+
+def test_a_code_that_is_the_patients_name_is_replaced(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    ds.BodyPartExamined = "QUARTERMAINE"  # valid CS, but the patient's family name
+    out = pydicom.dcmread(io.BytesIO(scrub_bytes(scrubber, to_bytes(ds))))
+    assert out.BodyPartExamined == "ANONYMIZED"
+    assert out.Modality == "CT"  # codes made of words are left alone
+
+
+def _padded(elem: pydicom.DataElement) -> bytes:
+    """The bytes pydicom wrote for a short text element."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, _one(elem), enforce_file_format=False)
+    raw = buffer.getvalue()
+    return raw[raw.index(struct.pack("<HH", elem.tag.group, elem.tag.element)) + 8 :]
+
+
+def _one(elem: pydicom.DataElement) -> Dataset:
+    ds = Dataset()
+    ds.add(elem)
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    return ds

@@ -1,16 +1,25 @@
-"""Frames in and out: decode every frame in its native values, show it to OCR, write it back.
+"""Frames in and out: decode each frame in its native values, show it to OCR, write it back.
 
 Decoding goes through pydicom's pixel handlers (pylibjpeg and its plugins, pyjpegls) for every
 transfer syntax the node accepts. Values stay native (bit depth, signedness, photometric
 interpretation) where that can be written back exactly; YBR_FULL_422, YBR_RCT, YBR_ICT and
 every lossy source are decoded to RGB.
 
+Nothing is decoded before the header has been checked against the limits (``PixelLimits``):
+Rows x Columns x NumberOfFrames x SamplesPerPixel x bytes per sample, in total and per frame,
+and the size each compressed frame's own header declares (``streams``), which is what a
+decoder allocates. Frames are then decoded one at a time (:class:`FrameSource`) and written
+one at a time (:class:`FrameWriter`): the working set is one decoded frame plus the encoded
+output, never every frame.
+
 Writing back happens only when a frame changed; otherwise the Pixel Data element is left as
 it was, byte for byte. Lossless sources are re-encoded in their own transfer syntax when an
 encoder exists (RLE, JPEG-LS, JPEG 2000) and takes the image (pydicom's RLE encoder stops at 16
 bits); JPEG Lossless (process 14), which no installed encoder writes, images the encoder
 refuses, and every lossy source are written uncompressed in Explicit VR Little Endian: no second
-generation of loss, LossyImageCompression stays "01" where it was.
+generation of loss, LossyImageCompression stays "01" where it was. Uncompressed output is
+joined into one Pixel Data value at the end, so it briefly needs twice its size (bounded by
+``pixels.max_decoded_mb``).
 
 Photometric Interpretation and Planar Configuration follow PS3.5 8.2 for the syntax written:
 JPEG 2000 RGB frames are written YBR_RCT with the reversible colour transform (8.2.4: the PI
@@ -22,14 +31,22 @@ value (G.2 note 2: free unless the IOD constrains it, as US does for YBR_FULL).
 
 from __future__ import annotations
 
+import io
+import itertools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_fragmented_frames
+from pydicom.multival import MultiValue
 from pydicom.pixels import (  # type: ignore[attr-defined]
     apply_color_lut,
+    as_pixel_options,
     convert_color_space,
+    get_encoder,
     iter_pixels,
 )
 from pydicom.uid import (
@@ -44,8 +61,23 @@ from pydicom.uid import (
 )
 
 from dicomnode.errors import InstanceError
+from dicomnode.limits import MB, TooLargeError
+from dicomnode.pixels import streams
 
-__all__ = ["Frames", "decode", "display", "encode", "fill_value"]
+__all__ = [
+    "FrameSource",
+    "FrameWriter",
+    "Frames",
+    "Geometry",
+    "PixelDecodeError",
+    "PixelLimits",
+    "decode",
+    "display",
+    "encode",
+    "fill_value",
+    "geometry",
+    "open_frames",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +90,75 @@ UNCOMPRESSED = {
 REENCODABLE = {RLELossless, JPEGLSLossless, JPEG2000Lossless}
 NATIVE_PI = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL"}
 
+# Where each compressed syntax says how large its frames are.
+_JPEG_FAMILY = {
+    "1.2.840.10008.1.2.4.50",  # baseline
+    "1.2.840.10008.1.2.4.51",  # extended
+    "1.2.840.10008.1.2.4.57",  # lossless, process 14
+    "1.2.840.10008.1.2.4.70",  # lossless, SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+}
+_J2K_FAMILY = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+}
+_HEAD = 1024 * 1024  # bytes of a frame read for its header (APP segments come before SOF)
+_BITS_ALLOCATED = (1, 8, 16, 32)
+
 
 class PixelDecodeError(InstanceError):
     reason = "pixel-decode-failed"
 
 
+@dataclass(frozen=True)
+class PixelLimits:
+    """The most the pixel stage decodes: per instance and per frame (``pixels.max_*_mb``)."""
+
+    max_decoded_mb: int = 1024
+    max_frame_mb: int = 128
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The image as the header declares it, checked to be whole and in range."""
+
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bits_allocated: int
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one decoded frame (1-bit data decodes to a byte per sample)."""
+        return self.rows * self.columns * self.samples * max(1, self.bits_allocated // 8)
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.frame_bytes * self.frames
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of native (uncompressed) Pixel Data for this geometry."""
+        bits = self.rows * self.columns * self.samples * self.frames * self.bits_allocated
+        return (bits + 7) // 8
+
+    def describe(self) -> str:
+        return (
+            f"{self.rows} x {self.columns} pixels, {self.frames} frame(s), "
+            f"{self.samples} sample(s) of {self.bits_allocated} bits"
+        )
+
+
 @dataclass
 class Frames:
-    """The decoded frames of one instance, and how to read them."""
+    """Every decoded frame of one instance, and how to read them (offline tools, tests)."""
 
     arrays: list[np.ndarray]
     photometric: str  # of the arrays, which may differ from the dataset's
@@ -73,25 +166,252 @@ class Frames:
     lossy: bool
 
 
-def decode(ds: Dataset) -> Frames:
-    """Every frame of ``ds``; raises PixelDecodeError when any frame cannot be decoded."""
-    syntax = UID(ds.file_meta.TransferSyntaxUID)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-    lossy = syntax not in UNCOMPRESSED and not _is_lossless(syntax)
-    raw = photometric in NATIVE_PI and not lossy
+def geometry(ds: Dataset) -> Geometry:
+    """Rows, Columns, NumberOfFrames, SamplesPerPixel and BitsAllocated, or PixelDecodeError.
+
+    Missing, zero, negative, fractional, multi-valued or unreadable values are refused here,
+    before anything is allocated from them; a value read as text is never echoed (it could
+    carry anything).
+    """
+    rows = _whole(ds, "Rows", 1, 65535)
+    columns = _whole(ds, "Columns", 1, 65535)
+    samples = _whole(ds, "SamplesPerPixel", 1, 4, default=1)
+    if samples not in (1, 3):
+        raise _header_error(f"SamplesPerPixel is {samples}; only 1 and 3 are decodable")
+    bits = _whole(ds, "BitsAllocated", 1, 64)
+    if bits not in _BITS_ALLOCATED:
+        raise _header_error(
+            f"BitsAllocated is {bits}; Pixel Data is 1, 8, 16 or 32 bits per sample"
+        )
+    stored = _whole(ds, "BitsStored", 1, 64, default=bits)
+    if stored > bits:
+        raise _header_error(f"BitsStored ({stored}) is larger than BitsAllocated ({bits})")
+    frames = _whole(ds, "NumberOfFrames", 1, None, default=1)
+    return Geometry(rows, columns, frames, samples, bits)
+
+
+def _whole(
+    ds: Dataset, keyword: str, low: int, high: int | None, default: int | None = None
+) -> int:
     try:
-        arrays = [np.array(frame) for frame in iter_pixels(ds, raw=raw)]
-    except Exception as exc:
+        value = ds.get(keyword)
+    except Exception:  # pydicom cannot convert what was sent
+        raise _header_error(f"{keyword} cannot be read as a number") from None
+    if value is None or value == "":
+        if default is None:
+            raise _header_error(f"{keyword} is missing")
+        return default
+    if isinstance(value, MultiValue | list | tuple):
+        raise _header_error(f"{keyword} has {len(value)} values; it must have one")
+    number: int | None = None
+    whole = isinstance(value, float) and value.is_integer()
+    if whole or (isinstance(value, int) and not isinstance(value, bool)):
+        number = int(value)
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    if number is None:
+        raise _header_error(f"{keyword} is not a whole number")
+    if number < low or (high is not None and number > high):
+        limit = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise _header_error(f"{keyword} is {number}; it must be {limit}")
+    return number
+
+
+def _header_error(problem: str) -> PixelDecodeError:
+    return PixelDecodeError(
+        f"the image header cannot describe decodable pixels: {problem}; the instance was not "
+        "decoded. Ask the sender for a corrected instance"
+    )
+
+
+def _check_budget(shape: Geometry, limits: PixelLimits) -> None:
+    """Refuse (``too-large``) what would decode to more than the limits, before decoding."""
+    frame_limit = limits.max_frame_mb * MB
+    total_limit = limits.max_decoded_mb * MB
+    if shape.frame_bytes > frame_limit:
+        raise TooLargeError(
+            f"the header declares {shape.describe()}: {_mb(shape.frame_bytes)} per decoded "
+            f"frame, over pixels.max_frame_mb ({limits.max_frame_mb} MB). Nothing was decoded; "
+            "if the image is genuine, raise pixels.max_frame_mb (and pipeline.worker_memory_mb "
+            "with it) and 'dicomnode retry --quarantine too-large'"
+        )
+    if shape.decoded_bytes > total_limit:
+        raise TooLargeError(
+            f"the header declares {shape.describe()}: {_mb(shape.decoded_bytes)} decoded, over "
+            f"pixels.max_decoded_mb ({limits.max_decoded_mb} MB). Nothing was decoded; if the "
+            "instance is genuine, raise pixels.max_decoded_mb (and pipeline.worker_memory_mb "
+            "with it) and 'dicomnode retry --quarantine too-large'"
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / MB:,.1f} MB"
+
+
+def _check_pixel_data(ds: Dataset, shape: Geometry, syntax: UID) -> None:
+    """Check that the Pixel Data holds what the header says, reading only frame headers.
+
+    Native data must be long enough for every frame. Each compressed frame's own header
+    (SOF, SOF55, SIZ, the RLE segment table) must declare the header's rows, columns and
+    samples: a decoder allocates what the stream says, so a stream that declares more is
+    ``too-large``, and one that declares something else, or nonsense, ``pixel-decode-failed``,
+    both without decoding.
+    """
+    data = ds.PixelData or b""
+    if syntax in UNCOMPRESSED or (syntax.is_transfer_syntax and not syntax.is_encapsulated):
+        needed = shape.stored_bytes
+        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+            needed = needed * 2 // 3  # two chroma samples per pixel pair (PS3.3 C.7.6.3.1.2)
+        if len(data) < needed:
+            raise PixelDecodeError(
+                f"the Pixel Data holds {len(data)} bytes and the header ({shape.describe()}) "
+                f"needs {needed}: the instance is truncated or its header is wrong; ask the "
+                "sender to resend it"
+            )
+        return
+    if syntax not in _JPEG_FAMILY and syntax not in _J2K_FAMILY and syntax != RLELossless:
         raise PixelDecodeError(
-            f"cannot decode the pixel data ({syntax.name}, {photometric}): "
-            f"{type(exc).__name__}; the data may be corrupt or use an option no installed "
-            "decoder supports (pylibjpeg, pyjpegls; python-gdcm adds more)"
+            f"no decoder here checks the frame sizes of {syntax.name}; the instance was not decoded"
+        )
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    count = 0
+    try:
+        found = generate_fragmented_frames(
+            data, number_of_frames=shape.frames, extended_offsets=extended
+        )
+        for fragments in itertools.islice(found, shape.frames):
+            count += 1
+            _check_frame(_head(fragments), count, shape, syntax)
+    except (ValueError, IndexError, KeyError, EOFError) as exc:
+        if isinstance(exc, streams.StreamError):
+            raise PixelDecodeError(
+                f"frame {count} cannot be decoded: {exc}; the instance was not decoded"
+            ) from None
+        raise PixelDecodeError(
+            f"the encapsulated Pixel Data cannot be split into frames ({type(exc).__name__}); "
+            "it is corrupt or truncated. Ask the sender to resend it"
         ) from None
-    if not raw and arrays and arrays[0].ndim == 3:
-        photometric = "RGB"
-    elif photometric == "YBR_FULL_422":
-        photometric = "YBR_FULL"
-    return Frames(arrays, photometric, syntax, lossy)
+    if count < shape.frames:
+        raise PixelDecodeError(
+            f"the header declares {shape.frames} frame(s) and the Pixel Data holds {count}; "
+            "the instance is truncated or its header is wrong"
+        )
+
+
+def _head(fragments: tuple[bytes, ...]) -> bytes:
+    """The first bytes of a frame (whole fragments until 1 MB), without joining the rest."""
+    if not fragments or len(fragments[0]) >= _HEAD:
+        return fragments[0] if fragments else b""
+    head = bytearray()
+    for fragment in fragments:
+        head += fragment
+        if len(head) >= _HEAD:
+            break
+    return bytes(head)
+
+
+def _check_frame(head: bytes, number: int, shape: Geometry, syntax: UID) -> None:
+    if syntax == RLELossless:
+        segments = streams.rle_segments(head)
+        expected = shape.samples * max(1, shape.bits_allocated // 8)
+        if segments != expected:
+            raise PixelDecodeError(
+                f"frame {number}'s RLE header declares {segments} segment(s) and the header "
+                f"({shape.describe()}) needs {expected}; the instance was not decoded"
+            )
+        return
+    declared = streams.declared_jpeg(head) if syntax in _JPEG_FAMILY else streams.declared_j2k(head)
+    said = f"{declared.rows} x {declared.columns} x {declared.components}"
+    header = f"{shape.rows} x {shape.columns} x {shape.samples}"
+    if (
+        declared.rows > shape.rows
+        or declared.columns > shape.columns
+        or declared.components > shape.samples
+    ):
+        raise TooLargeError(
+            f"frame {number}'s {declared.where} declares {said} (rows x columns x samples), "
+            f"more than the header's {header}; a decoder would allocate what the stream "
+            "declares, so it was not decoded. The instance is malformed or hostile: ask the "
+            "sender"
+        )
+    if (declared.rows, declared.columns, declared.components) != (
+        shape.rows,
+        shape.columns,
+        shape.samples,
+    ):
+        raise PixelDecodeError(
+            f"frame {number}'s {declared.where} declares {said} (rows x columns x samples) and "
+            f"the header {header}; the instance was not decoded"
+        )
+    if declared.precision > max(8, shape.bits_allocated):
+        raise PixelDecodeError(
+            f"frame {number}'s {declared.where} declares {declared.precision}-bit samples and "
+            f"BitsAllocated is {shape.bits_allocated}; the instance was not decoded"
+        )
+
+
+class FrameSource:
+    """The frames of one instance, decoded one at a time after every check has passed.
+
+    Raises :class:`~dicomnode.limits.TooLargeError` or :class:`PixelDecodeError` from the
+    constructor (the header, the limits, the frames' own headers) before any decoding.
+    """
+
+    def __init__(self, ds: Dataset, limits: PixelLimits | None = None) -> None:
+        self.ds = ds
+        self.syntax = UID(ds.file_meta.TransferSyntaxUID)
+        self.geometry = geometry(ds)
+        _check_budget(self.geometry, limits or PixelLimits())
+        _check_pixel_data(ds, self.geometry, self.syntax)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+        self.source_photometric = photometric
+        self.lossy = self.syntax not in UNCOMPRESSED and not _is_lossless(self.syntax)
+        self.raw = photometric in NATIVE_PI and not self.lossy
+        if not self.raw and self.geometry.samples > 1:
+            photometric = "RGB"
+        elif photometric == "YBR_FULL_422":
+            photometric = "YBR_FULL"
+        self.photometric = photometric  # of the decoded arrays
+
+    def __len__(self) -> int:
+        return self.geometry.frames
+
+    def frames(self, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Decoded frames in order (the first ``stop`` only, if given), one at a time."""
+        if stop == 0:
+            return
+        decoded = iter_pixels(self.ds, raw=self.raw)
+        try:
+            yield from itertools.islice(decoded, stop)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise PixelDecodeError(
+                f"cannot decode the pixel data ({self.syntax.name}, {self.source_photometric}): "
+                f"{type(exc).__name__}; the data may be corrupt or use an option no installed "
+                "decoder supports (pylibjpeg, pyjpegls; python-gdcm adds more)"
+            ) from None
+        finally:
+            close = getattr(decoded, "close", None)
+            if close is not None:
+                close()  # frees the decoder's state now, not at garbage collection
+
+
+def open_frames(ds: Dataset, limits: PixelLimits | None = None) -> FrameSource:
+    """:class:`FrameSource` of ``ds``: checked, nothing decoded yet."""
+    return FrameSource(ds, limits)
+
+
+def decode(ds: Dataset, limits: PixelLimits | None = None) -> Frames:
+    """Every frame of ``ds`` in one list (offline tools and tests; the stage streams them)."""
+    source = FrameSource(ds, limits)
+    arrays = list(source.frames())
+    return Frames(arrays, source.photometric, source.syntax, source.lossy)
 
 
 def _is_lossless(syntax: UID) -> bool:
@@ -147,72 +467,208 @@ def _palette_size(ds: Dataset) -> int:
     return int(descriptor[0]) or 65536
 
 
-def encode(ds: Dataset, frames: Frames) -> str:
-    """Write changed frames back into ``ds``; returns what was done, for the record."""
-    stack = np.stack(frames.arrays)
-    source = frames.syntax
-    source_pi = str(ds.get("PhotometricInterpretation", "")).strip()
-    source_planar = ds.get("PlanarConfiguration")
-    source_planar = source_planar if source_planar in (0, 1) else None
-    refused = ""
-    if source in REENCODABLE and not frames.lossy:
-        _set_image_attributes(ds, frames, source, source_pi, source_planar)
-        try:
-            ds.compress(
-                source, stack if len(frames.arrays) > 1 else stack[0], generate_instance_uid=False
-            )
-        except ValueError as exc:  # pydicom's encoders refuse what they cannot write
-            log.warning(
-                "%s encoder refused the image, writing it uncompressed: %s",
-                source.name,
-                str(exc).splitlines()[0],
-            )
-            refused = f" ({source.name} encoder refused the image)"
+class FrameWriter:
+    """Writes an instance's frames back, one at a time, in the syntax chosen for it.
+
+    The first frame decides the output: the source syntax where it is lossless and an
+    encoder takes the image, else uncompressed (see the module docstring). Each frame is
+    encoded as it comes and only its encoded bytes are kept: compressed frames in a list,
+    uncompressed ones straight into one buffer of the final size. :meth:`add` returns the
+    frame's slot so that an identical frame can be written again with :meth:`repeat`
+    without encoding it twice. :meth:`finish` puts the Pixel Data and the image attributes
+    into the dataset; until then the dataset is untouched (its frames may still be being
+    decoded).
+    """
+
+    def __init__(
+        self, ds: Dataset, photometric: str, syntax: UID, lossy: bool, frames: int
+    ) -> None:
+        self.ds = ds
+        self.photometric = photometric
+        self.syntax = syntax
+        self.lossy = lossy
+        self.frames = frames
+        self.source_pi = str(ds.get("PhotometricInterpretation", "")).strip()
+        planar = ds.get("PlanarConfiguration")
+        self.source_planar: int | None = planar if planar in (0, 1) else None
+        self.target: UID | None = None
+        self.attributes: dict[str, Any] = {}
+        self.refused = ""
+        self._options: dict[str, Any] = {}
+        self._encoder: Any = None
+        self._pieces: list[bytes] = []  # compressed frames
+        self._native: io.BytesIO | None = None  # uncompressed frames, end to end
+        self._frame_size = 0
+        self._written = 0
+        self._byte_order: Literal["<", ">"] = "<"
+
+    def add(self, frame: np.ndarray) -> int:
+        """Encode ``frame`` as the next frame; returns its slot, for :meth:`repeat`."""
+        if self.target is None:
+            return self._put(self._first(frame))
+        return self._put(self._encode(frame))
+
+    def repeat(self, slot: int) -> None:
+        """Write the frame of an earlier slot again (an identical frame)."""
+        if self._native is None:
+            self._put(self._pieces[slot])
+            return
+        start = slot * self._frame_size
+        with self._native.getbuffer() as view:
+            piece = bytes(view[start : start + self._frame_size])
+        self._put(piece)
+
+    def _put(self, piece: bytes) -> int:
+        if self._written >= self.frames:
+            raise ValueError("more frames written than the instance has")
+        if self._native is not None:
+            self._native.write(piece)
         else:
+            self._pieces.append(piece)
+        self._written += 1
+        return self._written - 1
+
+    def _first(self, frame: np.ndarray) -> bytes:
+        source = self.syntax
+        if source in REENCODABLE and not self.lossy:
+            self._choose(frame, source)
+            try:
+                return self._encode(frame)
+            except (ValueError, RuntimeError) as exc:  # pydicom's encoders refuse the image
+                log.warning(
+                    "%s encoder refused the image, writing it uncompressed: %s",
+                    source.name,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+                self.refused = f" ({source.name} encoder refused the image)"
+        self._choose(frame, source if source in UNCOMPRESSED else ExplicitVRLittleEndian)
+        piece = self._encode(frame)
+        # One buffer of the final size (padded to even), filled frame by frame; getvalue()
+        # then hands that buffer over as the Pixel Data without copying it (CPython's
+        # BytesIO shares its bytes when nothing else holds them), so the output costs its
+        # size once, not twice as joining per-frame pieces would.
+        self._frame_size = len(piece)
+        total = self._frame_size * self.frames
+        self._native = io.BytesIO()
+        self._native.seek(total + total % 2 - 1)
+        self._native.write(b"\x00")
+        self._native.seek(0)
+        return piece
+
+    def _choose(self, frame: np.ndarray, target: UID) -> None:
+        self.target = target
+        self.attributes = _image_attributes(
+            frame,
+            self.photometric,
+            self.syntax,
+            target,
+            self.source_pi,
+            self.source_planar,
+            int(self.ds.get("BitsAllocated", 8)),
+        )
+        if target in UNCOMPRESSED:
+            self._encoder = None
+            self._byte_order = ">" if target == ExplicitVRBigEndian else "<"
+            return
+        self._encoder = get_encoder(target)
+        options = {
+            "number_of_frames": 1,
+            "photometric_interpretation": self.attributes["PhotometricInterpretation"],
+        }
+        if frame.ndim == 3:
+            options["samples_per_pixel"] = self.attributes["SamplesPerPixel"]
+            options["planar_configuration"] = self.attributes["PlanarConfiguration"]
+        if "BitsAllocated" in self.attributes:
+            options["bits_allocated"] = self.attributes["BitsAllocated"]
+            options["bits_stored"] = self.attributes["BitsStored"]
+        self._options = as_pixel_options(self.ds, **options)
+
+    def _encode(self, frame: np.ndarray) -> bytes:
+        if self._encoder is not None:
+            return bytes(self._encoder.encode(frame, **self._options))
+        if self.attributes.get("PlanarConfiguration") == 1:
+            frame = np.moveaxis(frame, -1, 0)  # samples, rows, columns
+        dtype = frame.dtype.newbyteorder(self._byte_order)
+        piece = np.ascontiguousarray(frame).astype(dtype, copy=False).tobytes()
+        if self._frame_size and len(piece) != self._frame_size:
+            raise ValueError("a frame differs in size from the first one")
+        return piece
+
+    def finish(self) -> str:
+        """Put the written frames into the dataset; returns what was done, for the record."""
+        ds, target, source = self.ds, self.target, self.syntax
+        if target is None or self._written != self.frames:
+            raise ValueError(f"{self._written} of {self.frames} frames were written")
+        for keyword, value in self.attributes.items():
+            if value is None:
+                if keyword in ds:
+                    delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        for keyword in ("PixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        if self._native is None:
+            pieces, self._pieces = self._pieces, []
+            total = (len(pieces) - 1) * 8 + sum(len(p) for p in pieces[:-1])
+            if total > 2**32 - 1:
+                ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = (
+                    encapsulate_extended(pieces)
+                )
+            else:
+                ds.PixelData = encapsulate(pieces)
+            del pieces
+            element = ds["PixelData"]
+            element.is_undefined_length = True
+            element.VR = "OB"
+            ds.file_meta.TransferSyntaxUID = target
             return f"re-encoded in {source.name}"
-    target = source if source in UNCOMPRESSED else ExplicitVRLittleEndian
-    planar = _set_image_attributes(ds, frames, target, source_pi, source_planar)
-    if planar == 1:
-        stack = np.moveaxis(stack, -1, 1)  # frames, samples, rows, columns
-    dtype = stack.dtype.newbyteorder(">" if target == ExplicitVRBigEndian else "<")
-    data = np.ascontiguousarray(stack).astype(dtype, copy=False).tobytes()
-    if len(data) % 2:
-        data += b"\x00"
-    if "PixelData" in ds:
-        del ds.PixelData
-    ds.add_new(0x7FE00010, "OW" if stack.dtype.itemsize > 1 else "OB", data)
-    if target != source:
-        ds.file_meta.TransferSyntaxUID = target
-        if frames.lossy:
-            ds.LossyImageCompression = "01"
-        return f"written uncompressed ({target.name}) from {source.name}{refused}"
-    return "written uncompressed"
+        data, self._native = self._native.getvalue(), None
+        itemsize = int(ds.get("BitsAllocated", 8)) // 8
+        ds.add_new(0x7FE00010, "OW" if itemsize > 1 else "OB", data)
+        if target != source:
+            ds.file_meta.TransferSyntaxUID = target
+            if self.lossy:
+                ds.LossyImageCompression = "01"
+            return f"written uncompressed ({target.name}) from {source.name}{self.refused}"
+        return "written uncompressed"
 
 
-def _set_image_attributes(
-    ds: Dataset, frames: Frames, target: UID, source_pi: str, source_planar: int | None
-) -> int | None:
-    """Describe the frames as they will be written in ``target``; returns the planar configuration.
+def encode(ds: Dataset, frames: Frames) -> str:
+    """Write every frame of ``frames`` back into ``ds``; returns what was done."""
+    writer = FrameWriter(ds, frames.photometric, frames.syntax, frames.lossy, len(frames.arrays))
+    for frame in frames.arrays:
+        writer.add(frame)
+    return writer.finish()
+
+
+def _image_attributes(
+    first: np.ndarray,
+    photometric: str,
+    syntax: UID,
+    target: UID,
+    source_pi: str,
+    source_planar: int | None,
+    bits_allocated: int,
+) -> dict[str, Any]:
+    """The image attributes for frames like ``first`` written in ``target`` (None: remove).
 
     PS3.5 8.2: the Photometric Interpretation must be one the syntax allows and, for JPEG 2000,
     name the colour transform applied in the codestream (pydicom's encoder applies the
     reversible one when told YBR_RCT and none for RGB).
     """
-    first = frames.arrays[0]
-    photometric = frames.photometric
     if target == JPEG2000Lossless and photometric == "RGB" and source_pi != "RGB":
         photometric = "YBR_RCT"
-    ds.PhotometricInterpretation = photometric
-    planar: int | None = None
+    attributes: dict[str, Any] = {"PhotometricInterpretation": photometric}
     if first.ndim == 3:
-        ds.SamplesPerPixel = first.shape[-1]
+        attributes["SamplesPerPixel"] = first.shape[-1]
         planar = 0
         keeps_own = UNCOMPRESSED | {RLELossless}
-        if source_planar is not None and target in keeps_own and frames.syntax in keeps_own:
+        if source_planar is not None and target in keeps_own and syntax in keeps_own:
             planar = source_planar
-        ds.PlanarConfiguration = planar
-    elif "PlanarConfiguration" in ds:
-        del ds.PlanarConfiguration  # Type 1C: present only with more than one sample
-    if first.dtype.itemsize == 1 and int(ds.get("BitsAllocated", 8)) != 8:
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    return planar
+        attributes["PlanarConfiguration"] = planar
+    else:
+        attributes["PlanarConfiguration"] = None  # Type 1C: present only with more samples
+    if first.dtype.itemsize == 1 and bits_allocated != 8:
+        attributes.update(BitsAllocated=8, BitsStored=8, HighBit=7)
+    return attributes

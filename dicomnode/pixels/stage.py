@@ -7,6 +7,10 @@ known device regions are added; the remover removes; verification runs the prese
 and detection again on the whole cleaned frame. Text found by verification is removed once
 more with a solid fill; if text is still found, the instance is quarantined (``text-remains``).
 A failing detector or remover raises, which quarantines too: nothing uncleaned is forwarded.
+
+Nothing is decoded before the header, and each compressed frame's own header, have been
+checked against ``pixels.max_decoded_mb`` and ``pixels.max_frame_mb`` (``too-large``, with the
+numbers); frames are then decoded, cleaned and written one at a time (``codec``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.config import PixelConfig
 from dicomnode.errors import InstanceError
+from dicomnode.limits import out_of_memory
 from dicomnode.pixels import codec
 from dicomnode.pixels.boxes import Box
 from dicomnode.pixels.detect import TextDetector, doubtful, find_text, make_detector
@@ -42,6 +47,17 @@ class TextRemainsError(InstanceError):
 
 class PixelStageError(InstanceError):
     reason = "pixel-stage-failed"
+
+
+class _Seen:
+    """A distinct frame (by hash): whether cleaning changed it, and its writer slot once
+    written, so that an identical frame is neither cleaned nor encoded twice."""
+
+    __slots__ = ("changed", "slot")
+
+    def __init__(self, changed: bool) -> None:
+        self.changed = changed
+        self.slot: int | None = None
 
 
 class FrameResult:
@@ -87,6 +103,7 @@ class PixelStage:
         )
         self._fill = FillRemover()
         self.sensitive = settings.mode == "sensitive-text"
+        self.limits = codec.PixelLimits(settings.max_decoded_mb, settings.max_frame_mb)
 
     # -- the stage -------------------------------------------------------------------------
 
@@ -97,52 +114,105 @@ class PixelStage:
     def clean(
         self, ds: Dataset, header: dict[str, Any], identity: tuple[str, ...] = ()
     ) -> dict[str, Any]:
-        """Clean ``ds`` in place; returns counts and timings (no PHI)."""
+        """Clean ``ds`` in place; returns counts and timings (no PHI).
+
+        Raises ``too-large`` (the header or a frame's stream declares more than
+        ``pixels.max_decoded_mb``/``max_frame_mb``, or the worker ran out of memory),
+        ``pixel-decode-failed``, ``text-remains`` or ``pixel-stage-failed``.
+        """
         decision = self.policy.decide(header)
         if not decision.check:
             return {"checked": False, "why": decision.why}
         if "PixelData" not in ds:
             return {"checked": False, "why": "no pixel data"}
-        frames = codec.decode(ds)
+        try:
+            return self._clean(ds, decision, identity)
+        except MemoryError:
+            raise out_of_memory("decoding or cleaning the pixel data") from None
+        except InstanceError:
+            raise
+        except Exception as exc:  # the writer or an encoder: nothing uncleaned goes on
+            raise PixelStageError(
+                f"the pixel stage failed writing the pixel data ({type(exc).__name__})"
+            ) from exc
+
+    def _clean(self, ds: Dataset, decision: Decision, identity: tuple[str, ...]) -> dict[str, Any]:
+        """One frame at a time: decode, hash, clean (once per distinct frame), write.
+
+        Nothing is written while every frame so far is unchanged. At the first changed frame
+        a writer starts, the unchanged frames before it are decoded again and written, and
+        from then on every frame is written as it goes; an identical frame reuses the bytes
+        already encoded for it. So the working set is one decoded frame and the output.
+        """
+        source = codec.open_frames(ds, self.limits)
         phi = SensitiveText(identity) if self.sensitive else None
-        done: dict[bytes, FrameResult] = {}
+        done: dict[bytes, _Seen] = {}
+        writer: codec.FrameWriter | None = None
         changed = 0
         boxes = 0
         seconds: dict[str, float] = {}
-        for index, frame in enumerate(frames.arrays):
+        for index, frame in enumerate(source.frames()):
             key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
-            result = done.get(key)
-            if result is None:
-                try:
-                    result = self.clean_frame(frame, frames.photometric, ds, decision, phi)
-                except InstanceError:
-                    raise
-                except Exception as exc:
-                    raise PixelStageError(
-                        f"the pixel stage failed on frame {index + 1} ({type(exc).__name__})"
-                    ) from exc
-                done[key] = result
+            seen = done.get(key)
+            if seen is None:
+                result = self._clean_one(frame, index, source.photometric, ds, decision, phi)
                 boxes += len(result.boxes)
                 for name, value in result.seconds.items():
                     seconds[name] = seconds.get(name, 0.0) + value
-            if result.cleaned is not None:
-                frames.arrays[index] = result.cleaned
+                seen = done[key] = _Seen(result.cleaned is not None)
+                if result.cleaned is not None:
+                    if writer is None:
+                        writer = self._writer(ds, source, index)
+                    frame = result.cleaned
+            if seen.changed:
                 changed += 1
+            if writer is None:
+                continue
+            if seen.slot is None:
+                seen.slot = writer.add(frame)
+            else:
+                writer.repeat(seen.slot)
         what = "unchanged"
-        if changed:
-            what = codec.encode(ds, frames)
+        if writer is not None:
+            what = writer.finish()
             _mark_derived(ds)
         _stamp(ds, what)
         return {
             "checked": True,
             "why": decision.why,
-            "frames": len(frames.arrays),
+            "frames": len(source),
             "distinct_frames": len(done),
             "frames_changed": changed,
             "boxes": boxes,
             "pixel_data": what,
             "seconds": seconds,
         }
+
+    def _clean_one(
+        self,
+        frame: np.ndarray,
+        index: int,
+        photometric: str,
+        ds: Dataset,
+        decision: Decision,
+        phi: SensitiveText | None,
+    ) -> FrameResult:
+        try:
+            return self.clean_frame(frame, photometric, ds, decision, phi)
+        except (InstanceError, MemoryError):
+            raise
+        except Exception as exc:
+            raise PixelStageError(
+                f"the pixel stage failed on frame {index + 1} ({type(exc).__name__})"
+            ) from exc
+
+    @staticmethod
+    def _writer(ds: Dataset, source: codec.FrameSource, first_changed: int) -> codec.FrameWriter:
+        """A writer that has already written the unchanged frames before ``first_changed``."""
+        writer = codec.FrameWriter(ds, source.photometric, source.syntax, source.lossy, len(source))
+        for frame in source.frames(stop=first_changed):
+            writer.add(frame)
+        return writer
 
     def clean_frame(
         self,

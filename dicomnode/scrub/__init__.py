@@ -52,4 +52,5 @@ def build_scrubber(config: Config, *, demo: bool = False, secret: bytes | None =
         lookup=lookup,
         unmapped=settings.lookup.unmapped if settings.lookup is not None else "quarantine",
         crosswalk=crosswalk,
+        max_depth=settings.max_depth,
     )

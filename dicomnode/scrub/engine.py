@@ -22,6 +22,7 @@ removed, so that free text cleaned afterwards loses every mention of them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -98,12 +99,11 @@ TEMPORAL_MODIFIED = 0x00280303
 # instances): the only UIDs kept as they are, whatever they look like.
 REGISTERED_UIDS = frozenset(UID_dictionary)
 _UID_FORM = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
-_DECIMAL = re.compile(rb"^(?:[ \x00]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[ \x00]*(?:\\|$))*$")
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 # The smallest age, per unit, that PS3.15 and HIPAA say must not be given exactly (90 years).
 _AGE_LIMIT = {"Y": 90, "M": 1080, "W": 4693, "D": 32873}
-# Sequences nest a few levels in images and 10-20 in deep SR trees; beyond this, refuse
-# before Python's recursion limit (and pydicom's error handling at each level) is reached.
+# Sequences nest a few levels in images and 10-20 in deep SR trees; beyond the configured
+# depth (scrub.max_depth) an instance is refused.
 MAX_DEPTH = 64
 _BINARY_SIZE = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "SV": 8, "UV": 8}
 _DATE_VRS = frozenset({"DA", "DT", "TM"})
@@ -132,6 +132,7 @@ class ScrubReport:
     date_shift_days: int | None = None
     time_shift_seconds: int | None = None
     vr_corrected: int = 0
+    invalid_emptied: int = 0
     text_cleaned: int = 0
     actions: dict[str, int] = field(default_factory=dict)
 
@@ -161,6 +162,8 @@ class _Instance:
     report: ScrubReport
     identity: Identity = field(default_factory=Identity)
     texts: list[_Text] = field(default_factory=list)
+    # Items still to walk: (item, the mode of its sequence, the path of sequence tags).
+    items: list[tuple[Dataset, Mode, tuple[int, ...]]] = field(default_factory=list)
     # Sequences removed unread: their identifying values are read only when text is cleaned.
     unread: list[RawDataElement | DataElement] = field(default_factory=list)
 
@@ -182,6 +185,7 @@ class Scrubber:
         lookup: LookupTable | None = None,
         unmapped: str = "quarantine",
         crosswalk: CrosswalkWriter | None = None,
+        max_depth: int = MAX_DEPTH,
     ) -> None:
         self.profile = profile
         self.pseudonyms = pseudonymizer
@@ -191,6 +195,7 @@ class Scrubber:
         self.lookup = lookup
         self.unmapped = unmapped
         self.crosswalk = crosswalk
+        self.max_depth = max_depth
         self._retain_uids = Option.RETAIN_UIDS in profile.options
         self._identity_kinds = {tag: Kind(kind) for tag, kind in profile.identity.items()}
         # One lookup per element: its rule, its dictionary VR and what identity it holds.
@@ -220,18 +225,16 @@ class Scrubber:
         """
         try:
             state, originals = self._start(ds)
-            self._walk(ds, state, Mode.NORMAL, ())
+            # Items are walked from a stack, not by recursion: depth costs no Python frames.
+            state.items.append((ds, Mode.NORMAL, ()))
+            while state.items:
+                self._walk(*state.items.pop(), state)
             self._clean_texts(state)
             self._stamp(ds, state)
             if self.crosswalk is not None:
                 self._record(ds, originals)
         except InstanceError:
             raise
-        except RecursionError:
-            raise ScrubError(
-                "the dataset nests sequences too deeply to be cleaned with certainty",
-                reason="too-deep",
-            ) from None
         except Exception as exc:
             raise ScrubError(
                 f"the profile could not be applied ({type(exc).__name__}); the instance is "
@@ -320,13 +323,7 @@ class Scrubber:
 
     # -- the walk --------------------------------------------------------------------------
 
-    def _walk(self, ds: Dataset, state: _Instance, mode: Mode, path: tuple[int, ...]) -> None:
-        if len(path) > MAX_DEPTH:
-            raise ScrubError(
-                f"sequences are nested more than {MAX_DEPTH} deep; no real object needs that, "
-                "and it cannot be cleaned with certainty",
-                reason="too-deep",
-            )
+    def _walk(self, ds: Dataset, mode: Mode, path: tuple[int, ...], state: _Instance) -> None:
         elements = _elements(ds)
         profile = self.profile
         table = self._table
@@ -358,6 +355,10 @@ class Scrubber:
                 # The common case, kept short: most of a header is kept as it is.
                 if expected in _CHECKED_VRS or (expected is None and declared == "SQ"):
                     self._keep(ds, tag, elem, state, mode, path)
+                elif expected in _GRAMMAR and type(elem) is RawDataElement:
+                    value = elem.value
+                    if value and not _GRAMMAR[expected].match(value):
+                        self._invalid(ds, tag, expected, state)
                 continue
             base = group & 0xFF00
             if base in (0x5000, 0x6000) and self._whole_group_removed(base):
@@ -437,8 +438,18 @@ class Scrubber:
         self, ds: Dataset, tag: int, elem: Any, state: _Instance, mode: Mode, path: tuple[int, ...]
     ) -> None:
         """Keep, with the checks a kept value still needs: sequences are walked, UIDs must
-        be registered (or well formed under Retain UIDs), ages over 89 are given as 90."""
+        be registered (or well formed under Retain UIDs), ages over 89 are given as 90, a
+        code must not be one of the instance's names or IDs, and a value that is not what its
+        VR says ("Smith" as an Instance Number) is emptied: it is not the attribute it claims
+        to be, and it may be anything."""
         vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
+        if vr in _GRAMMAR and (isinstance(elem, RawDataElement) or vr in _STRING_GRAMMARS):
+            value = elem.value if isinstance(elem, RawDataElement) else _raw_bytes(elem)
+            if value and not _GRAMMAR[vr].match(value):
+                self._invalid(ds, tag, vr, state)
+                return
+            if vr == "CS" and value and value.strip(b" \x00"):
+                state.texts.append(_Text(ds, tag, vr, keep_unknown=True))
         if vr == "SQ" or (vr == "UN" and tag in _SQ_TAGS):
             self._recurse(ds, tag, state, mode, (*path, tag))
         elif vr == "UI":
@@ -451,6 +462,18 @@ class Scrubber:
             capped = [_cap_age(v) for v in values]
             if capped != values:
                 self._put(ds, tag, "AS", join_values(capped, "AS"), state)
+
+    def _invalid(self, ds: Dataset, tag: int, vr: str, state: _Instance) -> None:
+        """A kept value that is not what its VR says is emptied, unless it describes the
+        pixel data (Rows, NumberOfFrames...): then nothing can say what the pixels are."""
+        if tag >> 16 == 0x0028:
+            raise ScrubError(
+                f"{_keyword(tag)} {_tag_text(tag)} is not a valid {vr} value, so the pixel "
+                "data cannot be read with certainty; ask the sender to fix the image header",
+                reason="pixel-decode-failed",
+            )
+        self._put(ds, tag, vr, b"", state)
+        state.report.invalid_emptied += 1
 
     def _whole_group_removed(self, base: int) -> bool:
         """Overlays (60xx) go as a whole when Overlay Data goes, curves (50xx) likewise.
@@ -505,11 +528,17 @@ class Scrubber:
     def _recurse(
         self, ds: Dataset, tag: int, state: _Instance, mode: Mode, path: tuple[int, ...]
     ) -> None:
+        """Queue the items of a sequence for the walk (see :meth:`scrub`)."""
+        if len(path) > self.max_depth:
+            raise ScrubError(
+                f"sequences are nested more than {self.max_depth} deep (scrub.max_depth); "
+                "no real object needs that, and it cannot be cleaned with certainty",
+                reason="too-deep",
+            )
         elem = ds[tag]  # decodes the sequence; its items' elements stay raw
         if elem.VR != "SQ":
             return
-        for item in elem.value:
-            self._walk(item, state, mode, path)
+        state.items.extend((item, mode, path) for item in reversed(elem.value))
 
     # -- identity --------------------------------------------------------------------------
 
@@ -531,25 +560,27 @@ class Scrubber:
                 items = _items_of(elem, state)
             except Exception:
                 continue  # unparseable: removed anyway, and nothing could be read from it
-            for item in items:
-                self._gather_item(item, state, depth=0)
+            stack = [(item, 1) for item in items]
+            while stack:
+                item, depth = stack.pop()
+                for inner in self._gather_item(item, state):
+                    if depth < self.max_depth:
+                        stack.append((inner, depth + 1))
 
-    def _gather_item(self, ds: Dataset, state: _Instance, depth: int) -> None:
-        if depth > 64:
-            return
+    def _gather_item(self, ds: Dataset, state: _Instance) -> list[Dataset]:
+        """Read one item's identifying values; returns the items of its sequences."""
+        nested: list[Dataset] = []
         for tag, elem in list(_elements(ds).items()):
             vr = elem.VR if tag >> 16 & 1 else (_DICTIONARY_VR.get(tag) or vr_of(elem))
             kind = self._identity_kinds.get(tag)
             if vr == "SQ" or (vr in (None, "UN") and tag in _SQ_TAGS):
-                try:
-                    for item in _items_of(elem, state):
-                        self._gather_item(item, state, depth + 1)
-                except Exception:
-                    continue
+                with contextlib.suppress(Exception):  # unreadable: nothing to learn from it
+                    nested += _items_of(elem, state)
             elif kind is not None or vr == "PN":
                 for value in _text_values(elem, state.encodings):
                     if value:
                         state.identity.add(kind or Kind.NAME, value)
+        return nested
 
     # -- private attributes ----------------------------------------------------------------
 
@@ -658,7 +689,7 @@ class Scrubber:
             if not self._retain_uids:
                 self._uid(ds, tag, elem, rule, state, mode, (*path, tag))
         elif expected in _NUMBER_VRS:
-            if value is not None and not _DECIMAL.match(value):
+            if value is not None and not _GRAMMAR[expected].match(value):
                 del elements[tag]
         elif expected in _BINARY_SIZE:
             if value is not None and len(value) % _BINARY_SIZE[expected]:
@@ -758,6 +789,8 @@ class Scrubber:
                 continue
             vr = text.vr
             values = _text_values(elem, state.encodings)
+            if vr == "CS" and all(map(self.cleaner.all_known, values)):
+                continue  # a code made of words, not a name (see _keep)
             cleaned = [
                 self.cleaner.clean(v, state.identity, keep_unknown=text.keep_unknown)
                 for v in values
@@ -877,7 +910,7 @@ class Scrubber:
             state.texts.append(_Text(ds, tag, vr, keep_unknown=True))
         elif vr in _NUMBER_VRS or vr == "AS":
             data = _raw_bytes(elem)
-            if vr == "AS" or not _DECIMAL.match(data):
+            if vr == "AS" or not _GRAMMAR[vr].match(data):
                 values = split_values(data)
                 if vr == "AS":
                     fixed = [_cap_age(v) if _AGE.match(v) else "" for v in values]
@@ -1100,11 +1133,40 @@ _AMBIGUOUS: dict[int, tuple[str, ...]] = {
 _REQUIRED_VALUE = frozenset({iod.AttributeType.TYPE1, iod.AttributeType.TYPE1C})
 _REQUIRED = _REQUIRED_VALUE | {iod.AttributeType.TYPE2, iod.AttributeType.TYPE2C}
 # Kept values of these VRs are still looked at (see Scrubber._keep).
-_CHECKED_VRS = frozenset({"SQ", "UI", "AS"})
+_CHECKED_VRS = frozenset({"SQ", "UI", "AS", "CS"})
+
+
+def _grammar(value: bytes) -> re.Pattern[bytes]:
+    """Values of one VR (PS3.5 6.2), padded, backslash-separated. Possessive quantifiers
+    throughout: a 64 KiB value of digits and spaces is checked in linear time."""
+    return re.compile(rb"^ *+(?:%s)?+ *+(?:\\ *+(?:%s)?+ *+)*+[ \x00]*+$" % (value, value))
+
+
+# Decoded elements of these VRs hold strings that can be checked as they are.
+_STRING_GRAMMARS = frozenset({"CS", "AE", "AS", "DA", "TM", "DT"})
+_DATE = rb"\d{4}\.?+\d{2}\.?+\d{2}"
+_TIME = rb"\d{2}(?::?+\d{2}(?::?+\d{2}(?:\.\d{1,6})?+)?+)?+"
+# The VRs whose values have a grammar a kept value must follow (text is another matter).
+_GRAMMAR: dict[str, re.Pattern[bytes]] = {
+    "CS": _grammar(rb"[A-Z0-9_][A-Z0-9_ ]{0,15}+"),
+    "AS": _grammar(rb"\d{3}[DWMY]"),
+    "DS": _grammar(rb"[+-]?+(?:\d++(?:\.\d*+)?+|\.\d++)(?:[eE][+-]?+\d++)?+"),
+    "IS": _grammar(rb"[+-]?+\d{1,12}+(?:\.0*+)?+"),  # "1.0": sloppy, but a number
+    # Dates and times also in their ACR-NEMA forms (1993.05.24, 10:15:00), and as ranges.
+    "DA": _grammar(rb"(?:%s)?+-?+(?:%s)?+" % (_DATE, _DATE)),
+    "TM": _grammar(rb"(?:%s)?+-?+(?:%s)?+" % (_TIME, _TIME)),
+    "DT": _grammar(rb"\d{4}(?:\d{2}){0,5}+(?:\.\d{1,6})?+(?:[+-]\d{4})?+"),
+    "AE": _grammar(rb"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}+"),
+}
 _BINARY_VRS = frozenset(
     {"AT", "FD", "FL", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV", "UL", "US", "UV"}
 )
 _SHIFTERS: dict[str, Callable[[str, Shift], str]] = {"DA": shift_da, "TM": shift_tm, "DT": shift_dt}
+
+
+def _keyword(tag: int) -> str:
+    entry = DicomDictionary.get(tag)
+    return str(entry[4]) if entry else "attribute"
 
 
 def _tag_text(tag: int) -> str:

@@ -723,6 +723,11 @@ class TextCleaner:
         one per set of site words in a process (the files ship with the code)."""
         return _default_cleaner(tuple(extra), tuple(regions))
 
+    def all_known(self, text: str) -> bool:
+        """Whether every word of ``text`` is a known word (codes such as "TEXT", "CONTAINS"):
+        such a value is not searched for names, which may be words too ("Enter text")."""
+        return all(w.lower() in self._words for w in _PARTS.findall(text) if not w.isdigit())
+
     @property
     def regions(self) -> tuple[str, ...]:
         """The regions whose national phone formats are recognised."""
