@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from dicomnode.durable import Access
 from dicomnode.errors import ConfigError
 from dicomnode.scrub.actions import Option
 from dicomnode.scrub.lookup import load_lookup
@@ -255,10 +256,30 @@ class SpoolConfig(_Frozen):
     keep_forwarded_days: float = Field(
         default=0, ge=0, description="keep forwarded copies this long; 0: delete once confirmed"
     )
+    mode: Access = Field(
+        default=Access.PRIVATE,
+        description="private: spool files 0600, folders 0700 (originals hold PHI); group: "
+        "0640/0750 for the node's group, whatever the umask",
+    )
 
 
 class PipelineConfig(_Frozen):
     workers: int = Field(default=0, ge=0, le=256, description="worker processes; 0: one per core")
+    worker_memory_mb: int = Field(
+        default=3072,
+        ge=0,
+        description="data memory limit of each worker process (RLIMIT_DATA); 0: none",
+    )
+
+    @field_validator("worker_memory_mb")
+    @classmethod
+    def _worker_memory(cls, v: int) -> int:
+        if 0 < v < 1024:
+            raise ValueError(
+                "a worker needs about 600 MB with the pixel stage before it reads anything: "
+                "use 0 (no limit) or at least 1024"
+            )
+        return v
 
 
 class RetryConfig(_Frozen):
@@ -266,6 +287,13 @@ class RetryConfig(_Frozen):
     max_delay_s: float = Field(default=300, gt=0)
     dead_letter_after_s: float = Field(
         default=7 * 24 * 3600, gt=0, description="move to dead-letter when not delivered by then"
+    )
+    item_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="an object the destination failed on this many times (no answer, an "
+        "abort) while it took others goes to dead-letter; it is sent last and alone meanwhile",
     )
 
 
@@ -278,6 +306,31 @@ class FolderDestination(_Destination):
 
     type: Literal["folder"] = "folder"
     path: Path
+    mode: Access = Field(
+        default=Access.PRIVATE,
+        description="private: files 0600, folders 0700; group: 0640/0750 (a research team's "
+        "group: set group, or make the folder setgid)",
+    )
+    group: str | None = Field(
+        default=None, description="give the files and folders written this group (mode: group)"
+    )
+    retry: RetryConfig = RetryConfig()
+
+    @model_validator(mode="after")
+    def _group(self) -> FolderDestination:
+        if self.group is None:
+            return self
+        import grp
+
+        try:
+            grp.getgrnam(self.group)
+        except KeyError:
+            raise ValueError(
+                f"group {self.group!r} does not exist on this host: create it, or remove group"
+            ) from None
+        if self.mode is not Access.GROUP:
+            raise ValueError("group is set but mode is private: set mode: group")
+        return self
 
 
 class DicomDestination(_Destination):
@@ -360,6 +413,10 @@ class LoggingConfig(_Frozen):
     )
     audit_max_mb: int = Field(default=100, ge=1)
     audit_backups: int = Field(default=10, ge=1)
+    audit_mode: Access = Field(
+        default=Access.PRIVATE,
+        description="private: the audit file and its rotations 0600; group: 0640",
+    )
 
 
 class Config(_Frozen):

@@ -1,23 +1,79 @@
-"""Durable file writes: a crash leaves either the old state or the new one, never half.
+"""Durable, private file writes: a crash leaves either the old state or the new one, never
+half, and what is written is readable by whom the administrator chose, whatever the umask.
 
 Temp file in the same folder, write, fsync, ``os.replace``, fsync of the folder; the temp
-file is removed if anything fails. The spool and the folder destination build on this.
+file is removed if anything fails. Modes are set explicitly (``fchmod``/``chmod``), never left
+to the process umask: the spool holds originals full of PHI, and a service started with
+umask 022 must not make them world-readable. The spool, the audit trail and the folder
+destination build on this.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic", "write_temp"]
+__all__ = [
+    "Access",
+    "fsync_dir",
+    "make_dirs",
+    "set_dir_mode",
+    "umask_file_mode",
+    "write_atomic",
+    "write_temp",
+]
 
-# mkstemp creates 0600 files; outputs get the usual mode under the process umask instead.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-_MODE = 0o666 & ~_UMASK
+
+class Access(StrEnum):
+    """Who may read what the node writes: its own user only, or its group too.
+
+    ``private`` (the default everywhere): files 0600, folders 0700. ``group``: files 0640,
+    folders 0750, for a group the administrator chose (the node's group, or the group of a
+    setgid folder). Nothing is ever world-readable.
+    """
+
+    PRIVATE = "private"
+    GROUP = "group"
+
+    @property
+    def file_mode(self) -> int:
+        return 0o640 if self is Access.GROUP else 0o600
+
+    @property
+    def dir_mode(self) -> int:
+        return 0o750 if self is Access.GROUP else 0o700
+
+    @classmethod
+    def of_folder(cls, path: Path) -> Access:
+        """The access a folder was given (group when its group may enter it); private when
+        it does not exist."""
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return cls.PRIVATE
+        return cls.GROUP if mode & stat.S_IXGRP else cls.PRIVATE
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, for a moment, for
+    every thread); the ``os.umask`` round trip only where /proc does not say."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def umask_file_mode() -> int:
+    """The mode a plain ``open`` would give a new file now (offline outputs keep this)."""
+    return 0o666 & ~_read_umask()
 
 
 def fsync_dir(path: Path) -> None:
@@ -29,14 +85,55 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def set_dir_mode(path: Path, mode: int) -> None:
+    """Give a folder exactly ``mode``, keeping a setgid bit it has (inherited from a setgid
+    parent: the administrator's way of choosing the group)."""
+    current = os.stat(path).st_mode
+    wanted = mode | (current & stat.S_ISGID)
+    if stat.S_IMODE(current) != wanted:
+        os.chmod(path, wanted)
+
+
+def make_dirs(path: Path, mode: int, *, gid: int | None = None) -> None:
+    """``mkdir -p`` where every folder created gets exactly ``mode`` (and group ``gid``);
+    folders that exist already are left as they are (``/var/lib``...).
+
+    ``mkdir`` applies the umask, which only removes bits, so a new folder is never more open
+    than ``mode``, even for the moment before its ``chmod``.
+    """
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        make_dirs(path.parent, mode, gid=gid)
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            return
+    if gid is not None:
+        os.chown(path, -1, gid)
+    set_dir_mode(path, mode)
+
+
 def write_temp(
-    folder: Path, data: bytes | Sequence[bytes | bytearray], *, fsync: bool = True
+    folder: Path,
+    data: bytes | Sequence[bytes | bytearray],
+    *,
+    fsync: bool = True,
+    mode: int | None = None,
 ) -> Path:
     """Write ``data`` to a new temporary file in ``folder`` (fsynced); the caller links or
-    renames it into place and removes it. On failure nothing is left behind."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    renames it into place and removes it. On failure nothing is left behind.
+
+    The file gets ``mode`` whatever the umask; ``None``: what the umask allows (offline
+    outputs, in a folder the user chose). The node always says which mode.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)  # 0600 from the start
     try:
-        os.fchmod(fd, _MODE)
+        os.fchmod(fd, umask_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             if isinstance(data, bytes | bytearray):
                 fh.write(data)
@@ -59,12 +156,22 @@ def write_atomic(
     *,
     fsync: bool = True,
     tmp_dir: Path | None = None,
+    mode: int | None = None,
+    dir_mode: int | None = None,
 ) -> None:
     """Write ``data`` (bytes, or a list of buffers) to ``path`` atomically, durably when
     ``fsync``. The temporary file is made in ``tmp_dir`` (same file system) or beside
-    ``path``, so that a reader of the target folder never sees it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = write_temp(tmp_dir or path.parent, data, fsync=fsync)
+    ``path``, so that a reader of the target folder never sees it.
+
+    ``mode``: the file's mode whatever the umask (``None``: what the umask allows, for
+    offline outputs); ``dir_mode``: the mode of folders created on the way (``None``: the
+    umask's).
+    """
+    if dir_mode is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        make_dirs(path.parent, dir_mode)
+    tmp = write_temp(tmp_dir or path.parent, data, fsync=fsync, mode=mode)
     try:
         os.replace(tmp, path)
     except BaseException:

@@ -1,26 +1,46 @@
 """Delivery of clean objects from ``outgoing/<destination>/`` to each destination.
 
-One thread per destination takes the oldest waiting objects in batches and hands them to a
-sender: a ``folder`` sender writes a PatientID/Study/Series tree, a ``dicom`` sender sends a
-batch over one association (C-STORE SCU). Per object the sender answers delivered, retry
-(the destination is down or busy) or rejected (it refused this object for good). Retries
-back off exponentially with jitter, per destination; an object still undelivered after the
-configured age, or refused for good, moves to ``dead-letter/<destination>/`` with a sidecar.
-``dicomnode retry`` gives dead letters back to the queue.
+One thread per destination (lane) takes the oldest waiting objects in batches and hands them
+to a sender: a ``folder`` sender writes a PatientID/Study/Series tree, a ``dicom`` sender sends
+a batch over one association (C-STORE SCU). Per object the sender answers with a
+:class:`Delivery`, and the next step follows from it alone::
+
+    DELIVERED    the destination has it                     -> removed (or kept in sent/)
+    REJECTED     it can never be delivered there            -> dead-letter at once, with the
+                 (refused 0xA9xx/0xCxxx..., no presentation    reason; the next objects flow
+                 context, invalid for it, no valid path,
+                 path too long, unreadable clean object)
+    RETRY        the destination is unavailable             -> stays in its place, and the
+                 (unreachable, association rejected or       whole destination backs off; but
+                 lost, 0xA7xx, disk full, root not writable)  if a later object of the batch
+                                                              got in, it is set aside instead
+    FAILED       the destination failed while taking this   -> set aside; dead-letter after
+                 object (no answer, an abort mid-C-STORE,     ``retry.item_attempts`` of these
+                 an unexplained error on its own path)
+
+An object set aside has its own back-off and is sent last in a batch (if it breaks the
+association again, the others are in already); its failures never back off the destination.
+So one object the destination cannot take never holds back the others: it is refused for
+good (dead-letter now), or set aside. An object still undelivered after
+``retry.dead_letter_after_s`` goes to dead-letter as well.
+``dicomnode retry --dead-letter`` gives dead letters back to the queue.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import grp
 import logging
 import os
 import random
-import socket
+import stat
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,14 +53,24 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 
+from dicomnode._net import set_nodelay
 from dicomnode.batch import output_path
 from dicomnode.config import DicomDestination, FolderDestination, RetryConfig
-from dicomnode.durable import fsync_dir, write_atomic
+from dicomnode.durable import Access, fsync_dir, make_dirs, write_temp
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DicomSender", "FolderSender", "Forwarder", "Result", "echo", "sender_for"]
+__all__ = [
+    "Delivery",
+    "DicomSender",
+    "FolderSender",
+    "Forwarder",
+    "Result",
+    "classify_status",
+    "echo",
+    "sender_for",
+]
 
 # Send files as they are on disk, without decoding them, when the destination accepts their
 # transfer syntax; and never log identifiers.
@@ -49,18 +79,31 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-_SUCCESS = {0x0000, 0xB000, 0xB006, 0xB007, 0x0111}  # 0x0111: already has this instance
+MAX_CONTEXTS = 128  # presentation contexts in one association (PS3.8: odd ids 1..255)
+
+
+class Delivery(StrEnum):
+    """What a destination did with one object (see the module docstring for what follows)."""
+
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    RETRY = "retry"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
 class Result:
-    """``delivered``, ``retry`` or ``rejected``, with a reason an operator can act on."""
+    """A :class:`Delivery` (its value is accepted too), with a reason an operator can act on;
+    reasons name attributes, status codes and AE titles, never a value from the object."""
 
-    status: str
+    status: Delivery
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Delivery(self.status))
 
-DELIVERED = Result("delivered")
+
+DELIVERED = Result(Delivery.DELIVERED)
 
 
 class Sender(Protocol):
@@ -71,19 +114,57 @@ class Sender(Protocol):
         ...
 
 
-def set_nodelay(event: evt.Event) -> None:
-    """Nagle off on association sockets: otherwise each small PDU waits ~40 ms for an ACK."""
-    transport = event.assoc.dul.socket
-    sock = transport.socket if transport is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+# -- folder destination --------------------------------------------------------------------
+
+# Failures that belong to one object's path: the value makes a name the file system refuses,
+# or its place in the tree is taken by something else.
+_ITEM_ERRNOS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.EINVAL,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EILSEQ,
+        errno.EFBIG,
+        errno.ELOOP,
+        errno.ENOTEMPTY,
+    }
+)
+# Failures of the destination as a whole, whichever object is written.
+_DESTINATION_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.ENOMEM,
+        errno.ENFILE,
+        errno.EMFILE,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.ENOTCONN,
+        errno.EHOSTDOWN,
+        errno.ENODEV,
+        errno.ENXIO,
+        errno.ENOENT,
+    }
+)
+# A hard link is not possible here: copy instead.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+_LEVELS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+class _NoValidPath(Exception):
+    """The object's identifiers make no valid path under the destination folder."""
 
 
 class FolderSender:
     """Writes each object to ``<path>/<PatientID>/<Study>/<Series>/<SOP>.dcm`` durably.
 
     Temporary files live in ``<path>/.dicomnode-tmp/`` (emptied at start-up), so a reader of
-    the tree never sees a partial file, even after a crash.
+    the tree never sees a partial file, even after a crash. Files and folders get the
+    destination's ``mode`` (private by default) and ``group``, whatever the umask.
     """
 
     STAGING = ".dicomnode-tmp"
@@ -92,8 +173,19 @@ class FolderSender:
         self.name = config.name
         self.root = config.path
         self.staging = self.root / self.STAGING
+        self.file_mode = config.mode.file_mode
+        self.dir_mode = config.mode.dir_mode
+        self.gid = grp.getgrnam(config.group).gr_gid if config.group else None
+        # Hard links share the spool file's inode (and mode): only when that is what we want.
+        self._may_link = config.mode is Access.PRIVATE and self.gid is None
+        try:
+            self.name_max = os.pathconf(self.root, "PC_NAME_MAX")
+            self.path_max = os.pathconf(self.root, "PC_PATH_MAX")
+        except (OSError, ValueError):
+            self.name_max, self.path_max = 255, 4096
         with contextlib.suppress(OSError):
-            self.staging.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.root, self.dir_mode, gid=self.gid)
+            make_dirs(self.staging, 0o700)  # partial files: nobody else's business
             for stale in self.staging.iterdir():
                 stale.unlink()
 
@@ -101,43 +193,133 @@ class FolderSender:
         results = []
         for path in paths:
             try:
-                ds = pydicom.dcmread(
-                    path,
-                    stop_before_pixels=True,
-                    specific_tags=[
-                        "PatientID",
-                        "StudyInstanceUID",
-                        "SeriesInstanceUID",
-                        "SOPInstanceUID",
-                    ],
-                )
-                self._place(path, output_path(self.root, ds))
-            except OSError as exc:
-                results.append(Result("retry", f"cannot write to {self.root}: {exc.strerror}"))
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_LEVELS))
+                target = self._target(ds)
+            except _NoValidPath as exc:
+                results.append(Result(Delivery.REJECTED, f"no valid path: {exc}"))
                 continue
             except Exception as exc:
-                results.append(Result("rejected", f"unreadable clean object: {type(exc).__name__}"))
+                results.append(
+                    Result(Delivery.REJECTED, f"unreadable clean object: {type(exc).__name__}")
+                )
+                continue
+            try:
+                self._place(path, target)
+            except OSError as exc:
+                results.append(self._classify(exc))
                 continue
             results.append(DELIVERED)
         return results
 
+    def _target(self, ds: Any) -> Path:
+        """The object's path, checked before anything is written: four levels, no ``..``, not
+        the staging folder, names and path within the file system's limits."""
+        target = output_path(self.root, ds)
+        parts = target.relative_to(self.root).parts
+        if len(parts) != len(_LEVELS):
+            raise _NoValidPath(f"one of {', '.join(_LEVELS)} is '.' or contains '/'")
+        for level, part in zip(_LEVELS, parts, strict=True):
+            if part in ("..", self.STAGING):
+                raise _NoValidPath(f"{level} makes the reserved name {part!r}")
+            size = len(os.fsencode(part))
+            if size > self.name_max:
+                raise _NoValidPath(
+                    f"{level} makes a {size}-byte file name; the destination's file system "
+                    f"allows {self.name_max} (ENAMETOOLONG)"
+                )
+        size = len(os.fsencode(str(target)))
+        if size >= self.path_max:
+            raise _NoValidPath(
+                f"the path would be {size} bytes; the file system allows {self.path_max - 1} "
+                "(ENAMETOOLONG)"
+            )
+        return target
+
+    def _classify(self, exc: OSError) -> Result:
+        """One object's write failed: was it the object's path, or the destination?"""
+        what = errno.errorcode.get(exc.errno or 0, "error")
+        if not self._root_usable():
+            return Result(
+                Delivery.RETRY, f"the folder {self.root} is not usable: {exc.strerror} ({what})"
+            )
+        if exc.errno in _DESTINATION_ERRNOS:
+            return Result(Delivery.RETRY, f"cannot write to {self.root}: {exc.strerror} ({what})")
+        if exc.errno in _ITEM_ERRNOS:
+            return Result(Delivery.REJECTED, f"no valid path: {exc.strerror} ({what})")
+        return Result(Delivery.FAILED, f"cannot write this object: {exc.strerror} ({what})")
+
+    def _root_usable(self) -> bool:
+        return self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
+
     def _place(self, source: Path, target: Path) -> None:
         """Hard-link when the destination is on the spool's file system (no copy, and the
         data is already durable), else copy through the staging folder."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        make_dirs(target.parent, self.dir_mode, gid=self.gid)
+        if self._may_link and stat.S_IMODE(os.stat(source).st_mode) == self.file_mode:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target)  # a redelivery: same object
-            os.link(source, target)
-        except OSError:
-            self.staging.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, source.read_bytes(), tmp_dir=self.staging)
-            return
+            try:
+                os.link(source, target)
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+            else:
+                fsync_dir(target.parent)
+                return
+        make_dirs(self.staging, 0o700)
+        tmp = write_temp(self.staging, source.read_bytes(), mode=self.file_mode)
+        try:
+            if self.gid is not None:
+                os.chown(tmp, -1, self.gid)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         fsync_dir(target.parent)
 
 
+# -- DICOM destination ---------------------------------------------------------------------
+
+
+def classify_status(code: int) -> Delivery:
+    """A C-STORE response status (PS3.4 B.2.3, PS3.7 C.4.2) as a :class:`Delivery`.
+
+    Success, the warnings (0xB000 coercion, 0xB006 elements discarded, 0xB007 does not
+    match the SOP class) and 0x0111 (has this instance already) are delivered. 0xA7xx (out of
+    resources), 0x0213 (resource limitation) and 0x0124 (not authorised: the destination
+    refuses this node, not this object) say the destination cannot take anything now.
+    0x0110 (processing failure) may be the object or the peer: failed. Every other failure
+    (0xA9xx does not match its SOP class, 0xCxxx cannot understand, 0x0122 SOP class not
+    supported, 0x0117 invalid instance...) refuses this object for good.
+    """
+    if code == 0x0000 or code == 0x0111 or 0xB000 <= code <= 0xBFFF:
+        return Delivery.DELIVERED
+    if 0xA700 <= code <= 0xA7FF or code in (0x0213, 0x0124):
+        return Delivery.RETRY
+    if code in (0x0110, 0xFF00, 0xFF01, 0xFE00):  # processing failure; pending/cancel: odd
+        return Delivery.FAILED
+    return Delivery.REJECTED
+
+
+@dataclass(frozen=True)
+class _Meta:
+    sop_class: str
+    syntax: str
+
+    def contexts(self) -> set[tuple[str, str]]:
+        """(SOP class, syntax) pairs this object adds; the uncompressed fallbacks are one
+        context per SOP class, counted apart."""
+        # Deflate is sent inflated: receivers' support for it is patchy (dcmtk's storescp
+        # aborts on some deflated streams) and it is only a wire compression.
+        if self.syntax == DeflatedExplicitVRLittleEndian:
+            return set()
+        return {(self.sop_class, self.syntax)}
+
+
 class DicomSender:
-    """C-STORE SCU: one association per batch, the object's own transfer syntax first."""
+    """C-STORE SCU: one association per batch (more when a batch needs more than 128
+    presentation contexts), the object's own transfer syntax first."""
 
     def __init__(self, config: DicomDestination, calling_ae: str) -> None:
         self.name = config.name
@@ -153,23 +335,46 @@ class DicomSender:
         return ae
 
     def send(self, paths: list[Path]) -> list[Result]:
-        metas: list[tuple[str, str] | None] = []
-        for path in paths:
+        results: list[Result | None] = [None] * len(paths)
+        metas: dict[int, _Meta] = {}
+        for index, path in enumerate(paths):
             try:
                 info = read_file_meta_info(path)
-                metas.append((str(info.MediaStorageSOPClassUID), str(info.TransferSyntaxUID)))
+                meta = _Meta(str(info.MediaStorageSOPClassUID), str(info.TransferSyntaxUID))
             except Exception:
-                metas.append(None)
+                results[index] = Result(
+                    Delivery.REJECTED, "the clean object's file meta is unreadable"
+                )
+                continue
+            if not meta.sop_class or not meta.syntax:
+                results[index] = Result(
+                    Delivery.REJECTED, "the clean object's file meta has no SOP class or syntax"
+                )
+                continue
+            metas[index] = meta
+        down: Result | None = None
+        for group in _groups(metas):
+            if down is None:
+                down = self._send_group(paths, group, metas, results)
+            if down is not None:  # the destination is unavailable: do not knock again
+                for index in group:
+                    results[index] = results[index] or down
+        return [r or Result(Delivery.RETRY, "not sent") for r in results]
+
+    def _send_group(
+        self,
+        paths: list[Path],
+        group: list[int],
+        metas: dict[int, _Meta],
+        results: list[Result | None],
+    ) -> Result | None:
+        """Send some objects over one association; a Result for all of them when it could
+        not be made, else None."""
         ae = self._ae()
-        wanted: set[tuple[str, str]] = {m for m in metas if m is not None}
-        for sop_class, syntax in sorted(wanted):
-            # Deflate is sent inflated: receivers' support for it is patchy (dcmtk's storescp
-            # aborts on some deflated streams) and it is only a wire compression.
-            if syntax != DeflatedExplicitVRLittleEndian:
-                ae.add_requested_context(sop_class, [syntax])
-        for sop_class in sorted({s for s, _ in wanted}):
-            if len(ae.requested_contexts) < 128:
-                ae.add_requested_context(sop_class, list(UNCOMPRESSED))
+        for sop_class, syntax in sorted({c for i in group for c in metas[i].contexts()}):
+            ae.add_requested_context(sop_class, [syntax])
+        for sop_class in sorted({metas[i].sop_class for i in group}):
+            ae.add_requested_context(sop_class, list(UNCOMPRESSED))
         config = self.config
         assoc = ae.associate(
             config.host,
@@ -183,55 +388,93 @@ class DicomSender:
                 if assoc.is_rejected
                 else "could not be reached, or aborted the association"
             )
-            reason = f"{config.ae_title} at {config.host}:{config.port} {why}"
-            return [Result("retry", reason) for _ in paths]
-        results: list[Result] = []
+            return Result(Delivery.RETRY, f"{config.ae_title} at {config.host}:{config.port} {why}")
         try:
-            for path, meta in zip(paths, metas, strict=True):
+            for index in group:
                 if not assoc.is_established:
-                    results.append(Result("retry", "association lost"))
+                    results[index] = Result(Delivery.RETRY, "association lost")
                     continue
-                if meta is None:
-                    results.append(Result("rejected", "the clean object's file meta is unreadable"))
-                    continue
-                results.append(self._store(assoc, path, *meta))
+                meta = metas[index]
+                results[index] = self._store(assoc, paths[index], meta.sop_class, meta.syntax)
         finally:
             if assoc.is_established:
                 assoc.release()
-        return results
+        return None
 
     def _store(self, assoc: Any, path: Path, sop_class: str, syntax: str) -> Result:
+        ae_title = self.config.ae_title
         accepted = {
             cx.transfer_syntax[0]
             for cx in assoc.accepted_contexts
             if cx.abstract_syntax == sop_class
         }
         fallback = next((ts for ts in UNCOMPRESSED if ts in accepted), None)
-        if syntax in accepted:
-            payload: Any = path  # sent as it is on disk
-        elif syntax in (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian) and fallback:
-            # Uncompressed data can be re-encoded in the accepted syntax: decode every element
-            # (raw sequences are in the old encoding), then let pynetdicom write it.
-            payload = pydicom.dcmread(path)
-            for _ in payload.iterall():
-                pass
-            payload.file_meta.TransferSyntaxUID = fallback
-            payload.set_original_encoding(fallback == ImplicitVRLittleEndian, True)
-        else:
+        try:
+            if syntax in accepted:
+                payload: Any = path  # sent as it is on disk
+            elif syntax in (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian) and fallback:
+                # Uncompressed data can be re-encoded in the accepted syntax: decode every
+                # element (raw sequences are in the old encoding), then let pynetdicom write it.
+                payload = pydicom.dcmread(path)
+                for _ in payload.iterall():
+                    pass
+                payload.file_meta.TransferSyntaxUID = fallback
+                payload.set_original_encoding(fallback == ImplicitVRLittleEndian, True)
+            else:
+                return Result(
+                    Delivery.REJECTED,
+                    f"{ae_title} accepts no transfer syntax for SOP class {sop_class} "
+                    f"that {syntax} can be sent in",
+                )
+        except Exception as exc:
             return Result(
-                "rejected",
-                f"{self.config.ae_title} accepts no transfer syntax for SOP class {sop_class} "
-                f"that {syntax} can be sent in",
+                Delivery.REJECTED, f"cannot be re-encoded for {ae_title}: {type(exc).__name__}"
             )
-        status = assoc.send_c_store(payload)
+        try:
+            status = assoc.send_c_store(payload)
+        except (AttributeError, ValueError) as exc:
+            # pynetdicom checks the object before anything is sent: the association is intact.
+            return Result(Delivery.REJECTED, f"invalid for {ae_title}: {type(exc).__name__}")
+        except Exception as exc:
+            # Maybe half sent: the association cannot be trusted with the next object.
+            assoc.abort()
+            return Result(
+                Delivery.FAILED, f"sending failed ({type(exc).__name__}); association aborted"
+            )
         if not status or "Status" not in status:
-            return Result("retry", "no response to C-STORE (timeout or connection lost)")
+            return Result(
+                Delivery.FAILED,
+                f"no response from {ae_title} to this C-STORE (timeout after "
+                f"{self.config.timeout_s:g} s, or the association was aborted)",
+            )
         code = int(status.Status)
-        if code in _SUCCESS:
+        outcome = classify_status(code)
+        if outcome is Delivery.DELIVERED:
             return DELIVERED
-        if 0xA700 <= code <= 0xA7FF or code in (0x0110, 0x0213):
-            return Result("retry", f"{self.config.ae_title} is out of resources (0x{code:04X})")
-        return Result("rejected", f"{self.config.ae_title} refused the object (0x{code:04X})")
+        if outcome is Delivery.RETRY:
+            return Result(outcome, f"{ae_title} cannot take objects now (0x{code:04X})")
+        if outcome is Delivery.FAILED:
+            return Result(outcome, f"{ae_title} failed on this object (0x{code:04X})")
+        return Result(outcome, f"{ae_title} refused the object (0x{code:04X})")
+
+
+def _groups(metas: dict[int, _Meta]) -> list[list[int]]:
+    """Objects in order, cut where one association's presentation contexts would run out."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    pairs: set[tuple[str, str]] = set()
+    classes: set[str] = set()
+    for index, meta in sorted(metas.items()):
+        more_pairs = pairs | meta.contexts()
+        more_classes = classes | {meta.sop_class}
+        if current and len(more_pairs) + len(more_classes) > MAX_CONTEXTS:
+            groups.append(current)
+            current, more_pairs, more_classes = [], meta.contexts(), {meta.sop_class}
+        current.append(index)
+        pairs, classes = more_pairs, more_classes
+    if current:
+        groups.append(current)
+    return groups
 
 
 def sender_for(destination: FolderDestination | DicomDestination, calling_ae: str) -> Sender:
@@ -256,6 +499,19 @@ def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> 
     if status and int(status.Status) == 0:
         return None
     return "C-ECHO failed"
+
+
+# -- the forwarder -------------------------------------------------------------------------
+
+
+@dataclass
+class _Aside:
+    """An object set aside: its FAILED count, how often it was held back (its back-off),
+    and when it may go again."""
+
+    failures: int = 0
+    holds: int = 0
+    next_try: float = 0.0
 
 
 class Forwarder(threading.Thread):
@@ -293,6 +549,7 @@ class Forwarder(threading.Thread):
         self._stop_event = threading.Event()
         self._failures = 0
         self._next_try = 0.0
+        self._aside: dict[str, _Aside] = {}
         self.last_error: str | None = None
 
     def wake(self) -> None:
@@ -312,43 +569,120 @@ class Forwarder(threading.Thread):
             items = self.spool.outgoing_items(self.sender.name)
             if self.lanes > 1:
                 items = [p for p in items if zlib.crc32(p.name.encode()) % self.lanes == self.lane]
-            if not items:
+            batch = self._pick(items)
+            if not batch:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
             try:
-                self._deliver(items[: self.batch_size])
+                self._deliver(batch)
             except Exception:
                 log.exception("forwarding to %s failed", self.sender.name)
                 self._back_off("internal error")
 
+    def _pick(self, items: list[Path]) -> list[Path]:
+        """The oldest objects not set aside, then one set-aside object whose own back-off
+        is over, last: if it breaks the association again, the others are in already."""
+        names = {p.name for p in items}
+        for name in [n for n in self._aside if n not in names]:
+            del self._aside[name]  # requeued, or removed by hand
+        now = time.monotonic()
+        fresh = [p for p in items if p.name not in self._aside]
+        ready = [p for p in items if p.name in self._aside and self._aside[p.name].next_try <= now]
+        batch = fresh[: max(1, self.batch_size - 1) if ready else self.batch_size]
+        return batch + ready[:1]
+
+    def _send(self, batch: list[Path]) -> list[Result]:
+        """The sender's results; if it raises (a bug that one object triggers), each object
+        alone, so that the one it is about cannot stop the others."""
+        try:
+            results = self.sender.send(batch)
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for {len(batch)} objects")
+            return results
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("sending to %s failed", self.sender.name)
+                return [Result(Delivery.FAILED, f"internal error: {type(exc).__name__}")]
+        return [self._send([path])[0] for path in batch]
+
     def _deliver(self, batch: list[Path]) -> None:
         sizes = [self._size(path) for path in batch]
         started = time.perf_counter()
-        results = self.sender.send(batch)
+        results = self._send(batch)
         each = (time.perf_counter() - started) / max(1, len(batch))
-        retried = None
-        for path, result, size in zip(batch, results, sizes, strict=True):
-            if result.status == "delivered":
+        got_in = [i for i, r in enumerate(results) if r.status is Delivery.DELIVERED]
+        last_in = got_in[-1] if got_in else -1
+        unavailable: str | None = None
+        for index, (path, result, size) in enumerate(zip(batch, results, sizes, strict=True)):
+            status = result.status
+            if status is Delivery.DELIVERED:
+                self._aside.pop(path.name, None)
+                self.on_result(self.sender.name, path, result, each, size)
                 self.spool.delivered(path, self.sender.name, self.keep_days)
-            elif result.status == "rejected":
+                continue
+            if status is Delivery.REJECTED:
                 log.warning(
                     "%s refused %s for good: %s", self.sender.name, path.name, result.reason
                 )
-                self.spool.to_dead_letter(path, self.sender.name, {"reason": result.reason})
-            else:
-                retried = result.reason
-                if self._age(path) > self.retry.dead_letter_after_s:
-                    reason = f"not delivered within {self.retry.dead_letter_after_s:.0f} s: {result.reason}"
-                    self.spool.to_dead_letter(path, self.sender.name, {"reason": reason})
-                    result = Result("rejected", reason)
+                self._dead_letter(path, result.reason, "rejected", each, size)
+                continue
+            # RETRY or FAILED: the object stays, unless it is too old or failed too often.
+            if self._age(path) > self.retry.dead_letter_after_s:
+                reason = (
+                    f"not delivered within {self.retry.dead_letter_after_s:.0f} s: {result.reason}"
+                )
+                self._dead_letter(path, reason, "expired", each, size)
+                continue
+            suspect = path.name in self._aside or status is Delivery.FAILED or index < last_in
+            if not suspect:
+                unavailable = result.reason  # nothing after it got in: the destination
+            elif self._set_aside(path, status, result.reason):
+                reason = (
+                    f"{self.sender.name} failed {self.retry.item_attempts} times on this "
+                    f"object: {result.reason}"
+                )
+                self._dead_letter(path, reason, "failed", each, size)
+                continue
             self.on_result(self.sender.name, path, result, each, size)
-        if retried is not None:
-            self._back_off(retried)
+        if unavailable is not None:
+            self._back_off(unavailable)
         else:
             self._failures = 0
             self._next_try = 0.0
             self.last_error = None
+
+    def _set_aside(self, path: Path, status: Delivery, reason: str) -> bool:
+        """Hold this object back on its own schedule (a FAILED counts against it); True when
+        it has FAILED ``retry.item_attempts`` times (then it goes to dead-letter)."""
+        aside = self._aside.setdefault(path.name, _Aside())
+        if status is Delivery.FAILED:
+            aside.failures += 1
+            if aside.failures >= self.retry.item_attempts:
+                del self._aside[path.name]
+                return True
+        aside.holds += 1
+        delay = min(self.retry.max_delay_s, self.retry.initial_delay_s * 2 ** (aside.holds - 1))
+        aside.next_try = time.monotonic() + delay
+        if aside.holds == 1 or status is Delivery.FAILED:
+            log.warning(
+                "%s: %s set aside (failed %d of %d): %s; it is sent last, on its own back-off",
+                self.sender.name,
+                path.name,
+                aside.failures,
+                self.retry.item_attempts,
+                reason,
+            )
+        return False
+
+    def _dead_letter(self, path: Path, reason: str, why: str, seconds: float, size: int) -> None:
+        """Move to dead-letter; the sidecar's ``outcome`` says why in one word: ``rejected``
+        (refused for good), ``failed`` (``retry.item_attempts`` failures) or ``expired``
+        (not delivered within ``retry.dead_letter_after_s``). Audit first, then the move: a
+        crash in between sends it again, never silently."""
+        self._aside.pop(path.name, None)
+        self.on_result(self.sender.name, path, Result(Delivery.REJECTED, reason), seconds, size)
+        self.spool.to_dead_letter(path, self.sender.name, {"reason": reason, "outcome": why})
 
     @staticmethod
     def _size(path: Path) -> int:

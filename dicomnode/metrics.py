@@ -80,6 +80,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "dicomnode_connections_refused_total",
+            "Connections turned away or cut before or outside an association (by the gate)",
+            ["reason"],
+            registry=r,
+        )
         self.cleaned = Counter(
             "dicomnode_instances_cleaned_total", "Instances that passed every stage", registry=r
         )

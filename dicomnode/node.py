@@ -9,6 +9,12 @@ the new one is validated completely first, and a bad one is refused (logged) whi
 one keeps running; a good one replaces workers and forwarders without losing anything (items
 in the spool simply wait for the new workers), and restarts the listener only if its
 address, AE title or TLS changed.
+
+Every delivered item has exactly one ``cleaned`` audit line, even across ``kill -9``: the
+worker leaves the line's record in the spool's ``journal/`` before the clean object can be
+delivered; the node writes the line (when the worker reports, or before the first delivery
+line, whichever comes first) and then removes the record; start-up writes what a crash left,
+skipping ids whose line is already in the trail.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,7 +35,7 @@ from dicomnode import __version__
 from dicomnode.audit import AuditTrail
 from dicomnode.config import Config, load_config
 from dicomnode.errors import DicomnodeError
-from dicomnode.forward import Forwarder, Result, sender_for
+from dicomnode.forward import Delivery, Forwarder, Result, sender_for
 from dicomnode.ingest import Ingest
 from dicomnode.metrics import Metrics
 from dicomnode.pipeline import Outcome, WorkerPool, build_stages
@@ -62,7 +69,13 @@ class Node:
             config.logging.audit_file,
             max_mb=config.logging.audit_max_mb,
             backups=config.logging.audit_backups,
+            access=config.logging.audit_mode,
         )
+        # Ids whose ``cleaned`` line is written (the latest ones): an item cleaned twice (a
+        # worker died between its clean copy and deleting its original) gets one line.
+        self._cleaned_ids: set[str] = set()
+        self._cleaned_order: deque[str] = deque()
+        self._audit_lock = threading.Lock()
         self.pool = self._pool(config)
         self.forwarders = self._forwarders(config)
         self.ingest = self._ingest(config)
@@ -97,7 +110,14 @@ class Node:
 
     def _ingest(self, config: Config) -> Ingest:
         return Ingest(
-            config.node, self.spool, on_received=self._on_received, on_refused=self._on_refused
+            config.node,
+            self.spool,
+            on_received=self._on_received,
+            on_refused=self._on_refused,
+            # a metric only: a flood must not fill the audit trail
+            on_connection_refused=lambda reason: self.metrics.connections_refused.labels(
+                reason
+            ).inc(),
         )
 
     def _describe(self, config: Config) -> None:
@@ -118,8 +138,10 @@ class Node:
 
     def start(self) -> None:
         log.info("dicomnode %s starting; spool %s", __version__, self.spool.root)
-        self.spool.create([d.name for d in self.config.destinations])
+        self.spool.create([d.name for d in self.config.destinations], access=self.config.spool.mode)
+        in_doubt = self.spool.work_ids()
         self.spool.recover()
+        self._replay_journal(in_doubt)
         self._describe(self.config)
         self.metrics.watch_spool(self._spool_state)
         if self.config.metrics.enabled:
@@ -199,7 +221,7 @@ class Node:
             if new.spool.path != old.spool.path:
                 log.error("reload refused: spool.path cannot change while running; restart")
                 return False
-            self.spool.create([d.name for d in new.destinations])
+            self.spool.create([d.name for d in new.destinations], access=new.spool.mode)
             pool, self.pool = self.pool, self._pool(new)
             self.pool.start()
             pool.stop(old.node.stop_timeout_s)  # its items stay in incoming/ for the new one
@@ -262,14 +284,7 @@ class Node:
         if outcome.status == "clean":
             self.metrics.cleaned.inc()
             self.metrics.text_regions.inc(outcome.done.get("pixels", {}).get("boxes", 0))
-            self.audit.write(
-                "cleaned",
-                id=outcome.id,
-                calling_ae=outcome.calling_ae,
-                uids=outcome.uids,
-                done=outcome.done,
-                destinations=[d.name for d in self.config.destinations],
-            )
+            self._audit_cleaned(outcome.id, outcome)
             for forwarder in self.forwarders:
                 forwarder.wake()
         elif outcome.status == "quarantined":
@@ -289,18 +304,86 @@ class Node:
                 outcome.stage,
             )
 
+    # -- the cleaned line of each item, exactly once ----------------------------------------
+
+    def _audit_cleaned(self, item_id: str, outcome: Outcome | None = None) -> None:
+        """Write the ``cleaned`` line of ``item_id`` from its journal record (or from the
+        worker's outcome when there is none), unless it is written already; then drop the
+        record."""
+        with self._audit_lock:
+            record = self.spool.journal_record(item_id)
+            if item_id not in self._cleaned_ids:
+                if record is not None:
+                    self.audit.write(
+                        "cleaned",
+                        when=record.get("time"),
+                        id=item_id,
+                        calling_ae=record.get("calling_ae", calling_ae_of(item_id)),
+                        uids=record.get("uids", {}),
+                        done=record.get("done", {}),
+                        destinations=record.get("destinations", []),
+                    )
+                elif outcome is not None:
+                    self.audit.write(
+                        "cleaned",
+                        id=item_id,
+                        calling_ae=outcome.calling_ae,
+                        uids=outcome.uids,
+                        done=outcome.done,
+                        destinations=[d.name for d in self.config.destinations],
+                    )
+                else:
+                    return  # not cleaned by this node since it started: written before
+                self._remember_cleaned([item_id])
+            if record is not None:
+                self.spool.forget_record(item_id)
+
+    def _remember_cleaned(self, ids: Iterable[str]) -> None:
+        for item_id in ids:
+            if item_id in self._cleaned_ids:
+                continue
+            self._cleaned_ids.add(item_id)
+            self._cleaned_order.append(item_id)
+            if len(self._cleaned_order) > 20_000:
+                self._cleaned_ids.discard(self._cleaned_order.popleft())
+
+    def _replay_journal(self, in_doubt: Iterable[str]) -> None:
+        """After a crash: write the ``cleaned`` lines the journal holds and the trail lacks.
+
+        ``in_doubt`` are the items that were in a worker's hands; they are cleaned again, and
+        those whose line is already in the trail must not get a second one.
+        """
+        waiting = self.spool.journal_ids()
+        candidates = set(waiting) | set(in_doubt)
+        if not candidates:
+            return
+        with self._audit_lock:
+            written = self.audit.written("cleaned", candidates)
+            self._remember_cleaned(sorted(written))
+        recovered = 0
+        for item_id in waiting:
+            if item_id not in written and self.spool.journal_record(item_id) is not None:
+                recovered += 1
+            self._audit_cleaned(item_id)
+        if recovered:
+            log.info(
+                "audit: %d cleaned line(s) written from the journal after a restart", recovered
+            )
+
     def _on_result(
         self, destination: str, path: Path, result: Result, seconds: float, size: int
     ) -> None:
         item_id = path.stem
-        if result.status == "delivered":
+        if result.status in (Delivery.DELIVERED, Delivery.REJECTED):
+            self._audit_cleaned(item_id)  # before its delivery line, even if the worker is late
+        if result.status is Delivery.DELIVERED:
             self.metrics.forwarded.labels(destination).inc()
             self.metrics.forwarded_bytes.labels(destination).inc(size)
             self.metrics.observe_stages({"forward": seconds})
             self.audit.write(
                 "delivered", id=item_id, calling_ae=calling_ae_of(item_id), destination=destination
             )
-        elif result.status == "rejected":
+        elif result.status is Delivery.REJECTED:
             self.metrics.dead_lettered.labels(destination).inc()
             self.audit.write(
                 "dead-lettered",

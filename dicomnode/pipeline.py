@@ -26,9 +26,11 @@ import queue
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
@@ -36,6 +38,8 @@ from pydicom.dataset import Dataset
 from dicomnode.config import Config
 from dicomnode.dicomio import encode_chunks, read_instance
 from dicomnode.errors import InstanceError
+from dicomnode.limits import apply_worker_limits, out_of_memory
+from dicomnode.logs import setup_logging
 from dicomnode.scrub import Scrubber, build_scrubber
 from dicomnode.spool import SUFFIX, Spool, calling_ae_of
 
@@ -187,21 +191,24 @@ class Pipeline:
             chunks = encode_chunks(item.dataset, item.transfer_syntax)
             seconds["encode"] = time.perf_counter() - started
         except Exception as exc:  # fail closed: every error quarantines
+            if isinstance(exc, MemoryError):
+                exc = out_of_memory(f"running the {stage_name} stage")
             reason = exc.reason if isinstance(exc, InstanceError) else "internal-error"
             message = str(exc) if isinstance(exc, InstanceError) else type(exc).__name__
             if not isinstance(exc, InstanceError):
-                log.exception("stage %s failed on %s", stage_name, item_id)
+                # The type and where, never the message: a library's message may quote a
+                # value from the instance.
+                frames = traceback.extract_tb(exc.__traceback__)[-3:]
+                where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames)
+                log.error(
+                    "stage %s failed on %s: %s at %s",
+                    stage_name,
+                    item_id,
+                    type(exc).__name__,
+                    where,
+                )
             self.spool.to_quarantine(path, reason, {"stage": stage_name, "message": message})
             return Outcome(item_id, "quarantined", calling_ae, reason, stage_name, seconds)
-        try:
-            self.spool.deliver(item_id, chunks, self.destinations)
-            self.spool.finish(path)
-        except OSError as exc:
-            # The disk, not the instance: give it back to incoming/ to try again later.
-            log.error("cannot write the clean copy of %s (%s); will retry", item_id, exc)
-            with contextlib.suppress(OSError):
-                os.replace(path, self.spool.incoming / path.name)
-            return Outcome(item_id, "deferred", calling_ae, "spool-io", "deliver", seconds)
         pixels = item.notes.get("pixels", {})
         for name, value in pixels.get("seconds", {}).items():
             seconds[name] = value  # detect, remove, verify within the pixel stage
@@ -220,6 +227,23 @@ class Pipeline:
             "scrub": item.notes.get("scrub", {}),
             "pixels": {k: v for k, v in pixels.items() if k != "seconds"},
         }
+        # The audit record goes into the spool with the clean copy, before it can be
+        # delivered: its ``cleaned`` line survives a kill of the node (see node.py).
+        record = {
+            "calling_ae": calling_ae,
+            "uids": uids,
+            "done": done,
+            "destinations": self.destinations,
+        }
+        try:
+            self.spool.deliver(item_id, chunks, self.destinations, record=record)
+            self.spool.finish(path)
+        except OSError as exc:
+            # The disk, not the instance: give it back to incoming/ to try again later.
+            log.error("cannot write the clean copy of %s (%s); will retry", item_id, exc)
+            with contextlib.suppress(OSError):
+                os.replace(path, self.spool.incoming / path.name)
+            return Outcome(item_id, "deferred", calling_ae, "spool-io", "deliver", seconds)
         return Outcome(
             item_id,
             "clean",
@@ -256,13 +280,16 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker_main(index: int, config: Config, secret: bytes, tasks: Any, results: Any) -> None:
-    """Entry point of a worker process."""
-    parent = os.getppid()
+def _worker_main(
+    index: int, config: Config, secret: bytes, tasks: Any, results: Any, parent: int
+) -> None:
+    """Entry point of a worker process; ``parent`` is the node's pid."""
     _die_with_parent()
     if os.getppid() != parent:
-        return  # the node died while we started
-    logging.basicConfig(level=logging.WARNING)
+        return  # the node died before we could ask to die with it
+    setup_logging(config.logging.level, config.logging.format)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    apply_worker_limits(config)
     spool = Spool(config.spool.path)
     pipeline = Pipeline.from_config(config, spool, secret)
     name = str(index)
@@ -321,7 +348,7 @@ class WorkerPool:
     def _spawn(self, index: int) -> None:
         process = self._ctx.Process(
             target=_worker_main,
-            args=(index, self.config, self.secret, self._tasks, self._results),
+            args=(index, self.config, self.secret, self._tasks, self._results, os.getpid()),
             name=f"dicomnode-worker-{index}",
             daemon=True,
         )

@@ -10,11 +10,23 @@
       sent/<destination>/     delivered, kept only when retention is configured
       quarantine/<reason>/    could not be cleaned with certainty; original + .json sidecar
       dead-letter/<dest>/     clean, but the destination never took it; + .json sidecar
+      journal/                the ``cleaned`` audit record of each clean object, until the
+                              node has written it to the audit trail
 
 Every write is a temp file in ``tmp/``, fsync, rename, fsync of the folder; every move
 between states is a rename, so a crash leaves each file in exactly one state. At start-up
 :meth:`Spool.recover` puts work that was half done back in ``incoming/`` (scrubbing is
 deterministic, so doing it again gives the same clean object) and empties ``tmp/``.
+
+A worker writes the audit record of a clean object to ``journal/`` before the object appears
+in ``outgoing/`` and before its original is deleted; the node writes the audit line, then
+deletes the record. So after a ``kill -9`` at any moment, every object that can have been
+delivered has either its audit line or its record (which start-up turns into the line, once),
+or its original still in ``work/`` (cleaned again, with a new record).
+
+Everything is written with the spool's access (``spool.mode``): files 0600 and folders 0700
+by default, whatever the umask; the root folder's mode says which, so the worker processes
+and the CLI follow what the node set.
 
 File names are ``<receive time ns>_<calling AE>_<random>.dcm``: sortable by arrival, and they
 carry no PHI.
@@ -35,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicomnode.durable import fsync_dir, write_atomic, write_temp
+from dicomnode.durable import Access, fsync_dir, make_dirs, set_dir_mode, write_atomic, write_temp
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +89,42 @@ class Spool:
         self.sent = root / "sent"
         self.quarantine = root / "quarantine"
         self.dead_letter = root / "dead-letter"
+        self.journal = root / "journal"
+        self._access: Access | None = None
 
-    def create(self, destinations: list[str] | tuple[str, ...] = ()) -> Spool:
+    @property
+    def access(self) -> Access:
+        """Who may read the spool: as its root folder says (set by :meth:`create`)."""
+        if self._access is None:
+            self._access = Access.of_folder(self.root)
+        return self._access
+
+    @property
+    def file_mode(self) -> int:
+        return self.access.file_mode
+
+    @property
+    def dir_mode(self) -> int:
+        return self.access.dir_mode
+
+    def _folder(self, path: Path) -> Path:
+        make_dirs(path, self.dir_mode)
+        return path
+
+    def create(
+        self, destinations: list[str] | tuple[str, ...] = (), *, access: Access | None = None
+    ) -> Spool:
+        """Make the spool's folders, and give every folder of it the spool's access.
+
+        ``access`` None keeps the access of an existing spool (private for a new one). The
+        folders of an existing spool are tightened too (spools made by older versions under
+        umask 022 were 0755); files inside are reachable only through them.
+        """
+        if access is None:
+            access = Access.of_folder(self.root) if self.root.is_dir() else Access.PRIVATE
+        self._access = access
+        make_dirs(self.root, self.dir_mode)
+        set_dir_mode(self.root, self.dir_mode)
         for folder in (
             self.tmp,
             self.incoming,
@@ -87,10 +133,15 @@ class Spool:
             self.sent,
             self.quarantine,
             self.dead_letter,
+            self.journal,
         ):
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder, self.dir_mode)
+            set_dir_mode(folder, self.dir_mode)
         for name in destinations:
-            (self.outgoing / name).mkdir(exist_ok=True)
+            make_dirs(self.outgoing / name, self.dir_mode)
+        for parent in (self.work, self.outgoing, self.sent, self.quarantine, self.dead_letter):
+            for folder in _dirs(parent):
+                set_dir_mode(folder, self.dir_mode)
         return self
 
     # -- ingest ----------------------------------------------------------------------------
@@ -108,6 +159,7 @@ class Spool:
         item_id = new_id(calling_ae)
         fd = os.open(received, os.O_RDONLY)
         try:
+            os.fchmod(fd, self.file_mode)  # an original: PHI
             os.fdatasync(fd)  # the data and the size; the rename below is made durable too
         finally:
             os.close(fd)
@@ -118,7 +170,9 @@ class Spool:
     def write_incoming(self, data: bytes, calling_ae: str = "") -> str:
         """Put bytes in ``incoming/`` durably (tests, and instances received in memory)."""
         item_id = new_id(calling_ae)
-        write_atomic(self.incoming / (item_id + SUFFIX), data, tmp_dir=self.tmp)
+        write_atomic(
+            self.incoming / (item_id + SUFFIX), data, tmp_dir=self.tmp, mode=self.file_mode
+        )
         return item_id
 
     # -- pipeline --------------------------------------------------------------------------
@@ -129,8 +183,7 @@ class Spool:
 
     def claim(self, item_id: str, worker: str) -> Path | None:
         """Move an incoming item to ``work/<worker>/``; None if another worker took it."""
-        folder = self.work / worker
-        folder.mkdir(exist_ok=True)
+        folder = self._folder(self.work / worker)
         target = folder / (item_id + SUFFIX)
         try:
             os.rename(self.incoming / (item_id + SUFFIX), target)
@@ -139,11 +192,32 @@ class Spool:
         return target
 
     def deliver(
-        self, item_id: str, chunks: list[bytes | bytearray] | bytes, destinations: list[str]
+        self,
+        item_id: str,
+        chunks: list[bytes | bytearray] | bytes,
+        destinations: list[str],
+        record: dict[str, Any] | None = None,
     ) -> None:
         """Write the clean object once (one fsync) and link it into each destination's
-        ``outgoing/`` (one folder fsync each)."""
-        staged = write_temp(self.tmp, chunks)
+        ``outgoing/`` (one folder fsync each).
+
+        ``record``, the object's ``cleaned`` audit record, goes to ``journal/`` first (one
+        more fsync): once the object can be delivered, its audit line can no longer be lost.
+        The journal's folder is not fsynced on its own: its rename is committed with the
+        ``outgoing/`` folder's fsync below (the file systems we run on log metadata in
+        order), and until then the original is still in ``work/`` and is cleaned again.
+        """
+        if record is not None:
+            data = json.dumps({"time": _now(), **record, "id": item_id}, default=str).encode()
+            journal = self._folder(self.journal)
+            staged_record = write_temp(self.tmp, data, mode=self.file_mode)
+            try:
+                os.replace(staged_record, journal / (item_id + ".json"))
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged_record)
+                raise
+        staged = write_temp(self.tmp, chunks, mode=self.file_mode)
         try:
             for name in destinations:
                 folder = self.outgoing / name
@@ -166,14 +240,18 @@ class Spool:
 
     def to_quarantine(self, work_file: Path, reason: str, info: dict[str, Any]) -> Path:
         """Move an original to ``quarantine/<reason>/`` with a sidecar saying why (no PHI)."""
-        folder = self.quarantine / _SAFE.sub("-", reason)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._folder(self.quarantine / _SAFE.sub("-", reason))
         item_id = work_file.stem
         sidecar = {"id": item_id, "reason": reason, "time": _now(), **info}
         write_atomic(
-            folder / (item_id + ".json"), json.dumps(sidecar, indent=1).encode(), tmp_dir=self.tmp
+            folder / (item_id + ".json"),
+            json.dumps(sidecar, indent=1).encode(),
+            tmp_dir=self.tmp,
+            mode=self.file_mode,
         )
         target = folder / (item_id + SUFFIX)
+        with contextlib.suppress(OSError):
+            os.chmod(work_file, self.file_mode)  # received by an older version: tighten
         os.replace(work_file, target)
         fsync_dir(folder)
         return target
@@ -191,18 +269,21 @@ class Spool:
     def delivered(self, path: Path, destination: str, keep_days: float) -> None:
         """A destination confirmed ``path``: delete it, or keep it in ``sent/`` a while."""
         if keep_days > 0:
-            folder = self.sent / destination
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = self._folder(self.sent / destination)
             os.replace(path, folder / path.name)
         else:
             os.unlink(path)
 
     def to_dead_letter(self, path: Path, destination: str, info: dict[str, Any]) -> Path:
-        folder = self.dead_letter / destination
-        folder.mkdir(parents=True, exist_ok=True)
+        """Move a clean object the destination will never take to ``dead-letter/<dest>/``,
+        with a sidecar saying why (``reason``; the forwarder adds ``outcome``)."""
+        folder = self._folder(self.dead_letter / destination)
         sidecar = {"id": path.stem, "destination": destination, "time": _now(), **info}
         write_atomic(
-            folder / (path.stem + ".json"), json.dumps(sidecar, indent=1).encode(), tmp_dir=self.tmp
+            folder / (path.stem + ".json"),
+            json.dumps(sidecar, indent=1).encode(),
+            tmp_dir=self.tmp,
+            mode=self.file_mode,
         )
         target = folder / path.name
         os.replace(path, target)
@@ -226,7 +307,10 @@ class Spool:
         """Bring the spool back to a consistent state after a crash; returns what was done.
 
         Half-done work goes back to ``incoming/``; ``tmp/`` (never acknowledged partial
-        receives, staged copies) is emptied; sidecars without their file are removed.
+        receives, staged copies) is emptied; sidecars without their file are removed; an
+        audit record in ``journal/`` whose original is back in ``incoming/`` is dropped (the
+        item is cleaned again and writes a new one). The other records stay for the node
+        (:meth:`journal_records`).
         """
         done = {"requeued": 0, "tmp_removed": 0}
         for worker in _dirs(self.work):
@@ -248,6 +332,9 @@ class Spool:
             for sidecar in folder.glob("*.json"):
                 if not sidecar.with_suffix(SUFFIX).exists():
                     sidecar.unlink()
+        for record in _json_files(self.journal):
+            if (self.incoming / (record.stem + SUFFIX)).exists():
+                record.unlink()
         if any(done.values()):
             log.info("spool recovered: %s", done)
         return done
@@ -279,8 +366,7 @@ class Spool:
         for folder in _dirs(root):
             if only and folder.name != only:
                 continue
-            target = target_for(folder.name)
-            target.mkdir(parents=True, exist_ok=True)
+            target = self._folder(target_for(folder.name))
             count = 0
             for path in sorted(folder.glob("*" + SUFFIX)):
                 if fresh_age:
@@ -292,6 +378,39 @@ class Spool:
                 fsync_dir(target)
             moved += count
         return moved
+
+    # -- the audit journal ---------------------------------------------------------------
+
+    def journal_record(self, item_id: str) -> dict[str, Any] | None:
+        """The ``cleaned`` audit record a worker left for ``item_id``; None if there is none
+        (already written to the audit trail), or if it cannot be read (then it is removed,
+        and the log says so: it cannot be written anyway)."""
+        path = self.journal / (item_id + ".json")
+        try:
+            record = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.error("audit record of %s is unreadable; removed", item_id)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        return record if isinstance(record, dict) else None
+
+    def work_ids(self) -> list[str]:
+        """Ids in a worker's hands (before :meth:`recover` after a crash: the items whose
+        clean copy and audit line may exist already)."""
+        return sorted(i for folder in _dirs(self.work) for i in _ids(folder))
+
+    def journal_ids(self) -> list[str]:
+        """Ids with an audit record waiting, oldest first."""
+        return sorted(p.stem for p in _json_files(self.journal))
+
+    def forget_record(self, item_id: str) -> None:
+        """The record's line is in the audit trail: remove it (no fsync: if a crash undoes
+        this, start-up finds the line already written and removes it again)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal / (item_id + ".json"))
 
     def counts(self) -> dict[str, SpoolCounts]:
         """Items and oldest age per state (``outgoing/<dest>``, ``quarantine/<reason>``...)."""
@@ -340,6 +459,13 @@ def _files(folder: Path) -> Iterator[Path]:
     for name in names:
         if name.endswith(SUFFIX):
             yield folder / name
+
+
+def _json_files(folder: Path) -> list[Path]:
+    try:
+        return [folder / n for n in os.listdir(folder) if n.endswith(".json")]
+    except FileNotFoundError:
+        return []
 
 
 def _dirs(folder: Path) -> list[Path]:
