@@ -196,6 +196,7 @@ class Scrubber:
         self.unmapped = unmapped
         self.crosswalk = crosswalk
         self.max_depth = max_depth
+        self._codes: dict[bytes, bool] = {}
         self._retain_uids = Option.RETAIN_UIDS in profile.options
         self._identity_kinds = {tag: Kind(kind) for tag, kind in profile.identity.items()}
         # One lookup per element: its rule, its dictionary VR and what identity it holds.
@@ -448,7 +449,7 @@ class Scrubber:
             if value and not _GRAMMAR[vr].match(value):
                 self._invalid(ds, tag, vr, state)
                 return
-            if vr == "CS" and value and value.strip(b" \x00"):
+            if vr == "CS" and value and not self._code_of_words(value):
                 state.texts.append(_Text(ds, tag, vr, keep_unknown=True))
         if vr == "SQ" or (vr == "UN" and tag in _SQ_TAGS):
             self._recurse(ds, tag, state, mode, (*path, tag))
@@ -462,6 +463,17 @@ class Scrubber:
             capped = [_cap_age(v) for v in values]
             if capped != values:
                 self._put(ds, tag, "AS", join_values(capped, "AS"), state)
+
+    def _code_of_words(self, value: bytes) -> bool:
+        """Whether a CS value is made of known words ("ORIGINAL\\PRIMARY", "HFS"): such a code
+        is no name. Cached: a series repeats its codes."""
+        known = self._codes.get(value)
+        if known is None:
+            if len(self._codes) >= 4096:
+                self._codes.clear()
+            text = value.decode("ascii", "replace").replace("\\", " ")
+            known = self._codes[value] = self.cleaner.all_known(text)
+        return known
 
     def _invalid(self, ds: Dataset, tag: int, vr: str, state: _Instance) -> None:
         """A kept value that is not what its VR says is emptied, unless it describes the
@@ -788,9 +800,9 @@ class Scrubber:
             if elem is None:
                 continue
             vr = text.vr
-            values = _text_values(elem, state.encodings)
-            if vr == "CS" and all(map(self.cleaner.all_known, values)):
+            if vr == "CS" and self._code_of_words(_raw_bytes(elem)):
                 continue  # a code made of words, not a name (see _keep)
+            values = _text_values(elem, state.encodings)
             cleaned = [
                 self.cleaner.clean(v, state.identity, keep_unknown=text.keep_unknown)
                 for v in values
