@@ -3,8 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive as real peers (installed when run as root).
-SYSTEM_PACKAGES := dicom3tools dcmtk orthanc openssl fonts-dejavu-core prometheus systemd
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb openssl fonts-dejavu-core prometheus systemd
 SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl promtool systemd-analyze
+# Files the tests need from packages that install no program (Orthanc's DICOMweb plugin).
+SYSTEM_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 .PHONY: run test venv system-deps lint bench clean
 
@@ -27,6 +29,7 @@ venv: $(BIN)/.test
 # tests say what is missing (and fail under CI=true).
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	for f in $(SYSTEM_FILES); do [ -e $$f ] || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing Debian packages:$(SYSTEM_PACKAGES)"; \

@@ -22,7 +22,14 @@ from dicomnode.durable import write_atomic
 from dicomnode.errors import InstanceError
 from dicomnode.pipeline import Item, Stage, build_stages
 
-__all__ = ["Outcome", "clean_file", "iter_inputs", "output_path", "run_batch"]
+__all__ = [
+    "Outcome",
+    "clean_file",
+    "clearly_not_dicom",
+    "iter_inputs",
+    "output_path",
+    "run_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,34 @@ def iter_inputs(inputs: Iterable[Path]) -> Iterator[Path]:
                     yield Path(root) / name
         else:
             yield path
+
+
+# Names that are never DICOM in the folders people point ``scrub`` at: the evaluation set's
+# truth.json, sidecars, notes and viewers on export media, desktop clutter.
+_NOT_DICOM_SUFFIXES = frozenset(
+    {".json", ".txt", ".csv", ".tsv", ".md", ".xml", ".html", ".htm", ".pdf", ".log", ".ini",
+     ".yaml", ".yml", ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".zip", ".gz", ".exe", ".inf",
+     ".db", ".js", ".css"}
+)  # fmt: skip
+_NOT_DICOM_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+def clearly_not_dicom(path: Path) -> bool:
+    """True for a file that is plainly something else: a name that is never DICOM's
+    (``truth.json``, ``README.txt``, ``.DS_Store``...) and no ``DICM`` at byte 128.
+
+    Anything else is read, and reported if it fails: a damaged instance must not pass
+    unnoticed as "not DICOM".
+    """
+    name = path.name.lower()
+    if path.suffix.lower() not in _NOT_DICOM_SUFFIXES and name not in _NOT_DICOM_NAMES:
+        return False
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(132)
+    except OSError:
+        return False  # let the batch report why it cannot be read
+    return head[128:132] != b"DICM"
 
 
 def _safe(part: str) -> str:

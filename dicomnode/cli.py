@@ -35,6 +35,8 @@ def _setup_logging(
     setup_logging(chosen, form)
     # pynetdicom logs every association at INFO; identifiers are off (see ingest/forward).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+    # httpx logs every request at INFO (DICOMweb destinations): our own lines say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
 
 
 def _demo_flag(args: argparse.Namespace) -> bool:
@@ -44,7 +46,7 @@ def _demo_flag(args: argparse.Namespace) -> bool:
 def _cmd_scrub(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dicomnode.batch import iter_inputs, run_batch
+    from dicomnode.batch import clearly_not_dicom, iter_inputs, run_batch
     from dicomnode.scrub import load_secret
 
     config = load_config(args.config)
@@ -55,6 +57,12 @@ def _cmd_scrub(args: argparse.Namespace) -> int:
     outdir: Path = args.output
     sources = [p for p in iter_inputs(args.inputs) if p.resolve() != outdir.resolve()]
     sources = [p for p in sources if outdir.resolve() not in p.resolve().parents]
+    skipped = [p for p in sources if clearly_not_dicom(p)]
+    if skipped:
+        skip = set(skipped)
+        sources = [p for p in sources if p not in skip]
+        names = ", ".join(str(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        print(f"skipped {len(skipped)} file(s) that are not DICOM: {names}", file=sys.stderr)
     started = time.monotonic()
     bar = tqdm(total=len(sources), unit="file", disable=None, file=sys.stderr)
 
@@ -79,11 +87,39 @@ def _cmd_scrub(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    """Every check ``serve`` runs at start-up (``validate.validate_all``); 0 when there is no
+    error (warnings are printed), 2 when there is one."""
+    from dicomnode.validate import ConfigProblems, Severity, validate_all
+
+    config: Config | None = None
+    try:
+        config = load_config(args.config)
+    except ConfigProblems as exc:
+        problems = list(exc.problems)
+    else:
+        problems = validate_all(config, demo=_demo_flag(args))
+    for problem in problems:
+        print(f"{problem.severity.value}: {problem}", file=sys.stderr)
+    errors = sum(p.severity is Severity.ERROR for p in problems)
+    if config is None or errors:
+        print(
+            f"configuration NOT OK: {errors} error(s), {len(problems) - errors} warning(s); "
+            "the node would not start",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    _describe_config(config, warnings=len(problems))
+    return EXIT_OK
+
+
+def _describe_config(config: Config, *, warnings: int) -> None:
     from dicomnode.scrub import load_profile
 
-    config = load_config(args.config)
-    profile = load_profile(config.scrub.options, config.scrub.site_rules)
-    print(f"configuration OK ({config.source or 'embedded defaults'})")
+    profile = load_profile(config.scrub.options, config.scrub.site_rules)  # cached
+    print(
+        f"configuration OK ({config.source or 'embedded defaults'})"
+        + (f", {warnings} warning(s)" if warnings else "")
+    )
     print(
         f"profile: PS3.15 {profile.edition}; options: "
         + (", ".join(sorted(o.value for o in profile.options)) or "none")
@@ -100,7 +136,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         )
     if config.scrub.crosswalk is not None:
         print(f"crosswalk: {config.scrub.crosswalk.path} (readable with the broker's private key)")
-    return EXIT_OK
+    if config.pixels.enabled:
+        print(
+            f"pixels: {config.pixels.mode}, policy {config.pixels.policy or 'rules/pixels.yaml'}, "
+            f"{config.pixels.detector.backend} + {config.pixels.remover.method}"
+        )
+    else:
+        print("pixels: off (burned-in text is NOT removed)")
+    print("destinations: " + ", ".join(f"{d.name} ({d.type})" for d in config.destinations))
+    keep = config.quarantine.keep_days
+    print(f"quarantine: originals kept {f'{keep:g} days' if keep else 'forever'}")
 
 
 def _node_config(args: argparse.Namespace) -> Config:
@@ -123,14 +168,16 @@ def _node_config(args: argparse.Namespace) -> Config:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.node import Node
     from dicomnode.scrub import load_secret
+    from dicomnode.validate import require_valid
 
     config = _node_config(args)
     _setup_logging(args.verbose, "serve", config.logging.level, config.logging.format)
     secret = load_secret(demo=_demo_flag(args))
+    require_valid(config, secret=secret)  # what check-config runs; errors: exit 2
     node = Node(config, secret, loader=lambda: _node_config(args))
     log.info("configuration: %s", config.model_dump_json(exclude={"source"}))
     for destination in config.destinations:
-        where = getattr(destination, "path", None) or (
+        where = getattr(destination, "path", None) or getattr(destination, "url", None) or (
             f"{getattr(destination, 'ae_title', '')}@{getattr(destination, 'host', '')}:"
             f"{getattr(destination, 'port', '')}"
         )
@@ -139,7 +186,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from dicomnode.config import DicomDestination
+    from dicomnode.config import DicomDestination, DicomwebDestination
     from dicomnode.forward import echo
     from dicomnode.spool import Spool
 
@@ -161,12 +208,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if isinstance(destination, DicomDestination):
             error = echo(destination, config.node.ae_title, timeout=args.timeout)
             answers[destination.name] = error or "answers C-ECHO"
+        elif isinstance(destination, DicomwebDestination):
+            from dicomnode import stow
+
+            error = stow.probe(destination, timeout=args.timeout)  # QIDO-RS, authenticated
+            answers[destination.name] = error or f"DICOMweb {destination.url} answers"
         else:
             writable = os.access(_existing_parent(destination.path), os.W_OK)
             error = None if writable else f"{destination.path} is not writable"
             answers[destination.name] = error or f"folder {destination.path} is writable"
         problems += error is not None
     report["destinations"] = answers
+    per_project = _project_counts(config, spool.project_counts()) if config.projects else {}
+    if per_project:
+        report["projects"] = per_project
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -176,7 +231,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  {state:<32} {value.count:>8}{age}")
         for name, answer in answers.items():
             print(f"destination {name}: {answer}")
+        if per_project:
+            print("projects (items per state; a clean object counts once per destination):")
+            for name, states in per_project.items():
+                totals: Counter[str] = Counter()
+                for state, count in states.items():
+                    totals[state.split("/")[0]] += count
+                cells = "  ".join(f"{s} {totals[s]}" for s in _PROJECT_STATES)
+                print(f"  {name:<32} {cells}")
     return EXIT_FAILURES if problems else EXIT_OK
+
+
+_PROJECT_STATES = ("incoming", "work", "outgoing", "quarantine", "dead-letter", "sent")
+
+
+def _project_counts(config: Config, found: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Items per project (every configured one, then any other the spool names: ``none``,
+    or a project removed since) and state (``found``: ``Spool.project_counts``)."""
+    names = [p.name for p in config.projects]
+    names += sorted(n for n in found if n not in names)
+    return {name: dict(sorted(found.get(name, {}).items())) for name in names}
 
 
 def _existing_parent(path: Path) -> Path:
@@ -209,6 +283,89 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         f"re-queued {moved_q} quarantined instance(s) for the pipeline and "
         f"{moved_d} dead-lettered object(s) for delivery"
     )
+    return EXIT_OK
+
+
+def _cmd_quarantine_list(args: argparse.Namespace) -> int:
+    """Quarantined originals: id, reason, stage, age, calling AE (no value of an instance)."""
+    from dicomnode import quarantine
+
+    config = _node_config(args)
+    found = quarantine.items(config.spool.path, args.reason)
+    now = time.time()
+    if args.json:
+        print(json.dumps([q.as_dict(now) for q in found], indent=1))
+        return EXIT_OK
+    if not found:
+        what = f"with reason {args.reason} " if args.reason else ""
+        print(f"nothing in quarantine {what}({config.spool.path})")
+        return EXIT_OK
+    print(f"{'id':<44} {'reason':<20} {'stage':<8} {'age':>9}  calling AE")
+    for item in found:
+        age = item.age_s(now)
+        shown = "?" if age is None else _age(age)
+        print(
+            f"{item.id:<44} {item.reason:<20} {item.stage or '?':<8} {shown:>9}  {item.calling_ae}"
+        )
+    by_reason = Counter(q.reason for q in found)
+    print(f"{len(found)} item(s): " + ", ".join(f"{r}: {n}" for r, n in by_reason.most_common()))
+    keep = config.quarantine.keep_days
+    if keep:
+        print(f"originals are deleted {keep:g} days after quarantine (quarantine.keep_days)")
+    return EXIT_OK
+
+
+def _cmd_quarantine_show(args: argparse.Namespace) -> int:
+    """One quarantined item: why, what to do, and what it is, without identifying values."""
+    from dicomnode import quarantine
+
+    config = _node_config(args)
+    item = quarantine.find(config.spool.path, args.id)
+    if item is None:
+        print(f"no quarantined item {args.id!r} in {config.spool.path}", file=sys.stderr)
+        return EXIT_FAILURES
+    reason = quarantine.describe(item.reason)
+    header = quarantine.header_summary(item.path)
+    now = time.time()
+    age = item.age_s(now)
+    keep = config.quarantine.keep_days
+    if keep and age is not None:
+        left = keep * 86400 - age
+        retention = f"deleted in {_age(left)}" if left > 0 else "deleted at the next clean-up"
+    else:
+        retention = "kept until retried or deleted by hand"
+    rows = {
+        **item.as_dict(now),
+        "meaning": reason.meaning,
+        "what_to_do": reason.action,
+        "sop_class": header["sop_class"],
+        "modality": header["modality"],
+        "transfer_syntax": header["transfer_syntax"],
+        "retention": retention,
+        "file": str(item.path),
+    }
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return EXIT_OK
+    labels = (
+        ("id", "id"),
+        ("reason", "reason"),
+        ("meaning", "what it means"),
+        ("what_to_do", "what to do"),
+        ("stage", "stage"),
+        ("detail", "detail"),
+        ("calling_ae", "calling AE"),
+        ("received", "received"),
+        ("quarantined", "quarantined"),
+        ("retention", "retention"),
+        ("sop_class", "SOP class"),
+        ("modality", "modality"),
+        ("transfer_syntax", "transfer syntax"),
+        ("size", "size (bytes)"),
+        ("file", "file (PHI)"),
+    )
+    for key, label in labels:
+        print(f"{label + ':':<17}{rows.get(key) if rows.get(key) is not None else '?'}")
     return EXIT_OK
 
 
@@ -452,6 +609,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.set_defaults(func=_cmd_retry)
 
+    held = sub.add_parser("quarantine", help="list and show quarantined instances")
+    held_sub = held.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = held_sub.add_parser("list", help="quarantined instances: reason, stage, age")
+    common(listing)
+    node_options(listing)
+    listing.add_argument("--reason", metavar="REASON", help="only this reason")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_cmd_quarantine_list)
+    show = held_sub.add_parser(
+        "show", help="one item: why, what to do, SOP class and modality (nothing identifying)"
+    )
+    common(show)
+    node_options(show)
+    show.add_argument("id", metavar="ID", help="spool id (or a unique start of it)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=_cmd_quarantine_show)
+
     ping = sub.add_parser("echo", help="C-ECHO a DICOM node (default: this node)")
     ping.add_argument("--host")
     ping.add_argument("--port", type=int)
@@ -519,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ConfigError, SecretError) as exc:
-        print(f"dicomnode: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:
+            print(f"dicomnode: {line}", file=sys.stderr)
         return EXIT_USAGE
     except DicomnodeError as exc:
         print(f"dicomnode: {exc}", file=sys.stderr)

@@ -12,19 +12,22 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from dicomnode.conditions import When
 from dicomnode.durable import Access
 from dicomnode.errors import ConfigError
+from dicomnode.filters import FilterEntry
 from dicomnode.scrub.actions import Option
 from dicomnode.scrub.lookup import load_lookup
 
@@ -36,6 +39,8 @@ __all__ = [
     "FolderDestination",
     "LookupConfig",
     "NodeConfig",
+    "ProjectConfig",
+    "QuarantineConfig",
     "ScrubConfig",
     "load_config",
 ]
@@ -333,6 +338,53 @@ class FolderDestination(_Destination):
         return self
 
 
+class ClientTLSConfig(_Frozen):
+    """TLS to a destination (DICOM over TLS, PS3.15 B.1; HTTPS): TLS 1.2 or later; the
+    server's certificate is checked against ``ca_certificates`` (else the system's CAs) and
+    for the name ``server_name`` (else the destination's host)."""
+
+    ca_certificates: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) the server's must chain to; default: the system's",
+    )
+    certificate: Path | None = Field(
+        default=None, description="our client certificate (PEM), for servers that ask for one"
+    )
+    private_key: Path | None = Field(default=None, description="its key (PEM, unencrypted)")
+    check_hostname: bool = Field(
+        default=True, description="check that the certificate is for the host (or server_name)"
+    )
+    server_name: str | None = Field(
+        default=None,
+        description="the name checked in the server's certificate and sent as SNI; default: host",
+    )
+    verify: bool = Field(
+        default=True, description="false: encrypt without checking the server at all (insecure)"
+    )
+
+    @model_validator(mode="after")
+    def _files(self) -> ClientTLSConfig:
+        for name in ("ca_certificates", "certificate", "private_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"tls.{name}: no such file {path}")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("tls: give certificate and private_key together")
+        import ssl
+
+        from dicomnode._tls import client_context
+
+        try:
+            client_context(self)
+        except (ssl.SSLError, OSError) as exc:
+            what = "certificate and private_key" if self.certificate else "ca_certificates"
+            raise ValueError(
+                f"tls: cannot load {what} ({getattr(exc, 'reason', None) or exc}): PEM files, "
+                "the key unencrypted and matching the certificate"
+            ) from None
+        return self
+
+
 class DicomDestination(_Destination):
     """A C-STORE SCP (the research PACS)."""
 
@@ -341,6 +393,9 @@ class DicomDestination(_Destination):
     host: str
     port: int = Field(ge=1, le=65535)
     calling_ae_title: AETitle | None = None
+    tls: ClientTLSConfig | None = Field(
+        default=None, description="DICOM over TLS (PS3.15 B.1); plain TCP when absent"
+    )
     batch_size: int = Field(default=100, ge=1, le=10000)
     parallel: int = Field(
         default=1,
@@ -352,7 +407,100 @@ class DicomDestination(_Destination):
     retry: RetryConfig = RetryConfig()
 
 
-Destination = Annotated[FolderDestination | DicomDestination, Field(discriminator="type")]
+class _Secret(_Frozen):
+    """Where a secret is read from at each use: a file or an environment variable, never
+    the configuration itself (it is logged at start-up)."""
+
+    @staticmethod
+    def _one_of(file: Path | None, env: str | None, what: str) -> None:
+        if (file is None) == (env is None):
+            raise ValueError(f"give exactly one of {what}_file and {what}_env")
+        if file is not None and not Path(file).is_file():
+            raise ValueError(f"{what}_file: no such file {file}")
+        if env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            raise ValueError(f"{what}_env: {env!r} is not an environment variable name")
+
+
+class BearerAuth(_Secret):
+    """``Authorization: Bearer <token>``."""
+
+    type: Literal["bearer"]
+    token_file: Path | None = Field(default=None, description="a file holding the token")
+    token_env: str | None = Field(default=None, description="an environment variable holding it")
+
+    @model_validator(mode="after")
+    def _source(self) -> BearerAuth:
+        self._one_of(self.token_file, self.token_env, "token")
+        return self
+
+
+class BasicAuth(_Secret):
+    """HTTP basic authentication."""
+
+    type: Literal["basic"]
+    username: str = Field(min_length=1)
+    password_file: Path | None = Field(default=None, description="a file holding the password")
+    password_env: str | None = Field(default=None, description="an environment variable holding it")
+
+    @model_validator(mode="after")
+    def _source(self) -> BasicAuth:
+        self._one_of(self.password_file, self.password_env, "password")
+        if ":" in self.username:
+            raise ValueError("username: basic authentication cannot carry a ':' in the name")
+        return self
+
+
+class DicomwebDestination(_Destination):
+    """A DICOMweb server, sent to with STOW-RS (PS3.18 10.5): ``batch_size`` instances per
+    POST to ``<url>/studies``, as they are on disk."""
+
+    type: Literal["dicomweb"] = "dicomweb"
+    url: str = Field(description="the DICOMweb service root, e.g. https://pacs/dicom-web")
+    auth: Annotated[BearerAuth | BasicAuth, Field(discriminator="type")] | None = None
+    tls: ClientTLSConfig | None = Field(
+        default=None, description="CAs, client certificate, server name (https:// only)"
+    )
+    batch_size: int = Field(default=100, ge=1, le=10000, description="instances per POST")
+    parallel: int = Field(default=1, ge=1, le=16, description="requests in parallel")
+    timeout_s: float = Field(default=60, gt=0, description="for each read or write of a request")
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r}: use http(s)://host[:port]/path, the service root")
+        if parts.username or parts.password:
+            raise ValueError("put no credentials in the URL: use auth (basic or bearer)")
+        if parts.query or parts.fragment:
+            raise ValueError("the service root has no query or fragment")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _plain_http(self) -> DicomwebDestination:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        if parts.scheme == "https":
+            return self
+        if self.tls is not None:
+            raise ValueError("tls is set but the url is http://: use https://")
+        host = parts.hostname or ""
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if self.auth is not None and not loopback:
+            raise ValueError("auth over http:// would send the credentials in clear: use https://")
+        return self
+
+
+Destination = Annotated[
+    FolderDestination | DicomDestination | DicomwebDestination, Field(discriminator="type")
+]
 
 
 class DetectorConfig(_Frozen):
@@ -419,6 +567,74 @@ class LoggingConfig(_Frozen):
     )
 
 
+class QuarantineConfig(_Frozen):
+    """Quarantined originals hold PHI: they are deleted once nobody acted on them in time."""
+
+    keep_days: float = Field(
+        default=30,
+        ge=0,
+        description="delete a quarantined original and its sidecar this many days after it was "
+        "quarantined (audited: quarantine-expired); 0: keep forever",
+    )
+
+
+# -- projects: several research studies on one node (dicomnode.projects) ----------------------
+
+
+class ProjectMatch(_Frozen):
+    """Which instances belong to a project: everything given must hold (nothing: all)."""
+
+    called_ae_title: AETitle | None = Field(
+        default=None, description="the AE title the sender calls; default: any this node answers"
+    )
+    calling_ae_titles: tuple[AETitle, ...] = Field(
+        default=(), description="the senders' AE titles; empty: any"
+    )
+    when: When | None = Field(
+        default=None,
+        description="a condition on the header as received (dicomnode.conditions), read at "
+        "receive time",
+    )
+
+
+class SharedPseudonyms(_Frozen):
+    """Link a project's pseudonyms to another's on purpose (the same patient, the same IDs)."""
+
+    shared_with: str = Field(description="the project whose pseudonym key this one uses")
+
+
+class ProjectConfig(_Frozen):
+    """One research study: how its instances are recognised, cleaned and delivered.
+
+    ``scrub`` and ``pixels`` are the top-level sections with this project's settings in place
+    of theirs (one level deep).
+    """
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
+        description="a slug (a-z, 0-9, '-'); part of the pseudonym key: renaming a project "
+        "changes its pseudonyms",
+    )
+    match: ProjectMatch = ProjectMatch()
+    pseudonyms: Annotated[
+        Annotated[Literal["own", "site"], Tag("key")] | Annotated[SharedPseudonyms, Tag("shared")],
+        Discriminator(lambda v: "key" if isinstance(v, str) else "shared"),
+    ] = Field(
+        default="own",
+        description="own: a key derived from the secret and the name; site: the site secret "
+        "(the pseudonyms of a node without projects); {shared_with: NAME}: that project's",
+    )
+    scrub: ScrubConfig = ScrubConfig()
+    pixels: PixelConfig = PixelConfig()
+    destinations: tuple[str, ...] = Field(
+        min_length=1, description="names of entries of the top-level destinations list"
+    )
+    filters: tuple[FilterEntry, ...] = Field(
+        default=(),
+        description="rules run before scrubbing, in order; a name is a set of rules/filters.yaml",
+    )
+
+
 class Config(_Frozen):
     """The whole configuration of a node (and of the offline `scrub` command)."""
 
@@ -429,10 +645,36 @@ class Config(_Frozen):
     pixels: PixelConfig = PixelConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
     destinations: tuple[Destination, ...] = (
         FolderDestination(name="folder", path=Path("var/out")),
     )
+    projects: tuple[ProjectConfig, ...] = Field(
+        default=(), description="research studies, matched in order; none: one, as before"
+    )
+    unmatched: Literal["refuse", "quarantine"] = Field(
+        default="refuse",
+        description="an instance no project matches: refused (A-ASSOCIATE-RJ, or the C-STORE) "
+        "or quarantined as no-project",
+    )
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _project_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("projects"):
+            from dicomnode.projects import inherit_sections
+
+            return inherit_sections(data)
+        return data
+
+    @model_validator(mode="after")
+    def _projects(self) -> Config:
+        if self.projects:
+            from dicomnode.projects import check_projects
+
+            check_projects(self)  # errors name projects[i].<setting>
+        return self
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> Config:
@@ -475,6 +717,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         fix(section, key)
     for destination in data.get("destinations") or []:
         fix(destination, "path")
+        if isinstance(destination, dict):
+            for key in ("ca_certificates", "certificate", "private_key"):
+                fix(destination.get("tls"), key)
+            for key in ("token_file", "password_file"):
+                fix(destination.get("auth"), key)
 
 
 def load_config(path: Path | str | None = None) -> Config:
@@ -484,32 +731,37 @@ def load_config(path: Path | str | None = None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    from dicomnode.validate import ConfigProblems, error, model_problems, read_yaml
+
+    doc = read_yaml(path, what="the configuration")
+    data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the configuration must be a mapping of sections")
+        raise ConfigProblems(
+            [error("the configuration must be a mapping of sections (node:, scrub:...)", file=path)]
+        )
     _resolve_paths(data, path.resolve().parent)
     try:
         config = Config.model_validate({**data, "source": path})
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "top level"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown setting (check the spelling against the README)"
-            problems.append(f"{where}: {message}")
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+        raise ConfigProblems(model_problems(Config, exc, doc)) from None
+    problems = []
     site = config.scrub.site_rules
     if site is not None and not site.is_file():
-        raise ConfigError(f"{path}: scrub.site_rules: no such file {site}")
+        problems.append(
+            error(
+                f"no such file {site}",
+                file=path,
+                line=doc.line(("scrub", "site_rules")),
+                setting="scrub.site_rules",
+                fix="give the path of the site rules file (relative to this file), or remove it",
+            )
+        )
     if config.scrub.lookup is not None:
         try:
             load_lookup(config.scrub.lookup.path)  # cached: free when the file did not change
         except ConfigError as exc:
-            raise ConfigError(f"{path}: scrub.lookup: {exc}") from None
+            where = doc.line(("scrub", "lookup", "path"))
+            problems.append(error(str(exc), file=path, line=where, setting="scrub.lookup"))
+    if problems:
+        raise ConfigProblems(problems)
     return config

@@ -14,11 +14,12 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
@@ -27,6 +28,7 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
@@ -43,6 +45,7 @@ __all__ = [
     "encode_instance",
     "encode_items",
     "raw",
+    "read_header",
     "read_instance",
     "vr_of",
 ]
@@ -271,6 +274,70 @@ def _check_complete(ds: Dataset) -> None:
             f"and holds {held}; resend it from the source",
             reason="truncated",
         )
+
+
+def read_header(
+    path: str | Path, keywords: Iterable[str], *, max_bytes: int
+) -> dict[str, tuple[str, ...]] | None:
+    """The values of ``keywords`` (top-level attributes) in a Part 10 file, as conditions see
+    them (``dicomnode.conditions.header_values``), for a decision at receive time.
+
+    At most ``max_bytes`` of the data set are read (inflated, when deflated), and parsing stops
+    at the first attribute after the last one asked for: pixel data is never read for a
+    header attribute. None when the values cannot be known: not DICOM, malformed, or the data
+    set goes on past ``max_bytes`` before reaching that point.
+    """
+    from dicomnode.conditions import header_values
+
+    wanted = list(keywords)
+    tags = sorted(t for t in (tag_for_keyword(k) for k in wanted) if t is not None)
+    if not tags:
+        return {}
+    last = tags[-1]
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+            syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+            if syntax == DeflatedExplicitVRLittleEndian:
+                data, whole = _inflate_prefix(fp, max_bytes)
+            elif syntax.is_transfer_syntax:
+                data = fp.read(max_bytes + 1)
+                whole = len(data) <= max_bytes
+                data = data[:max_bytes]
+            else:
+                return None
+        passed = False
+
+        def stop(tag: int, _vr: str | None, _length: int) -> bool:
+            nonlocal passed
+            passed = tag > last
+            return passed
+
+        ds = read_dataset(
+            cast(BinaryIO, DicomBytesIO(data)),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=stop,
+            specific_tags=tags,
+        )
+    except Exception:  # whatever a sender wrote: the decision is "cannot tell", never an error
+        return None
+    if not (passed or whole):
+        return None
+    return header_values(ds, wanted)
+
+
+def _inflate_prefix(fp: BinaryIO, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` inflated bytes of a deflated data set, and whether that was all."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    while len(out) <= limit and not inflater.eof:
+        chunk = inflater.unconsumed_tail or fp.read(64 * 1024)
+        if not chunk:
+            break
+        out += inflater.decompress(chunk, limit + 1 - len(out))
+    return bytes(out[:limit]), inflater.eof and len(out) <= limit
 
 
 def vr_of(elem: DataElement | RawDataElement) -> str:

@@ -2,8 +2,9 @@
 
 One thread per destination (lane) takes the oldest waiting objects in batches and hands them
 to a sender: a ``folder`` sender writes a PatientID/Study/Series tree, a ``dicom`` sender sends
-a batch over one association (C-STORE SCU). Per object the sender answers with a
-:class:`Delivery`, and the next step follows from it alone::
+a batch over one association (C-STORE SCU, optionally over TLS), a ``dicomweb`` sender POSTs it
+with STOW-RS (``dicomnode.stow``). Per object the sender answers with a :class:`Delivery`, and
+the next step follows from it alone::
 
     DELIVERED    the destination has it                     -> removed (or kept in sent/)
     REJECTED     it can never be delivered there            -> dead-letter at once, with the
@@ -12,8 +13,9 @@ a batch over one association (C-STORE SCU). Per object the sender answers with a
                  path too long, unreadable clean object)
     RETRY        the destination is unavailable             -> stays in its place, and the
                  (unreachable, association rejected or       whole destination backs off; but
-                 lost, 0xA7xx, disk full, root not writable)  if a later object of the batch
-                                                              got in, it is set aside instead
+                 lost, 0xA7xx, a TLS handshake refused,       if a later object of the batch
+                 HTTP 401/403/5xx, disk full, root not        got in, it is set aside instead
+                 writable)
     FAILED       the destination failed while taking this   -> set aside; dead-letter after
                  object (no answer, an abort mid-C-STORE,     ``retry.item_attempts`` of these
                  an unexplained error on its own path)
@@ -34,6 +36,7 @@ import grp
 import logging
 import os
 import random
+import ssl
 import stat
 import threading
 import time
@@ -53,9 +56,16 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 
+from dicomnode import _tls
 from dicomnode._net import set_nodelay
 from dicomnode.batch import output_path
-from dicomnode.config import DicomDestination, FolderDestination, RetryConfig
+from dicomnode.config import (
+    ClientTLSConfig,
+    DicomDestination,
+    DicomwebDestination,
+    FolderDestination,
+    RetryConfig,
+)
 from dicomnode.durable import Access, fsync_dir, make_dirs, write_temp
 from dicomnode.spool import Spool
 
@@ -317,14 +327,49 @@ class _Meta:
         return {(self.sop_class, self.syntax)}
 
 
+class _DicomTLS:
+    """A destination's TLS settings made into ``AE.associate``'s ``tls_args``, once; a handshake
+    that fails is tried again by :func:`_tls.probe` to say which setting is wrong."""
+
+    def __init__(self, tls: ClientTLSConfig | None, host: str, port: int) -> None:
+        self.tls = tls
+        self.host = host
+        self.port = port
+        self.server_name = (tls.server_name if tls else None) or host
+        self._context: ssl.SSLContext | None = None
+        if tls is not None and not tls.verify:
+            log.warning(
+                "TLS to %s:%d does not check the server's certificate (tls.verify: false)",
+                host,
+                port,
+            )
+
+    def args(self) -> tuple[ssl.SSLContext, str] | None:
+        """``tls_args``, or None for plain TCP; raises ``ssl.SSLError``/``OSError`` when the
+        files cannot be loaded any more."""
+        if self.tls is None:
+            return None
+        if self._context is None:
+            self._context = _tls.client_context(self.tls)
+        return self._context, self.server_name
+
+    def why_not(self, timeout: float) -> str | None:
+        """Why the association could not be made, when TLS is the reason."""
+        if self._context is None:
+            return None
+        return _tls.probe(self._context, self.host, self.port, self.server_name, timeout)
+
+
 class DicomSender:
     """C-STORE SCU: one association per batch (more when a batch needs more than 128
-    presentation contexts), the object's own transfer syntax first."""
+    presentation contexts), the object's own transfer syntax first; DICOM over TLS when the
+    destination has ``tls``."""
 
     def __init__(self, config: DicomDestination, calling_ae: str) -> None:
         self.name = config.name
         self.config = config
         self.calling_ae = config.calling_ae_title or calling_ae
+        self.tls = _DicomTLS(config.tls, config.host, config.port)
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.calling_ae)
@@ -376,19 +421,26 @@ class DicomSender:
         for sop_class in sorted({metas[i].sop_class for i in group}):
             ae.add_requested_context(sop_class, list(UNCOMPRESSED))
         config = self.config
+        where = f"{config.ae_title} at {config.host}:{config.port}"
+        try:
+            tls_args = self.tls.args()
+        except (ssl.SSLError, OSError) as exc:
+            return Result(Delivery.RETRY, f"{where}: {_tls.load_error(exc)}")
         assoc = ae.associate(
             config.host,
             config.port,
             ae_title=config.ae_title,
             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            tls_args=tls_args,
         )
         if not assoc.is_established:
-            why = (
-                "rejected the association"
-                if assoc.is_rejected
-                else "could not be reached, or aborted the association"
-            )
-            return Result(Delivery.RETRY, f"{config.ae_title} at {config.host}:{config.port} {why}")
+            if assoc.is_rejected:
+                return Result(Delivery.RETRY, f"{where} rejected the association")
+            tls_problem = self.tls.why_not(min(config.timeout_s, 10))
+            if tls_problem:
+                return Result(Delivery.RETRY, f"{where}: {tls_problem}")
+            why = "could not be reached, or aborted the association"
+            return Result(Delivery.RETRY, f"{where} {why}")
         try:
             for index in group:
                 if not assoc.is_established:
@@ -477,20 +529,37 @@ def _groups(metas: dict[int, _Meta]) -> list[list[int]]:
     return groups
 
 
-def sender_for(destination: FolderDestination | DicomDestination, calling_ae: str) -> Sender:
+def sender_for(
+    destination: FolderDestination | DicomDestination | DicomwebDestination, calling_ae: str
+) -> Sender:
     if isinstance(destination, FolderDestination):
         return FolderSender(destination)
+    if isinstance(destination, DicomwebDestination):
+        from dicomnode.stow import DicomwebSender  # an HTTP client, only where it is used
+
+        return DicomwebSender(destination)
     return DicomSender(destination, calling_ae)
 
 
 def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> str | None:
-    """C-ECHO a destination: None if it answered, else why not."""
+    """C-ECHO a destination (over TLS when it has ``tls``): None if it answered, else why not."""
     ae = AE(ae_title=destination.calling_ae_title or calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls = _DicomTLS(destination.tls, destination.host, destination.port)
+    try:
+        tls_args = tls.args()
+    except (ssl.SSLError, OSError) as exc:
+        return _tls.load_error(exc)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
     if not assoc.is_established:
+        if not assoc.is_rejected:
+            tls_problem = tls.why_not(timeout)
+            if tls_problem:
+                return tls_problem
         return "no association (refused, rejected or no answer)"
     try:
         status = assoc.send_c_echo()
@@ -560,6 +629,14 @@ class Forwarder(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            close = getattr(self.sender, "close", None)
+            if close is not None:
+                close()  # an HTTP sender's connections
+
+    def _run(self) -> None:
         while not self._stop_event.is_set():
             wait = self._next_try - time.monotonic()
             if wait > 0:

@@ -257,6 +257,9 @@ class GatedServer(ThreadedAssociationServer):
     ) -> None:
         self.limits = limits
         self.admit = admit
+        # Called AE titles answered besides our own (projects matched on the called AE title;
+        # ``Ingest.update`` sets them, also on reload).
+        self.called_ae_titles: frozenset[str] = frozenset()
         self.refusals = refusals or RefusalLog()
         self._lock = threading.Lock()
         self._per_address: collections.Counter[str] = collections.Counter()
@@ -594,8 +597,15 @@ class _Gate:
         )
         rejection: Rejection | None = None
         ours = server.ae_title.strip()
-        if request.called_ae != ours:
-            rejection = Rejection(0x01, 0x01, 0x07, "called-ae", f"called AE title is not {ours}")
+        if request.called_ae != ours and request.called_ae not in server.called_ae_titles:
+            rejection = Rejection(
+                0x01,
+                0x01,
+                0x07,
+                "called-ae",
+                f"called AE title is not {ours}"
+                + (" nor a project's" if server.called_ae_titles else ""),
+            )
         if rejection is None:
             try:
                 rejection = server.admit(request)

@@ -12,6 +12,12 @@ answers. Nothing is decoded on the association thread. Statuses:
 A C-STORE whose data set passes ``node.max_instance_mb`` is answered 0xA700 too, without the
 instance ever being whole on disk (see below).
 
+With projects (``dicomnode.projects``), the handler also decides the project of the instance
+(from the called and calling AE titles, and the header when a project's condition needs it)
+and the spool records it in the item's name; an association no project can take is refused
+by the gate, and with ``unmatched: refuse`` a C-STORE no project takes is answered 0x0124
+(refused: not authorised).
+
 In front of pynetdicom sits the gate (``dicomnode.gate``): a connection becomes an association
 only once it has sent a complete A-ASSOCIATE-RQ within ``node.request_timeout_s`` (TLS handshake
 included), from an address with fewer than ``node.max_connections_per_address`` connections
@@ -58,6 +64,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode._net import set_nodelay
 from dicomnode.config import NodeConfig
+from dicomnode.dicomio import read_header
 from dicomnode.gate import (
     AssociationRequest,
     GatedServer,
@@ -66,7 +73,8 @@ from dicomnode.gate import (
     Rejection,
     refused_instance,
 )
-from dicomnode.spool import Spool
+from dicomnode.projects import HEADER_BYTES, Router
+from dicomnode.spool import NO_PROJECT, Spool, safe_ae
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,7 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_PROCESS = 0xC211
+STATUS_NOT_AUTHORISED = 0x0124  # PS3.7 C.5.x "Refused: Not authorized": no project takes it
 
 # Received datasets go to a file as they arrive; identifiers are never logged.
 _config.STORE_RECV_CHUNKED_DATASET = True
@@ -109,12 +118,15 @@ class Ingest:
         ),
         on_refused: Callable[[str, str], None] = lambda reason, ae: None,
         on_connection_refused: Callable[[str], None] = lambda reason: None,
+        router: Router | None = None,
     ) -> None:
         """``on_refused(reason, calling_ae)``: a caller or a C-STORE refused (metrics, audit);
         ``on_connection_refused(reason)``: every connection the gate turned away or cut, by
         reason (``idle``, ``slow-request``, ``not-a-request``, ``per-address``, ``pdu-length``...;
-        for a counter, never an audit line: a flood calls it thousands of times)."""
+        for a counter, never an audit line: a flood calls it thousands of times);
+        ``router``: the configuration's projects (None: none, as before projects existed)."""
         self.config = config
+        self.router = router
         self.spool = spool
         self.on_received = on_received
         self.on_refused = on_refused
@@ -133,6 +145,16 @@ class Ingest:
         }
         if self._server is not None:
             self._server.limits = _limits(config)
+            self._server.called_ae_titles = self._called_ae_titles()
+
+    def set_router(self, router: Router | None) -> None:
+        """Take new projects (a reload) without restarting the listener."""
+        self.router = router
+        if self._server is not None:
+            self._server.called_ae_titles = self._called_ae_titles()
+
+    def _called_ae_titles(self) -> frozenset[str]:
+        return self.router.called_ae_titles if self.router is not None else frozenset()
 
     @property
     def open_associations(self) -> int:
@@ -154,7 +176,8 @@ class Ingest:
         ae.maximum_associations = self.config.max_associations
         ae.maximum_pdu_size = self.config.max_pdu
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.config.network_timeout_s
-        ae.require_called_aet = True  # the gate checks it first; this stays as a backstop
+        # The gate checks it first; this stays as a backstop where there is one title only.
+        ae.require_called_aet = self.router is None
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
@@ -163,6 +186,7 @@ class Ingest:
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REQUESTED, self._answer_as_called),
         ]
         server = ae.make_server(
             (self.config.bind, self.config.port),
@@ -174,6 +198,7 @@ class Ingest:
             refusals=self.refusals,
         )
         assert isinstance(server, GatedServer)
+        server.called_ae_titles = self._called_ae_titles()
         server.start()
         self._server = server
         log.info(
@@ -202,8 +227,20 @@ class Ingest:
         return context
 
     def _admit(self, request: AssociationRequest) -> Rejection | None:
-        """The allow-list, asked by the gate as soon as the A-ASSOCIATE-RQ is in (the gate
-        logs the refusal, rate-limited)."""
+        """The allow-list, then the projects, asked by the gate as soon as the A-ASSOCIATE-RQ
+        is in (the gate logs the refusal, rate-limited)."""
+        rejection = self._allow_list(request)
+        if rejection is None and self.router is not None:
+            diagnostic = self.router.admit(request.called_ae, request.calling_ae)
+            if diagnostic is not None:
+                self.on_refused("no-project", request.calling_ae)
+                # rejected-permanent, service-user, calling (3) or called (7) AE not recognised
+                return Rejection(
+                    0x01, 0x01, diagnostic, "no-project", "no project takes these AE titles"
+                )
+        return rejection
+
+    def _allow_list(self, request: AssociationRequest) -> Rejection | None:
         if not self._allowed:
             return None
         networks = self._allowed.get(request.calling_ae)
@@ -218,6 +255,15 @@ class Ingest:
         self.on_refused("calling-ae", request.calling_ae)
         # result 1 rejected-permanent, source 1 service-user, 3 calling AE not recognised
         return Rejection(0x01, 0x01, 0x03, "calling-ae", why)
+
+    def _answer_as_called(self, event: evt.Event) -> None:
+        """Accept under the AE title that was called (a project's, the gate let it in), so
+        the A-ASSOCIATE-AC repeats it, as PS3.8 7.1.1.4 expects."""
+        router = self.router
+        primitive = getattr(event.assoc.requestor, "primitive", None)
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        if router is not None and called in router.called_ae_titles:
+            event.assoc.acceptor.ae_title = called
 
     def _on_store(self, event: evt.Event) -> int:
         started = time.perf_counter()
@@ -235,7 +281,12 @@ class Ingest:
                 self.on_refused("disk-floor", calling)
                 return STATUS_OUT_OF_RESOURCES
             size = received.stat().st_size
-            item_id = self.spool.accept(received, calling)
+            project = self._project(event, calling, received)
+            router = self.router
+            if project == NO_PROJECT and router is not None and router.unmatched == "refuse":
+                self.on_refused("no-project", calling)
+                return STATUS_NOT_AUTHORISED
+            item_id = self.spool.accept(received, calling, project)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("spool disk full: refusing C-STORE with 0xA700")
@@ -246,6 +297,28 @@ class Ingest:
             return STATUS_CANNOT_PROCESS
         self.on_received(item_id, calling, size, time.perf_counter() - started)
         return STATUS_SUCCESS
+
+    def _project(self, event: evt.Event, calling: str, received: Any) -> str | None:
+        """The project of this instance, decided once, here (``dicomnode.projects``); None
+        without projects. Reads the header only when a project's condition needs it."""
+        router = self.router
+        if router is None:
+            return None
+        primitive = getattr(event.assoc.requestor, "primitive", None)
+        called = str(getattr(primitive, "called_ae_title", "") or self.config.ae_title).strip()
+        route = router.decide(
+            called,
+            calling,
+            lambda fields: read_header(received, fields, max_bytes=HEADER_BYTES),
+        )
+        if route.why == "header-unreadable":
+            log.warning(
+                "C-STORE from %s: the header could not be read within %d KiB to decide a "
+                "project; no project takes it",
+                safe_ae(calling),
+                HEADER_BYTES // 1024,
+            )
+        return route.project
 
 
 def _limits(config: NodeConfig) -> Limits:

@@ -17,7 +17,16 @@ import warnings
 __all__ = ["JsonFormatter", "redact_library_message", "setup_logging"]
 
 # Loggers whose messages may quote values from an instance.
-_LIBRARIES = ("pydicom", "pynetdicom", "py.warnings", "PIL", "rapidocr", "onnxruntime")
+_LIBRARIES = (
+    "pydicom",
+    "pynetdicom",
+    "py.warnings",
+    "PIL",
+    "rapidocr",
+    "onnxruntime",
+    "httpx",
+    "httpcore",
+)
 # A value starts at a quote (also b'..' reprs), after ": " or "= ", or in angle brackets.
 _VALUE = re.compile(r"""["'`<]|:\s|=\s|\bb'""")
 

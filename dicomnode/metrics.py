@@ -5,13 +5,20 @@ reason, dead-lettered, refused), latency histograms per stage, gauges read at sc
 (spool depth and oldest age per state, open associations, free disk), build and config info,
 and GPU memory and utilisation when a GPU stage runs. Labels never carry PHI: AE titles,
 destination names, stage names and quarantine reasons only.
+
+Every label has a bounded set of values, whatever senders declare: a calling AE title is a
+label only if it is configured (``node.allowed_callers``, a project's ``calling_ae_titles``)
+or among the first ``MAX_CALLER_LABELS`` others seen; later ones count as ``other``. With
+projects, the instance counters (received, cleaned, quarantined, dropped, forwarded,
+dead-lettered) also carry ``project`` (a configured name, or ``none``); without projects
+they are as they always were.
 """
 
 from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -20,7 +27,10 @@ from prometheus_client.registry import Collector
 
 from dicomnode import __version__
 
-__all__ = ["STAGES", "Metrics"]
+__all__ = ["MAX_CALLER_LABELS", "STAGES", "Metrics"]
+
+MAX_CALLER_LABELS = 32
+OTHER_CALLERS = "other"
 
 STAGES = ("receive", "read", "scrub", "pixels", "detect", "remove", "verify", "encode", "forward")
 # From a few milliseconds (a header) to minutes (a diffusion-inpainted cine loop).
@@ -59,19 +69,31 @@ class _SpoolCollector(Collector):
 class Metrics:
     """The node's metrics, registered in ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        per_project: bool = False,
+        known_callers: Iterable[str] = (),
+    ) -> None:
+        """``per_project``: the configuration has projects (the instance counters get a
+        ``project`` label); ``known_callers``: calling AE titles always given their own label."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.per_project = per_project
+        p = ["project"] if per_project else []
+        self._known_callers = frozenset(known_callers)
+        self._other_callers: set[str] = set()
         self.received = Counter(
             "dicomnode_instances_received_total",
             "Instances received and made durable",
-            ["calling_ae"],
+            ["calling_ae", *p],
             registry=r,
         )
         self.received_bytes = Counter(
             "dicomnode_received_bytes_total",
             "Bytes of instances received",
-            ["calling_ae"],
+            ["calling_ae", *p],
             registry=r,
         )
         self.refused = Counter(
@@ -87,18 +109,27 @@ class Metrics:
             registry=r,
         )
         self.cleaned = Counter(
-            "dicomnode_instances_cleaned_total", "Instances that passed every stage", registry=r
+            "dicomnode_instances_cleaned_total",
+            "Instances that passed every stage",
+            p,
+            registry=r,
+        )
+        self.dropped = Counter(
+            "dicomnode_instances_dropped_total",
+            "Instances a project's filter dropped (acknowledged, never forwarded)",
+            ["project", "reason"],
+            registry=r,
         )
         self.forwarded = Counter(
             "dicomnode_instances_forwarded_total",
             "Instances a destination confirmed",
-            ["destination"],
+            ["destination", *p],
             registry=r,
         )
         self.forwarded_bytes = Counter(
             "dicomnode_forwarded_bytes_total",
             "Bytes a destination confirmed",
-            ["destination"],
+            ["destination", *p],
             registry=r,
         )
         self.retries = Counter(
@@ -110,13 +141,13 @@ class Metrics:
         self.quarantined = Counter(
             "dicomnode_instances_quarantined_total",
             "Instances sent to quarantine",
-            ["reason"],
+            ["reason", *p],
             registry=r,
         )
         self.dead_lettered = Counter(
             "dicomnode_instances_dead_lettered_total",
             "Clean instances given up on",
-            ["destination"],
+            ["destination", *p],
             registry=r,
         )
         self.text_regions = Counter(
@@ -162,6 +193,45 @@ class Metrics:
 
     def describe_config(self, values: dict[str, str]) -> None:
         self.config.info(values)
+
+    # -- instance counters (with the project label when there are projects) ----------------
+
+    def caller(self, calling_ae: str) -> str:
+        """The label of a calling AE title (bounded: see the module docstring)."""
+        if calling_ae in self._known_callers:
+            return calling_ae
+        with self._lock:
+            if calling_ae in self._other_callers:
+                return calling_ae
+            if len(self._other_callers) < MAX_CALLER_LABELS:
+                self._other_callers.add(calling_ae)
+                return calling_ae
+        return OTHER_CALLERS
+
+    def _count(self, counter: Counter, labels: tuple[str, ...], project: str, n: float) -> None:
+        values = (*labels, project) if self.per_project else labels
+        (counter.labels(*values) if values else counter).inc(n)
+
+    def count_received(self, calling_ae: str, project: str, size: int) -> None:
+        caller = self.caller(calling_ae)
+        self._count(self.received, (caller,), project, 1)
+        self._count(self.received_bytes, (caller,), project, size)
+
+    def count_cleaned(self, project: str) -> None:
+        self._count(self.cleaned, (), project, 1)
+
+    def count_quarantined(self, reason: str, project: str) -> None:
+        self._count(self.quarantined, (reason,), project, 1)
+
+    def count_dropped(self, project: str, reason: str) -> None:
+        self.dropped.labels(project, reason).inc()
+
+    def count_forwarded(self, destination: str, project: str, size: int) -> None:
+        self._count(self.forwarded, (destination,), project, 1)
+        self._count(self.forwarded_bytes, (destination,), project, size)
+
+    def count_dead_lettered(self, destination: str, project: str) -> None:
+        self._count(self.dead_lettered, (destination,), project, 1)
 
     def observe_stages(self, seconds: dict[str, float]) -> None:
         for stage, value in seconds.items():

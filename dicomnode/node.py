@@ -15,6 +15,11 @@ worker leaves the line's record in the spool's ``journal/`` before the clean obj
 delivered; the node writes the line (when the worker reports, or before the first delivery
 line, whichever comes first) and then removes the record; start-up writes what a crash left,
 skipping ids whose line is already in the trail.
+
+With projects, the project each instance was given at receive time (in its spool name) labels
+its metrics and is a ``project`` field of each of its audit lines; a filter's drop is counted
+(``dicomnode_instances_dropped_total``) and audited (``dropped``). A reload may change the
+projects, but not turn them on or off (the spool names and metric labels differ): restart.
 """
 
 from __future__ import annotations
@@ -31,16 +36,18 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from dicomnode import __version__
+from dicomnode import __version__, quarantine
 from dicomnode.audit import AuditTrail
 from dicomnode.config import Config, load_config
 from dicomnode.errors import DicomnodeError
 from dicomnode.forward import Delivery, Forwarder, Result, sender_for
 from dicomnode.ingest import Ingest
 from dicomnode.metrics import Metrics
-from dicomnode.pipeline import Outcome, WorkerPool, build_stages
+from dicomnode.pipeline import Outcome, WorkerPool, build_projects
+from dicomnode.projects import Router
 from dicomnode.scrub import load_profile
-from dicomnode.spool import Spool, calling_ae_of
+from dicomnode.spool import Spool, calling_ae_of, project_of
+from dicomnode.validate import require_valid
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,15 @@ __all__ = ["Node", "validate"]
 def validate(config: Config, secret: bytes) -> None:
     """Everything a worker will build, built once here: a bad rule or policy fails now."""
     load_profile(config.scrub.options, config.scrub.site_rules)
-    build_stages(config, secret)
+    build_projects(config, secret)
+
+
+def _callers(config: Config) -> set[str]:
+    """Calling AE titles that always get their own metric label."""
+    callers = {c.ae_title for c in config.node.allowed_callers}
+    for project in config.projects:
+        callers.update(project.match.calling_ae_titles)
+    return callers
 
 
 class Node:
@@ -64,7 +79,8 @@ class Node:
         self.secret = secret
         self.loader = loader or (lambda: load_config(config.source))
         self.spool = Spool(config.spool.path)
-        self.metrics = Metrics()
+        self.per_project = bool(config.projects)
+        self.metrics = Metrics(per_project=self.per_project, known_callers=_callers(config))
         self.audit = AuditTrail(
             config.logging.audit_file,
             max_mb=config.logging.audit_max_mb,
@@ -118,11 +134,20 @@ class Node:
             on_connection_refused=lambda reason: self.metrics.connections_refused.labels(
                 reason
             ).inc(),
+            router=Router(config) if config.projects else None,
         )
 
+    def _project(self, item_id: str) -> dict[str, str]:
+        """The ``project`` field of an item's audit lines (none without projects)."""
+        return {"project": project_of(item_id)} if self.per_project else {}
+
     def _describe(self, config: Config) -> None:
+        projects = (
+            {"projects": ",".join(p.name for p in config.projects)} if config.projects else {}
+        )
         self.metrics.describe_config(
             {
+                **projects,
                 "ae_title": config.node.ae_title,
                 "port": str(config.node.port),
                 "options": ",".join(sorted(o.value for o in config.scrub.options)),
@@ -209,7 +234,7 @@ class Node:
         """Swap in a new configuration, or keep the old one if the new one is not valid."""
         try:
             new = config or self.loader()
-            validate(new, self.secret)
+            require_valid(new, secret=self.secret)  # what check-config and start-up check
         except DicomnodeError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return False
@@ -220,6 +245,13 @@ class Node:
             old = self.config
             if new.spool.path != old.spool.path:
                 log.error("reload refused: spool.path cannot change while running; restart")
+                return False
+            if bool(new.projects) != bool(old.projects):
+                log.error(
+                    "reload refused: projects cannot be turned %s while running (spool names "
+                    "and metric labels change); restart",
+                    "on" if new.projects else "off",
+                )
                 return False
             self.spool.create([d.name for d in new.destinations], access=new.spool.mode)
             pool, self.pool = self.pool, self._pool(new)
@@ -239,6 +271,7 @@ class Node:
                 self.ingest.start()
             else:
                 self.ingest.update(new.node)
+                self.ingest.set_router(Router(new) if new.projects else None)
             self.config = new
             self._describe(new)
         log.info("configuration reloaded from %s", new.source or "embedded defaults")
@@ -247,6 +280,8 @@ class Node:
     def _janitor(self) -> None:
         if self.config.spool.keep_forwarded_days > 0:
             self.spool.expire_sent(self.config.spool.keep_forwarded_days)
+        # Originals full of PHI do not stay in quarantine forever (audited, one line each).
+        quarantine.expire(self.spool.root, self.config.quarantine.keep_days, self.audit)
         # Receive files of associations that died mid-transfer (never acknowledged).
         limit = time.time() - max(3600, 4 * self.config.node.network_timeout_s)
         for path in self.spool.tmp.iterdir():
@@ -266,8 +301,7 @@ class Node:
     # -- events between the parts ----------------------------------------------------------
 
     def _on_received(self, item_id: str, calling_ae: str, size: int, seconds: float) -> None:
-        self.metrics.received.labels(calling_ae).inc()
-        self.metrics.received_bytes.labels(calling_ae).inc(size)
+        self.metrics.count_received(calling_ae, project_of(item_id), size)
         self.metrics.observe_stages({"receive": seconds})
         self.pool.submit(item_id)
 
@@ -282,19 +316,32 @@ class Node:
             if "utilisation_ratio" in outcome.gpu:
                 self.metrics.gpu_utilisation.set(outcome.gpu["utilisation_ratio"])
         if outcome.status == "clean":
-            self.metrics.cleaned.inc()
+            self.metrics.count_cleaned(outcome.project)
             self.metrics.text_regions.inc(outcome.done.get("pixels", {}).get("boxes", 0))
             self._audit_cleaned(outcome.id, outcome)
             for forwarder in self.forwarders:
                 forwarder.wake()
+        elif outcome.status == "dropped":
+            self.metrics.count_dropped(outcome.project, outcome.reason or "unknown")
+            self.audit.write(
+                "dropped",
+                id=outcome.id,
+                calling_ae=outcome.calling_ae,
+                project=outcome.project,
+                reason=outcome.reason,
+                rule=outcome.rule,
+            )
         elif outcome.status == "quarantined":
-            self.metrics.quarantined.labels(outcome.reason or "unknown").inc()
+            self.metrics.count_quarantined(outcome.reason or "unknown", outcome.project)
+            rule = {"rule": outcome.rule} if outcome.rule else {}
             self.audit.write(
                 "quarantined",
                 id=outcome.id,
                 calling_ae=outcome.calling_ae,
+                **self._project(outcome.id),
                 stage=outcome.stage,
                 reason=outcome.reason,
+                **rule,
             )
             log.warning(
                 "quarantined %s from %s: %s at stage %s",
@@ -319,6 +366,7 @@ class Node:
                         when=record.get("time"),
                         id=item_id,
                         calling_ae=record.get("calling_ae", calling_ae_of(item_id)),
+                        **self._project(item_id),
                         uids=record.get("uids", {}),
                         done=record.get("done", {}),
                         destinations=record.get("destinations", []),
@@ -328,15 +376,22 @@ class Node:
                         "cleaned",
                         id=item_id,
                         calling_ae=outcome.calling_ae,
+                        **self._project(item_id),
                         uids=outcome.uids,
                         done=outcome.done,
-                        destinations=[d.name for d in self.config.destinations],
+                        destinations=self._destinations_of(outcome.project),
                     )
                 else:
                     return  # not cleaned by this node since it started: written before
                 self._remember_cleaned([item_id])
             if record is not None:
                 self.spool.forget_record(item_id)
+
+    def _destinations_of(self, project: str) -> list[str]:
+        for configured in self.config.projects:
+            if configured.name == project:
+                return list(configured.destinations)
+        return [d.name for d in self.config.destinations]
 
     def _remember_cleaned(self, ids: Iterable[str]) -> None:
         for item_id in ids:
@@ -376,19 +431,24 @@ class Node:
         item_id = path.stem
         if result.status in (Delivery.DELIVERED, Delivery.REJECTED):
             self._audit_cleaned(item_id)  # before its delivery line, even if the worker is late
+        project = project_of(item_id)
         if result.status is Delivery.DELIVERED:
-            self.metrics.forwarded.labels(destination).inc()
-            self.metrics.forwarded_bytes.labels(destination).inc(size)
+            self.metrics.count_forwarded(destination, project, size)
             self.metrics.observe_stages({"forward": seconds})
             self.audit.write(
-                "delivered", id=item_id, calling_ae=calling_ae_of(item_id), destination=destination
+                "delivered",
+                id=item_id,
+                calling_ae=calling_ae_of(item_id),
+                **self._project(item_id),
+                destination=destination,
             )
         elif result.status is Delivery.REJECTED:
-            self.metrics.dead_lettered.labels(destination).inc()
+            self.metrics.count_dead_lettered(destination, project)
             self.audit.write(
                 "dead-lettered",
                 id=item_id,
                 calling_ae=calling_ae_of(item_id),
+                **self._project(item_id),
                 destination=destination,
                 reason=result.reason,
             )

@@ -12,6 +12,12 @@ that no thread of the listener is forked. A supervisor in the node's process fee
 restarts a worker that dies (its item goes back to ``incoming/``; after three deaths on the
 same item it is quarantined as ``worker-crashed``), and rescans ``incoming/`` for anything
 not queued.
+
+With projects (``dicomnode.projects``), each worker builds every project's filters and stages
+once, and takes an item through those of the project its spool name records: filters first,
+on the header as received (drop: the original is deleted; quarantine: with the rule's
+reason), then the project's stages, then its destinations only. An item whose recorded
+project is ``none``, or no longer configured, is quarantined as ``no-project``.
 """
 
 from __future__ import annotations
@@ -35,17 +41,28 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from dicomnode.config import Config
+from dicomnode.config import Config, PixelConfig, ScrubConfig
 from dicomnode.dicomio import encode_chunks, read_instance
 from dicomnode.errors import InstanceError
+from dicomnode.filters import FilterAction, Filters
 from dicomnode.limits import apply_worker_limits, out_of_memory
 from dicomnode.logs import setup_logging
-from dicomnode.scrub import Scrubber, build_scrubber
-from dicomnode.spool import SUFFIX, Spool, calling_ae_of
+from dicomnode.scrub import Scrubber, scrubber_for
+from dicomnode.spool import DEFAULT_PROJECT, NO_PROJECT, SUFFIX, Spool, calling_ae_of, project_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Item", "Outcome", "Pipeline", "ScrubStage", "Stage", "WorkerPool"]
+__all__ = [
+    "Item",
+    "Outcome",
+    "Pipeline",
+    "ProjectStages",
+    "ScrubStage",
+    "Stage",
+    "WorkerPool",
+    "build_projects",
+    "build_stages",
+]
 
 
 @dataclass
@@ -56,6 +73,7 @@ class Item:
     dataset: Dataset
     calling_ae: str
     transfer_syntax: str | None = None  # output syntax; None: as received
+    project: str = DEFAULT_PROJECT
     notes: dict[str, Any] = field(default_factory=dict)  # what stages did (counts, no PHI)
     # Taken before scrubbing, for later stages; in memory only, never logged or written.
     header: dict[str, Any] = field(default_factory=dict)
@@ -129,7 +147,8 @@ class Outcome:
     """What happened to one spool item; the supervisor turns it into queue moves and metrics."""
 
     id: str
-    status: str  # "clean", "quarantined", "deferred" (spool I/O failed), "missing"
+    # "clean", "quarantined", "dropped" (by a filter), "deferred" (spool I/O failed), "missing"
+    status: str
     calling_ae: str = ""
     reason: str | None = None
     stage: str | None = None
@@ -139,49 +158,179 @@ class Outcome:
     uids: dict[str, str] = field(default_factory=dict)
     done: dict[str, Any] = field(default_factory=dict)
     gpu: dict[str, float] = field(default_factory=dict)
+    project: str = DEFAULT_PROJECT
+    rule: str | None = None  # the filter rule that dropped or quarantined it
 
 
 def build_stages(config: Config, secret: bytes) -> list[Stage]:
-    """The stages a configuration asks for, in order: scrub, then pixels."""
-    scrubber = build_scrubber(config, secret=secret)
-    if not config.pixels.enabled:
+    """The stages a configuration asks for, in order: scrub, then pixels (the top-level
+    settings and the site secret: a node without projects, and ``dicomnode scrub``)."""
+    return _stages(config.scrub, config.pixels, secret, {})
+
+
+def _stages(
+    scrub: ScrubConfig, pixels: PixelConfig, key: bytes, shared: dict[str, Any]
+) -> list[Stage]:
+    """Scrub, then pixels. Detectors and removers of equal settings are built once per
+    process (``shared``): two projects do not load the OCR models twice."""
+    scrubber = scrubber_for(scrub, key)
+    if not pixels.enabled:
         return [ScrubStage(scrubber)]
     from dicomnode.pixels import PixelStage
+    from dicomnode.pixels.detect import make_detector
+    from dicomnode.pixels.remove import make_remover
 
-    pixels = PixelStage(config.pixels)
-    scrub = ScrubStage(
+    detector_key = "detector:" + pixels.detector.model_dump_json()
+    if detector_key not in shared:
+        d = pixels.detector
+        shared[detector_key] = make_detector(
+            d.backend,
+            threads=d.threads,
+            device=d.device,
+            max_side=d.max_side,
+            det_model_dir=d.det_model_dir,
+            rec_model_dir=d.rec_model_dir,
+        )
+    remover_key = "remover:" + pixels.remover.model_dump_json()
+    if remover_key not in shared:
+        r = pixels.remover
+        shared[remover_key] = make_remover(
+            r.method, model_path=r.model_path, device=r.device, steps=r.steps, crop=r.crop
+        )
+    stage = PixelStage(pixels, detector=shared[detector_key], remover=shared[remover_key])
+    scrub_stage = ScrubStage(
         scrubber,
-        header_fields=pixels.policy.fields,
-        capture_identity=config.pixels.mode == "sensitive-text",
+        header_fields=stage.policy.fields,
+        capture_identity=pixels.mode == "sensitive-text",
     )
-    return [scrub, pixels]
+    return [scrub_stage, stage]
+
+
+@dataclass
+class ProjectStages:
+    """What a worker does with the items of one project."""
+
+    name: str
+    stages: list[Stage]
+    destinations: list[str]
+    filters: Filters | None = None
+
+
+def _pixel_coverage(stages: list[Stage]) -> Any:
+    """``pixel_stage`` for filters: what this project's pixel stage will do with an instance."""
+    pixels = next((s for s in stages if s.name == "pixels"), None)
+    policy = getattr(pixels, "policy", None)
+    if policy is None:
+        return lambda ds: "off"
+
+    def coverage(ds: Dataset) -> str:
+        return "check" if policy.decide(header_snapshot(ds, policy.fields)).check else "skip"
+
+    return coverage
+
+
+def build_projects(config: Config, secret: bytes) -> dict[str, ProjectStages]:
+    """Every project's filters and stages, built once (per worker, and by the node to
+    validate); without projects, the one ``default`` project: exactly :func:`build_stages`."""
+    if not config.projects:
+        return {
+            DEFAULT_PROJECT: ProjectStages(
+                DEFAULT_PROJECT, build_stages(config, secret), [d.name for d in config.destinations]
+            )
+        }
+    from dicomnode.projects import pseudonym_key
+
+    shared: dict[str, Any] = {}
+    built = {}
+    for project in config.projects:
+        key = pseudonym_key(config, project.name, secret)
+        stages = _stages(project.scrub, project.pixels, key, shared)
+        filters = Filters(project.filters, _pixel_coverage(stages)) if project.filters else None
+        built[project.name] = ProjectStages(
+            project.name, stages, list(project.destinations), filters
+        )
+    return built
 
 
 class Pipeline:
     """Runs the stages on spool items; used by the node's workers and by tests."""
 
-    def __init__(self, spool: Spool, stages: list[Stage], destinations: list[str]) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        stages: list[Stage],
+        destinations: list[str],
+        *,
+        projects: dict[str, ProjectStages] | None = None,
+    ) -> None:
+        """``projects`` None: no projects (every item is the default project's, with
+        ``stages`` and ``destinations``); else the items' recorded project chooses."""
         self.spool = spool
         self.stages = stages
         self.destinations = destinations
+        self.per_project = projects is not None
+        self.projects = projects or {}
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, secret: bytes) -> Pipeline:
-        return cls(spool, build_stages(config, secret), [d.name for d in config.destinations])
+        built = build_projects(config, secret)
+        if not config.projects:
+            default = built[DEFAULT_PROJECT]
+            return cls(spool, default.stages, default.destinations)
+        return cls(spool, [], [], projects=built)
 
     def process(self, item_id: str, worker: str) -> Outcome:
         path = self.spool.claim(item_id, worker)
         if path is None:
             return Outcome(item_id, "missing")
         calling_ae = calling_ae_of(item_id)
+        if self.per_project:
+            name = project_of(item_id)
+            project = self.projects.get(name)
+        else:
+            name = DEFAULT_PROJECT
+            project = ProjectStages(name, self.stages, self.destinations)
+        if project is None:
+            why = (
+                "no project matched at receive time"
+                if name == NO_PROJECT
+                else "the project recorded at receive time is not configured any more"
+            )
+            self.spool.to_quarantine(
+                path, "no-project", {"stage": "project", "message": why, "project": name}
+            )
+            return Outcome(
+                item_id, "quarantined", calling_ae, "no-project", "project", project=name
+            )
         seconds: dict[str, float] = {}
         stage_name = "read"
         started = time.perf_counter()
+        rule: str | None = None
         try:
             size = path.stat().st_size
-            item = Item(item_id, read_instance(path), calling_ae)
+            item = Item(item_id, read_instance(path), calling_ae, project=name)
             seconds["read"] = time.perf_counter() - started
-            for stage in self.stages:
+            if project.filters is not None:
+                stage_name = "filter"
+                verdict = project.filters(item.dataset, calling_ae)
+                if verdict is not None:
+                    rule = verdict.rule
+                    if verdict.action is FilterAction.DROP:
+                        # Acknowledged already; never forwarded: the original just goes (a
+                        # crash that undoes the unlink filters it again, to the same verdict).
+                        self.spool.finish(path)
+                        return Outcome(
+                            item_id,
+                            "dropped",
+                            calling_ae,
+                            verdict.reason,
+                            "filter",
+                            seconds=seconds,
+                            project=name,
+                            rule=rule,
+                        )
+                    raise InstanceError(f"filter rule {rule}", reason=verdict.reason)
+            for stage in project.stages:
                 stage_name = stage.name
                 started = time.perf_counter()
                 stage(item)
@@ -207,8 +356,20 @@ class Pipeline:
                     type(exc).__name__,
                     where,
                 )
-            self.spool.to_quarantine(path, reason, {"stage": stage_name, "message": message})
-            return Outcome(item_id, "quarantined", calling_ae, reason, stage_name, seconds)
+            info = {"stage": stage_name, "message": message}
+            if self.per_project:
+                info["project"] = name
+            self.spool.to_quarantine(path, reason, info)
+            return Outcome(
+                item_id,
+                "quarantined",
+                calling_ae,
+                reason,
+                stage_name,
+                seconds,
+                project=name,
+                rule=rule,
+            )
         pixels = item.notes.get("pixels", {})
         for name, value in pixels.get("seconds", {}).items():
             seconds[name] = value  # detect, remove, verify within the pixel stage
@@ -229,25 +390,30 @@ class Pipeline:
         }
         # The audit record goes into the spool with the clean copy, before it can be
         # delivered: its ``cleaned`` line survives a kill of the node (see node.py).
-        record = {
+        record: dict[str, Any] = {
             "calling_ae": calling_ae,
             "uids": uids,
             "done": done,
-            "destinations": self.destinations,
+            "destinations": project.destinations,
         }
+        if self.per_project:
+            record["project"] = name
         try:
-            self.spool.deliver(item_id, chunks, self.destinations, record=record)
+            self.spool.deliver(item_id, chunks, project.destinations, record=record)
             self.spool.finish(path)
         except OSError as exc:
             # The disk, not the instance: give it back to incoming/ to try again later.
             log.error("cannot write the clean copy of %s (%s); will retry", item_id, exc)
             with contextlib.suppress(OSError):
                 os.replace(path, self.spool.incoming / path.name)
-            return Outcome(item_id, "deferred", calling_ae, "spool-io", "deliver", seconds)
+            return Outcome(
+                item_id, "deferred", calling_ae, "spool-io", "deliver", seconds, project=name
+            )
         return Outcome(
             item_id,
             "clean",
             calling_ae,
+            project=name,
             seconds=seconds,
             size=size,
             uids=uids,
@@ -424,7 +590,12 @@ class WorkerPool:
                 )
                 self.on_outcome(
                     Outcome(
-                        item_id, "quarantined", calling_ae_of(item_id), "worker-crashed", "worker"
+                        item_id,
+                        "quarantined",
+                        calling_ae_of(item_id),
+                        "worker-crashed",
+                        "worker",
+                        project=project_of(item_id),
                     )
                 )
             else:

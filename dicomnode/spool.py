@@ -29,7 +29,12 @@ by default, whatever the umask; the root folder's mode says which, so the worker
 and the CLI follow what the node set.
 
 File names are ``<receive time ns>_<calling AE>_<random>.dcm``: sortable by arrival, and they
-carry no PHI.
+carry no PHI. When the configuration has projects, the project decided at receive time follows
+a ``~``: ``<receive time ns>_<calling AE>_<random>~<project>.dcm`` (``~none``: no project
+matched). The name is the item's one record of its project, so every later step (workers,
+forwarders, audit, ``status``) reads the same decision, and a retry or a crash cannot change
+it. The calling AE is cut to 16 letters, digits, ``_`` or ``-``; a project is a configured
+slug: names stay bounded whatever a sender declares.
 """
 
 from __future__ import annotations
@@ -51,22 +56,53 @@ from dicomnode.durable import Access, fsync_dir, make_dirs, set_dir_mode, write_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Spool", "SpoolCounts", "new_id"]
+__all__ = [
+    "DEFAULT_PROJECT",
+    "NO_PROJECT",
+    "Spool",
+    "SpoolCounts",
+    "calling_ae_of",
+    "new_id",
+    "project_of",
+    "safe_ae",
+]
 
 SUFFIX = ".dcm"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+PROJECT_MARK = "~"
+DEFAULT_PROJECT = "default"  # the one project of a configuration without projects
+NO_PROJECT = "none"  # no project matched (quarantined as no-project)
 
 
-def new_id(calling_ae: str = "") -> str:
-    """A new spool id: arrival-ordered, unique, safe as a file name, free of PHI."""
-    ae = _SAFE.sub("-", calling_ae.strip())[:16] or "local"
-    return f"{time.time_ns():020d}_{ae}_{secrets.token_hex(4)}"
+def safe_ae(calling_ae: str) -> str:
+    """A calling AE title as spool names record it: 1 to 16 letters, digits, ``_``, ``-``."""
+    return _SAFE.sub("-", calling_ae.strip())[:16] or "local"
+
+
+def new_id(calling_ae: str = "", project: str | None = None) -> str:
+    """A new spool id: arrival-ordered, unique, safe as a file name, free of PHI.
+
+    ``project`` None: no project recorded (a configuration without projects).
+    """
+    item_id = f"{time.time_ns():020d}_{safe_ae(calling_ae)}_{secrets.token_hex(4)}"
+    if project is None:
+        return item_id
+    if not _PROJECT.fullmatch(project):
+        raise ValueError("a project name is a slug of 1 to 32 a-z, 0-9 and '-'")
+    return item_id + PROJECT_MARK + project
 
 
 def calling_ae_of(item_id: str) -> str:
     """The calling AE title recorded in a spool id (sanitised)."""
-    parts = item_id.split("_")
+    parts = item_id.partition(PROJECT_MARK)[0].split("_")
     return "_".join(parts[1:-1]) if len(parts) >= 3 else ""
+
+
+def project_of(item_id: str) -> str:
+    """The project recorded in a spool id; ``default`` when none is (no projects)."""
+    _, mark, project = item_id.partition(PROJECT_MARK)
+    return project if mark and _PROJECT.fullmatch(project) else DEFAULT_PROJECT
 
 
 @dataclass(frozen=True)
@@ -150,13 +186,14 @@ class Spool:
         stat = os.statvfs(self.root)
         return stat.f_bavail * stat.f_frsize
 
-    def accept(self, received: Path, calling_ae: str) -> str:
+    def accept(self, received: Path, calling_ae: str, project: str | None = None) -> str:
         """Make a fully received file durable in ``incoming/``; returns its id.
 
         ``received`` must be on the spool's file system (in ``tmp/``): it is fsynced and
         renamed, never copied. Only after this returns may the sender be told "success".
+        ``project``, decided at receive time, is recorded in the id (see the module).
         """
-        item_id = new_id(calling_ae)
+        item_id = new_id(calling_ae, project)
         fd = os.open(received, os.O_RDONLY)
         try:
             os.fchmod(fd, self.file_mode)  # an original: PHI
@@ -167,9 +204,9 @@ class Spool:
         fsync_dir(self.incoming)
         return item_id
 
-    def write_incoming(self, data: bytes, calling_ae: str = "") -> str:
+    def write_incoming(self, data: bytes, calling_ae: str = "", project: str | None = None) -> str:
         """Put bytes in ``incoming/`` durably (tests, and instances received in memory)."""
-        item_id = new_id(calling_ae)
+        item_id = new_id(calling_ae, project)
         write_atomic(
             self.incoming / (item_id + SUFFIX), data, tmp_dir=self.tmp, mode=self.file_mode
         )
@@ -434,6 +471,32 @@ class Spool:
         ):
             for folder in _dirs(root):
                 count(f"{state}/{folder.name}", _files(folder))
+        return result
+
+    def project_counts(self) -> dict[str, dict[str, int]]:
+        """Items per project and state, read from the names (``dicomnode status``).
+
+        States as :meth:`counts` names them; a clean object waiting for two destinations
+        counts once in each ``outgoing/<dest>``.
+        """
+        result: dict[str, dict[str, int]] = {}
+
+        def count(state: str, folder: Path) -> None:
+            for item_id in _ids(folder):
+                states = result.setdefault(project_of(item_id), {})
+                states[state] = states.get(state, 0) + 1
+
+        count("incoming", self.incoming)
+        for folder in _dirs(self.work):
+            count("work", folder)
+        for state, root in (
+            ("outgoing", self.outgoing),
+            ("quarantine", self.quarantine),
+            ("dead-letter", self.dead_letter),
+            ("sent", self.sent),
+        ):
+            for folder in _dirs(root):
+                count(f"{state}/{folder.name}", folder)
         return result
 
 

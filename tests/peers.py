@@ -3,6 +3,7 @@ dcmtk's storescu and storescp, and Orthanc, all on 127.0.0.1 with free ports."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -26,6 +28,18 @@ from tests.phi import PHI, planted_dataset, to_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+# Debian's orthanc-dicomweb: STOW-RS, QIDO-RS and WADO-RS for Orthanc (no binary of its own).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def require_file(path: Path, package: str) -> Path:
+    """A peer's file (a plugin); like ``require_tool``: fail under CI, skip elsewhere."""
+    if not path.is_file():
+        message = f"{path} is missing (apt-get install {package}; 'make test' does it as root)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def free_port() -> int:
@@ -217,18 +231,33 @@ class Storescp:
     """dcmtk's storescp as a research PACS stand-in."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, aet: str = "STORESCP", accept_all: bool = True
+        self,
+        workdir: Path,
+        port: int | None = None,
+        aet: str = "STORESCP",
+        accept_all: bool = True,
+        tls: tuple[Path, Path] | None = None,
+        peer_ca: Path | None = None,
     ) -> None:
-        """``accept_all=False``: accept Implicit VR Little Endian only (a fussy PACS)."""
+        """``accept_all=False``: accept Implicit VR Little Endian only (a fussy PACS).
+        ``tls=(key, certificate)``: DICOM over TLS; with ``peer_ca`` the caller must present
+        a certificate from that CA, without it any client is accepted."""
         self.port = port or free_port()
         self.aet = aet
         self.accept_all = accept_all
+        self.tls = tls
+        self.peer_ca = peer_ca
         self.out = workdir / "storescp"
         self.out.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Storescp:
         exe = require_tool("storescp")
+        tls: list[str] = []
+        if self.tls is not None:
+            key, certificate = self.tls
+            tls = ["+tls", str(key), str(certificate)]
+            tls += ["+cf", str(self.peer_ca), "-rc"] if self.peer_ca else ["-ic"]
         self.proc = subprocess.Popen(
             [
                 exe,
@@ -236,6 +265,7 @@ class Storescp:
                 self.aet,
                 "-dhl",
                 "+xa" if self.accept_all else "+xi",
+                *tls,
                 "-od",
                 str(self.out),
                 "-fe",
@@ -271,15 +301,34 @@ class Storescp:
 class Orthanc:
     """Orthanc as the research PACS, headless, with its REST API on loopback."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, dicomweb: bool = False, users: dict[str, str] | None = None
+    ) -> None:
+        """``dicomweb``: load Debian's DICOMweb plugin (``/dicom-web/``); ``users``: HTTP
+        basic authentication with these users and passwords (the helpers use the first)."""
         self.dir = workdir / "orthanc"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dicom_port = free_port()
         self.http_port = free_port()
+        self.dicomweb = dicomweb
+        self.users = dict(users or {})
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def _open(self, path: str) -> Any:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}")
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return urllib.request.urlopen(request, timeout=10)
 
     def start(self) -> Orthanc:
         exe = require_tool("Orthanc")
+        plugins = [str(require_file(DICOMWEB_PLUGIN, "orthanc-dicomweb"))] if self.dicomweb else []
         config = {
             "Name": "dicomnode-test",
             "StorageDirectory": str(self.dir / "storage"),
@@ -290,8 +339,10 @@ class Orthanc:
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "Plugins": [],
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
+            "Plugins": plugins,
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
         }
         path = self.dir / "orthanc.json"
         path.write_text(json.dumps(config))
@@ -312,7 +363,7 @@ class Orthanc:
         return True
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+        with self._open(path) as r:
             return json.loads(r.read())
 
     def instances(self) -> list[str]:
@@ -322,8 +373,7 @@ class Orthanc:
         return dict(self.get(f"/instances/{instance}/tags?simplify"))
 
     def file(self, instance: str) -> bytes:
-        url = f"http://127.0.0.1:{self.http_port}/instances/{instance}/file"
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with self._open(f"/instances/{instance}/file") as r:
             return bytes(r.read())
 
     def stop(self) -> None:
@@ -342,6 +392,7 @@ class Orthanc:
 
 
 __all__ = [
+    "DICOMWEB_PLUGIN",
     "PHI",
     "NodeProcess",
     "Orthanc",
@@ -349,6 +400,7 @@ __all__ = [
     "acknowledged",
     "free_port",
     "make_study",
+    "require_file",
     "running",
     "storescu",
     "wait_for",

@@ -64,7 +64,8 @@ def mixed(tmp_path: Path) -> tuple[Path, list[Dataset]]:
     (src / "sub" / "deeper" / "DICOMDIR").write_bytes(
         (PYDICOM_FILES / "dicomdirtests" / "DICOMDIR").read_bytes()
     )
-    (src / "sub" / "deeper" / "notes.txt").write_text(f"patient {PHI['name']}\n")
+    (src / "sub" / "deeper" / "notes.txt").write_text(f"patient {PHI['name']}\n")  # skipped
+    (src / "sub" / "deeper" / "IM000001").write_bytes(b"not dicom, no telling name\n" * 8)
     (src / "sub" / "deeper" / "truncated.dcm").write_bytes(to_bytes(planted_dataset())[:900])
     return src, study
 
@@ -77,6 +78,10 @@ def test_scrub_folder_of_mixed_files(mixed: tuple[Path, list[Dataset]], tmp_path
     assert "9 input(s): 6 de-identified" in result.stdout and "3 failed" in result.stdout
     for reason in ("unsupported", "unreadable", "truncated"):
         assert reason in result.stdout
+    # A file that is plainly not DICOM (its name, no DICM) is skipped with a notice, not
+    # counted as a failure; one without a telling name is read, and fails as unreadable.
+    assert "skipped 1 file(s) that are not DICOM" in result.stderr and "notes.txt" in result.stderr
+    assert "notes.txt" not in result.stdout and "IM000001: unreadable" in result.stdout
     written = sorted(p for p in out.rglob("*") if p.is_file())
     assert len(written) == 6  # failed inputs wrote nothing, no temp file was left
     for path in written:
@@ -93,6 +98,27 @@ def test_scrub_folder_of_mixed_files(mixed: tuple[Path, list[Dataset]], tmp_path
     )
     first = by_number[(str(referring.SeriesInstanceUID), 1)]
     assert referring.ReferencedImageSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+
+
+def test_a_synthetic_set_scrubs_without_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dicomnode synth` writes truth.json inside its set; `scrub` of the set skips it (with a
+    notice) instead of failing on it."""
+    from dicomnode.cli import main
+
+    config = tmp_path / "dicomnode.yaml"
+    config.write_text("pixels: {enabled: false}\n")  # the header alone: fast
+    assert main(["synth", str(tmp_path / "set"), "--count", "3"]) == 0
+    assert (tmp_path / "set" / "truth.json").is_file()
+    capsys.readouterr()
+    out = tmp_path / "clean"
+    args = ["scrub", str(tmp_path / "set"), "-o", str(out), "-j", "1", "--config", str(config)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "3 input(s): 3 de-identified" in captured.out and "0 failed" in captured.out
+    assert "skipped 1 file(s) that are not DICOM" in captured.err and "truth.json" in captured.err
+    assert len(list(out.rglob("*.dcm"))) == 3
 
 
 def test_outputs_are_identical_across_runs_and_processes(

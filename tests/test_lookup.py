@@ -245,15 +245,17 @@ def test_config_with_a_bad_table_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     message = str(caught.value)
-    assert message.startswith(f"{config}: scrub.lookup: {tmp_path / 'study.csv'}, line 3: ")
+    assert message.startswith(f"{config}, line 2: scrub.lookup: {tmp_path / 'study.csv'}, line 3: ")
     assert SECRET_PATIENT not in message
 
 
 def test_config_errors_in_the_lookup_settings(tmp_path: Path) -> None:
     write(tmp_path, "patient_id,subject_id\n", "study.csv")
-    with pytest.raises(ConfigError, match=r"scrub\.lookup\.unmapped: Input should be"):
+    with pytest.raises(
+        ConfigError, match=r"scrub\.lookup\.unmapped: 'drop' is not a choice here; use 'quarantine'"
+    ):
         load_config(config_file(tmp_path, "{path: study.csv, unmapped: drop}"))
-    with pytest.raises(ConfigError, match=r"scrub\.lookup\.path: Field required"):
+    with pytest.raises(ConfigError, match=r"scrub\.lookup\.path: required, and not given"):
         load_config(config_file(tmp_path, "{unmapped: pseudonym}"))
     with pytest.raises(ConfigError, match=r"scrub\.lookup: .*absent\.csv: cannot read"):
         load_config(config_file(tmp_path, "{path: absent.csv}"))

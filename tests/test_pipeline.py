@@ -55,7 +55,8 @@ def test_a_failing_stage_quarantines_and_forwards_nothing(spool: Spool) -> None:
 
     built = pipeline(spool)
     built.stages.append(Broken())
-    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    received = to_bytes(planted_dataset())
+    item = spool.write_incoming(received, "CT1")
     outcome = built.process(item, "0")
     assert (outcome.status, outcome.reason, outcome.stage) == (
         "quarantined",
@@ -63,11 +64,16 @@ def test_a_failing_stage_quarantines_and_forwards_nothing(spool: Spool) -> None:
         "pixels",
     )
     assert spool.outgoing_items("a") == [] and spool.outgoing_items("b") == []
+    assert spool.journal_ids() == []  # no audit record of a clean copy that does not exist
+    # What is quarantined is the original as received, byte for byte (the scrub stage that
+    # ran before the failing one changed only the copy in memory), under its own id.
     (original,) = (spool.quarantine / "internal-error").glob("*.dcm")
-    assert (
-        original.read_bytes()
-        == spool.quarantine.joinpath("internal-error", f"{item}.dcm").read_bytes()
-    )
+    assert original.name == f"{item}.dcm"
+    assert original.read_bytes() == received
+    assert spool.counts()["work"].count == 0 and spool.pending() == []
+    sidecar = json.loads(original.with_suffix(".json").read_text())
+    assert (sidecar["reason"], sidecar["stage"]) == ("internal-error", "pixels")
+    assert "model crashed" not in json.dumps(sidecar)  # the type, never a library's message
 
 
 def test_a_full_spool_defers_instead_of_quarantining(
@@ -81,7 +87,7 @@ def test_a_full_spool_defers_instead_of_quarantining(
     outcome = pipeline(spool).process(item, "0")
     assert outcome.status == "deferred"
     assert spool.pending() == [item]  # back in incoming, nothing lost
-    assert spool.counts().get("quarantine/internal-error") is None
+    assert not [state for state in spool.counts() if state.startswith("quarantine/")]
 
 
 def test_an_item_that_keeps_killing_workers_is_quarantined(spool: Spool) -> None:

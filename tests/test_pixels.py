@@ -401,6 +401,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     outcomes = run_batch(
         sorted((root / "orig").glob("*.dcm")), root / "anon", Config(), SECRET, jobs=2
     )
+    assert len(outcomes) == len(truth["instances"]) == 18  # all() of nothing would pass
     assert all(o.ok for o in outcomes), [(o.source.name, o.reason) for o in outcomes if not o.ok]
     yield root / "orig", root / "anon", truth
 

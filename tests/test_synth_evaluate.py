@@ -383,6 +383,7 @@ def scrubbed(synthetic: tuple[Path, dict[str, Any]]) -> Iterator[tuple[Path, Pat
     anon = orig.parent / "anon"
     config = Config(pixels=PixelConfig(enabled=False))  # the header alone
     outcomes = run_batch(sorted(orig.glob("*.dcm")), anon, config, SECRET, jobs=1)
+    assert len(outcomes) == len(truth["instances"]) > 0  # all() of nothing would pass
     assert all(o.ok for o in outcomes), [(o.source.name, o.reason) for o in outcomes if not o.ok]
     yield orig, anon, truth
 

@@ -8,20 +8,48 @@ site narrows it with ``skip`` rules; ``always_check`` rules win over ``skip``.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydicom.datadict import keyword_dict, repeater_has_keyword
 
-from dicomnode.errors import ConfigError
 from dicomnode.pixels.boxes import Box
 from dicomnode.scrub.profile import rules_dir
+from dicomnode.validate import parse_model, read_yaml
 
-__all__ = ["Decision", "PixelPolicy", "load_policy"]
+__all__ = ["Decision", "Operator", "PixelPolicy", "load_policy"]
+
+
+class Operator(StrEnum):
+    """How a region's condition compares a header value (``op:``)."""
+
+    PRESENT = "present"  # the attribute is there with a value
+    MISSING = "missing"  # the attribute is not there
+    EMPTY = "empty"  # the attribute is there without a value
+    EQUALS = "equals"  # the whole value, exactly (spaces around it aside)
+    NOTEQUALS = "notequals"
+    STARTSWITH = "startswith"  # case-insensitive
+    CONTAINS = "contains"  # a case-insensitive regular expression, or the plain text
+
+    @property
+    def needs_value(self) -> bool:
+        return self not in (Operator.PRESENT, Operator.MISSING, Operator.EMPTY)
+
+
+_OPERATORS = ", ".join(o.value for o in Operator)
 
 
 class _Match(BaseModel):
@@ -52,14 +80,117 @@ class _Match(BaseModel):
         )
 
 
+class _Condition(BaseModel):
+    """``{field: ManufacturerModelName, op: contains, value: "LOGIQ"}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str
+    op: str
+    value: str | int | float | None = None
+    _operator: Operator = PrivateAttr(Operator.PRESENT)
+    _pattern: re.Pattern[str] | None = PrivateAttr(None)
+
+    @field_validator("field")
+    @classmethod
+    def _keyword(cls, v: str) -> str:
+        if v not in keyword_dict and not repeater_has_keyword(v):
+            near = difflib.get_close_matches(v, list(keyword_dict), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"{v!r} is not a DICOM keyword{hint}")
+        return v
+
+    @field_validator("op")
+    @classmethod
+    def _op(cls, v: str) -> str:
+        if v not in Operator._value2member_map_:
+            raise ValueError(f"unknown operator {v!r}; use one of {_OPERATORS}")
+        return v
+
+    @model_validator(mode="after")
+    def _value(self) -> _Condition:
+        operator = Operator(self.op)
+        if operator.needs_value and self.value is None:
+            raise ValueError(f"operator {operator.value!r} needs a 'value'")
+        if not operator.needs_value and self.value is not None:
+            raise ValueError(f"operator {operator.value!r} takes no 'value'")
+        if operator is Operator.CONTAINS:
+            try:
+                self._pattern = re.compile(str(self.value), re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(
+                    f"value is not a valid regular expression ({exc.msg}); put a backslash "
+                    "before ( ) [ ] . * + ? | ^ $ meant literally"
+                ) from None
+        self._operator = operator
+        return self
+
+    def holds(self, header: Mapping[str, Any]) -> bool:
+        return _condition(self, header)
+
+
+_Box = tuple[int, int, int, int]
+
+
+class _RegionSpec(BaseModel):
+    """A known device region: removed whenever its conditions hold, whatever OCR sees."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str = "region"
+    origin: str | None = None
+    when: list[list[_Condition]] = Field(
+        default=[], description="every group must hold; within a group, any condition"
+    )
+    boxes: list[_Box] = []
+    whole_image: bool = False
+    keep_only: Literal["SequenceOfUltrasoundRegions"] | None = None
+    enabled: bool = True
+
+    @field_validator("boxes")
+    @classmethod
+    def _boxes(cls, v: list[_Box]) -> list[_Box]:
+        for x0, y0, x1, y1 in v:
+            if min(x0, y0) < 0 or x1 <= x0 or y1 <= y0:
+                raise ValueError(
+                    f"[{x0}, {y0}, {x1}, {y1}] is not a box: write [x0, y0, x1, y1] in pixels, "
+                    "with x1 > x0 >= 0 and y1 > y0 >= 0"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _does_something(self) -> _RegionSpec:
+        if not (self.boxes or self.whole_image or self.keep_only):
+            raise ValueError("the region removes nothing: give boxes, or whole_image: true")
+        if not self.when and not self.whole_image:
+            raise ValueError(
+                "the region has no 'when' conditions and would apply to every image; add "
+                "conditions (e.g. [[{field: Modality, op: equals, value: US}]])"
+            )
+        return self
+
+
 class _PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     default: str = "check"
     always_check: list[_Match] = []
     skip: list[_Match] = []
-    regions: list[dict[str, Any]] = []
+    regions: list[_RegionSpec] = []
     use_known_regions: bool = True
+
+    @field_validator("default")
+    @classmethod
+    def _default(cls, v: str) -> str:
+        if v not in ("check", "skip"):
+            raise ValueError(f"use check or skip, not {v!r}")
+        return v
+
+
+class _KnownRegions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    regions: list[_RegionSpec] = []
 
 
 @dataclass(frozen=True)
@@ -85,36 +216,33 @@ def _text(value: Any) -> str:
     return "+".join(_values(value))
 
 
-def _condition(cond: Mapping[str, Any], header: Mapping[str, Any]) -> bool:
-    field, op = cond["field"], cond["op"]
+def _condition(cond: _Condition, header: Mapping[str, Any]) -> bool:
+    field, op = cond.field, cond._operator
     present = field in header and header[field] not in (None, "")
-    if op == "present":
+    if op is Operator.PRESENT:
         return present
-    if op == "missing":
+    if op is Operator.MISSING:
         return field not in header
-    if op == "empty":
+    if op is Operator.EMPTY:
         return field in header and header[field] in (None, "")
     if not present:
         return False
     text = _text(header[field])
-    wanted = str(cond.get("value", ""))
-    if op == "equals":
+    wanted = str(cond.value)
+    if op is Operator.EQUALS:
         return text.strip() == wanted.strip()
-    if op == "notequals":
+    if op is Operator.NOTEQUALS:
         return text.strip() != wanted.strip()
-    if op == "startswith":
+    if op is Operator.STARTSWITH:
         return text.lower().startswith(wanted.lower())
-    try:
-        found = re.search(wanted, text, re.IGNORECASE) is not None
-    except re.error:
-        found = False
-    return found or wanted.lower() in text.lower()
+    assert op is Operator.CONTAINS and cond._pattern is not None
+    return cond._pattern.search(text) is not None or wanted.lower() in text.lower()
 
 
 @dataclass(frozen=True)
 class _Region:
     label: str
-    when: tuple[tuple[Mapping[str, Any], ...], ...]
+    when: tuple[tuple[_Condition, ...], ...]
     boxes: tuple[tuple[int, int, int, int], ...]
     whole_image: bool
     keep_only: str | None
@@ -140,7 +268,7 @@ class PixelPolicy:
         }
         for region in regions:
             for group in region.when:
-                fields.update(str(c["field"]) for c in group)
+                fields.update(c.field for c in group)
         self.fields = frozenset(fields)
 
     def decide(self, header: Mapping[str, Any]) -> Decision:
@@ -187,45 +315,31 @@ class PixelPolicy:
         return tuple(b for b in boxes if b.area > 0), tuple(keep)
 
 
-def _load_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-
-
-def _region(raw: Mapping[str, Any], where: str) -> _Region:
-    try:
-        return _Region(
-            label=str(raw.get("label", "?")),
-            when=tuple(tuple(group) for group in raw.get("when", [])),
-            boxes=tuple(tuple(int(v) for v in box) for box in raw.get("boxes", [])),  # type: ignore[misc]
-            whole_image=bool(raw.get("whole_image", False)),
-            keep_only=raw.get("keep_only"),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"{where}: region {raw.get('label', '?')!r}: {exc}; boxes are "
-            "[x0, y0, x1, y1] in pixels"
-        ) from None
+def _region(spec: _RegionSpec) -> _Region:
+    return _Region(
+        label=spec.label,
+        when=tuple(tuple(group) for group in spec.when),
+        boxes=tuple(spec.boxes),
+        whole_image=spec.whole_image,
+        keep_only=spec.keep_only,
+    )
 
 
 def load_policy(path: Path | None = None) -> PixelPolicy:
-    """The pixel policy (default: rules/pixels.yaml), validated, with its known regions."""
+    """The pixel policy (default: rules/pixels.yaml), validated, with its known regions.
+
+    Raises :class:`~dicomnode.validate.ConfigProblems`: every mistake of the file at once,
+    each with its line (an unknown operator, a condition without a field or value, a box
+    that is not one, a region that removes nothing...).
+    """
     path = path or rules_dir() / "pixels.yaml"
-    data = _load_yaml(path)
-    try:
-        spec = _PolicyFile.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
-    if spec.default not in ("check", "skip"):
-        raise ConfigError(f"{path}: default: use check or skip, not {spec.default!r}")
-    regions = [_region(r, str(path)) for r in spec.regions]
+    doc = read_yaml(path, what="the pixel policy")
+    spec = parse_model(_PolicyFile, doc.data if doc.data is not None else {}, doc)
+    regions = [_region(r) for r in spec.regions if r.enabled]
     if spec.use_known_regions:
-        known = _load_yaml(rules_dir() / "burned-in-regions.yaml").get("regions", [])
-        regions += [_region(r, "burned-in-regions.yaml") for r in known if r.get("enabled", True)]
+        known_doc = read_yaml(
+            rules_dir() / "burned-in-regions.yaml", what="the known regions", strict=False
+        )
+        known = parse_model(_KnownRegions, known_doc.data or {}, known_doc)
+        regions += [_region(r) for r in known.regions if r.enabled]
     return PixelPolicy(spec, regions, str(path))

@@ -15,7 +15,7 @@ from dicomnode.scrub.profile import Profile, load_profile
 from dicomnode.scrub.pseudonym import Pseudonymizer, load_secret
 
 if TYPE_CHECKING:
-    from dicomnode.config import Config
+    from dicomnode.config import Config, ScrubConfig
 
 __all__ = [
     "Action",
@@ -30,14 +30,20 @@ __all__ = [
     "load_lookup",
     "load_profile",
     "load_secret",
+    "scrubber_for",
 ]
 
 
 def build_scrubber(config: Config, *, demo: bool = False, secret: bytes | None = None) -> Scrubber:
     """The scrubber a configuration describes, with the site secret (or the demo one)."""
-    settings = config.scrub
-    profile = load_profile(settings.options, settings.site_rules)
     key = secret if secret is not None else load_secret(demo=demo)
+    return scrubber_for(config.scrub, key)
+
+
+def scrubber_for(settings: ScrubConfig, key: bytes) -> Scrubber:
+    """The scrubber of one set of scrub settings, with its pseudonym key (the site secret, or
+    a project's key: ``dicomnode.projects.pseudonym_key``)."""
+    profile = load_profile(settings.options, settings.site_rules)
     lookup = load_lookup(settings.lookup.path) if settings.lookup is not None else None
     crosswalk = None
     if settings.crosswalk is not None:

@@ -11,23 +11,29 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydicom.datadict import DicomDictionary, keyword_dict  # type: ignore[attr-defined]
 
 from dicomnode.errors import ConfigError
 from dicomnode.scrub.actions import PROTECTION, SITE_ACTIONS, Action, DateMode, Option
 from dicomnode.scrub.values import MAX_LENGTH
+from dicomnode.validate import (
+    ConfigProblems,
+    Problem,
+    error,
+    model_problems,
+    parse_model,
+    read_yaml,
+    setting_name,
+)
 
 __all__ = ["Profile", "Rule", "load_profile", "rules_dir"]
-
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
 
 
 def rules_dir() -> Path:
@@ -107,12 +113,8 @@ def parse_tag(text: str) -> tuple[int, int | None, int]:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    """A shipped table (read by the one loader, without the checks for edited files)."""
+    return read_yaml(path, what="a rules table", strict=False).data
 
 
 @cache
@@ -223,49 +225,64 @@ def _describe(raw: Any) -> str:
     return "?"
 
 
+def _rule_setting(name: str) -> Callable[[list[str | int]], str]:
+    def setting(parts: list[str | int]) -> str:
+        return f"{name}: {setting_name(parts)}" if parts else name
+
+    return setting
+
+
 def _load_site(path: Path) -> tuple[str | None, list[tuple[_SiteRule, str]], list[str]]:
-    data = _read_yaml(path)
-    if data is None:
-        data = {}
-    try:
-        site = _SiteFile.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise ConfigError(
-            f"{path}: {where}: {first['msg']}. A site rules file has 'rules:' (a list) and "
-            "optionally 'name:' and 'clean_words:'; see rules/site.example.yaml"
-        ) from None
+    """The site rules file, every rule checked; all the errors at once, each with its line."""
+    doc = read_yaml(path, what="the site rules file")
+    site = parse_model(
+        _SiteFile,
+        doc.data if doc.data is not None else {},
+        doc,
+        hint="a site rules file has 'rules:' (a list) and optionally 'name:' and "
+        "'clean_words:'; see rules/site.example.yaml",
+    )
     out = []
+    problems: list[Problem] = []
     for index, raw in enumerate(site.rules, start=1):
+        name = f"rule {index} ({_describe(raw)})"
         try:
             rule = _SiteRule.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field_name = ".".join(str(p) for p in first["loc"])
-            message = str(first["msg"]).removeprefix("Value error, ")
-            raise ConfigError(
-                f"{path}: rule {index} ({_describe(raw)}): "
-                f"{field_name + ': ' if field_name else ''}{message}"
-            ) from None
+            problems += model_problems(
+                _SiteRule,
+                exc,
+                doc,
+                prefix=("rules", index - 1),
+                setting=_rule_setting(name),
+            )
+            continue
+        why = _hash_room(rule)
+        if why:
+            problems.append(
+                error(why, file=path, line=doc.line(("rules", index - 1, "prefix")), setting=name)
+            )
         out.append((rule, f"site {path.name} rule {index}"))
+    if problems:
+        raise ConfigProblems(problems)
     return site.name, out, list(site.clean_words)
 
 
 # -- compilation ---------------------------------------------------------------------------
 
 
-def _check_hash_fits(rule: _SiteRule, tag: int, source: str, path: Path) -> None:
-    if rule.action != "hash":
-        return
-    vr = _dictionary_vrs().get(tag, "LO")
+def _hash_room(rule: _SiteRule) -> str | None:
+    """Why a ``hash`` rule's prefix leaves too little room for the pseudonym, or None."""
+    if rule.action != "hash" or rule.keyword is None:
+        return None
+    vr = _dictionary_vrs().get(keyword_dict[rule.keyword], "LO")
     room = MAX_LENGTH.get(vr, 64) - len(rule.prefix)
-    if room < 8:
-        raise ConfigError(
-            f"{path}: rule {source.rsplit(' ', 1)[-1]} (keyword: {rule.keyword}): "
-            f"prefix {rule.prefix!r} leaves {room} characters of "
-            f"a {vr} value for the pseudonym; use a prefix of at most {MAX_LENGTH.get(vr, 64) - 8}"
-        )
+    if room >= 8:
+        return None
+    return (
+        f"prefix {rule.prefix!r} leaves {room} characters of a {vr} value for the pseudonym; "
+        f"use a prefix of at most {MAX_LENGTH.get(vr, 64) - 8}"
+    )
 
 
 def _apply_site(
@@ -280,9 +297,7 @@ def _apply_site(
         action = SITE_ACTIONS[site_rule.action]
         compiled = Rule(action, source, value=site_rule.value, prefix=site_rule.prefix)
         if site_rule.keyword is not None:
-            tag = keyword_dict[site_rule.keyword]
-            _check_hash_fits(site_rule, tag, source, site_file)
-            public[tag] = compiled
+            public[keyword_dict[site_rule.keyword]] = compiled
             continue
         assert site_rule.tag is not None
         group, element, low = parse_tag(site_rule.tag)

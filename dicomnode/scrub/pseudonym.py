@@ -69,6 +69,24 @@ def load_secret(*, demo: bool = False) -> bytes:
     return value
 
 
+PROJECT_KEY_LABEL = b"dicomnode project pseudonym key v1"
+
+
+def project_key(secret: bytes, project: str) -> bytes:
+    """The pseudonym key of one project: HMAC-SHA256(site secret, label, 0, project name).
+
+    Each project's pseudonyms (UIDs, Patient IDs, date shifts) are keyed by its own key, so
+    the same patient gets unrelated pseudonyms in two studies: one study's data cannot be
+    linked to another's without the site secret. Every node with the secret derives the same
+    key from the name, with no state to share; renaming a project therefore changes its
+    pseudonyms. A project configured ``pseudonyms: site`` uses the site secret itself (the
+    pseudonyms of a node without projects).
+    """
+    return hmac.new(
+        secret, PROJECT_KEY_LABEL + b"\x00" + project.encode("utf-8"), hashlib.sha256
+    ).digest()
+
+
 class Pseudonymizer:
     """Derives UIDs, identifiers and date shifts from one secret.
 
