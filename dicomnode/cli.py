@@ -177,9 +177,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     node = Node(config, secret, loader=lambda: _node_config(args))
     log.info("configuration: %s", config.model_dump_json(exclude={"source"}))
     for destination in config.destinations:
-        where = getattr(destination, "path", None) or getattr(destination, "url", None) or (
-            f"{getattr(destination, 'ae_title', '')}@{getattr(destination, 'host', '')}:"
-            f"{getattr(destination, 'port', '')}"
+        where = (
+            getattr(destination, "path", None)
+            or getattr(destination, "url", None)
+            or (
+                f"{getattr(destination, 'ae_title', '')}@{getattr(destination, 'host', '')}:"
+                f"{getattr(destination, 'port', '')}"
+            )
         )
         log.info("destination %s (%s): %s", destination.name, destination.type, where)
     return node.run()
