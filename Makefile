@@ -41,8 +41,9 @@ system-deps:
 
 # Starts the node on its embedded defaults: AE title DICOMNODE on 127.0.0.1:11112, clean
 # copies under ./var/out, spool in ./var/spool, and a PUBLIC demo secret (it says so).
+# Other ports: make run PORT=11113 METRICS_PORT=9109 (each passed only when given).
 run: $(BIN)/.base
-	$(BIN)/dicomnode serve --demo
+	$(BIN)/dicomnode serve --demo$(if $(PORT), --port $(PORT))$(if $(METRICS_PORT), --metrics-port $(METRICS_PORT))
 
 test: $(BIN)/.test system-deps lint
 	$(BIN)/python -m pytest -q

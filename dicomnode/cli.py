@@ -1,7 +1,8 @@
 """The ``dicomnode`` command. Logging is configured here and nowhere else.
 
 Exit codes: 0 success; 1 some inputs failed (each listed with its reason); 2 the command
-could not run (bad configuration, no secret, bad arguments).
+could not run (bad configuration, no secret, bad arguments; for ``serve`` also: another node
+holds the spool, a port is taken, the bind address is not this host's).
 """
 
 from __future__ import annotations
@@ -10,15 +11,21 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from dicomnode import __version__
 from dicomnode.config import Config, NodeConfig, load_config
-from dicomnode.errors import ConfigError, DicomnodeError, SecretError
+from dicomnode.errors import ConfigError, DicomnodeError, SecretError, StartupError
 from dicomnode.logs import setup_logging
+
+if TYPE_CHECKING:
+    from dicomnode.node import Node
 
 log = logging.getLogger("dicomnode")
 
@@ -32,11 +39,8 @@ def _setup_logging(
     chosen = logging.DEBUG if verbose > 1 else logging.INFO if verbose else default
     if level and not verbose:
         chosen = getattr(logging, level)
-    setup_logging(chosen, form)
-    # pynetdicom logs every association at INFO; identifiers are off (see ingest/forward).
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
-    # httpx logs every request at INFO (DICOMweb destinations): our own lines say what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+    # library levels (pynetdicom silent, httpx warnings only) are set there, for workers too
+    setup_logging(chosen, form, verbose)
 
 
 def _demo_flag(args: argparse.Namespace) -> bool:
@@ -165,7 +169,23 @@ def _node_config(args: argparse.Namespace) -> Config:
     return config.model_copy(update=updates) if updates else config
 
 
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    """Run the node until SIGTERM or SIGINT; 0 when it stopped cleanly, also when asked to
+    stop before it was up; 2 when it cannot start (one line on standard error)."""
+    # Until the node's own handlers are in place (Node.run), a stop request ends start-up.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _make_node(args).run()
+    except KeyboardInterrupt:
+        log.info("stopped before start-up finished")
+        return EXIT_OK
+
+
+def _make_node(args: argparse.Namespace) -> Node:
     from dicomnode.node import Node
     from dicomnode.scrub import load_secret
     from dicomnode.validate import require_valid
@@ -186,7 +206,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             )
         )
         log.info("destination %s (%s): %s", destination.name, destination.type, where)
-    return node.run()
+    return node
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -696,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose, args.command)
     try:
         return int(args.func(args))
-    except (ConfigError, SecretError) as exc:
+    except (ConfigError, SecretError, StartupError) as exc:
         for line in str(exc).splitlines() or [""]:
             print(f"dicomnode: {line}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,6 +6,9 @@
     ├── ConfigError                 a configuration or rule file is wrong: names the file, the
     │                               setting or rule, and the fix; the node refuses to start
     ├── SecretError                 no usable pseudonym secret: the node refuses to start
+    ├── StartupError                the node cannot start here and now (another node holds the
+    │                               spool, a port is taken, the bind address is not this
+    │                               host's): names the setting, the address and the fix
     └── InstanceError               one instance cannot be cleaned with certainty: it goes to
         │                           quarantine (``reason`` names the folder), never downstream
         ├── UnreadableInstanceError the bytes are not a DICOM instance we can parse
@@ -30,6 +33,10 @@ class ConfigError(DicomnodeError):
 
 class SecretError(DicomnodeError):
     """The site secret for pseudonyms is missing or unusable."""
+
+
+class StartupError(DicomnodeError):
+    """The node cannot start as configured, for a reason outside its files (exit code 2)."""
 
 
 class InstanceError(DicomnodeError):

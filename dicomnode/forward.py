@@ -36,6 +36,7 @@ import grp
 import logging
 import os
 import random
+import socket
 import ssl
 import stat
 import threading
@@ -55,6 +56,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, _config, evt
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
 from dicomnode import _tls
 from dicomnode._net import set_nodelay
@@ -541,9 +543,26 @@ def sender_for(
     return DicomSender(destination, calling_ae)
 
 
+# PS3.8 9.3.4, A-ASSOCIATE-RJ: (source, reason) -> what it means
+_REJECTION_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given (ACSE)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+
+
 def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> str | None:
-    """C-ECHO a destination (over TLS when it has ``tls``): None if it answered, else why not."""
-    ae = AE(ae_title=destination.calling_ae_title or calling_ae)
+    """C-ECHO a destination (over TLS when it has ``tls``): None if it answered, else one
+    sentence saying why not: rejected (permanent or transient, and the reason: calling or
+    called AE title not recognised, local limit exceeded...), connection refused, no answer
+    within ``timeout``, aborted, a TLS failure, or C-ECHO answered with a failure status."""
+    calling = destination.calling_ae_title or calling_ae
+    ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")
@@ -552,22 +571,89 @@ def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> 
         tls_args = tls.args()
     except (ssl.SSLError, OSError) as exc:
         return _tls.load_error(exc)
+    seen: dict[str, Any] = {}
+    handlers: list[Any] = [
+        (evt.EVT_CONN_OPEN, lambda event: seen.setdefault("open", True)),
+        (evt.EVT_ACSE_RECV, lambda event: seen.setdefault("answer", event.primitive)),
+    ]
+    started = time.monotonic()
     assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=tls_args,
+        evt_handlers=handlers,
     )
+    where = f"{destination.ae_title} at {destination.host}:{destination.port}"
     if not assoc.is_established:
-        if not assoc.is_rejected:
-            tls_problem = tls.why_not(timeout)
-            if tls_problem:
-                return tls_problem
-        return "no association (refused, rejected or no answer)"
+        answer = seen.get("answer")
+        if assoc.is_rejected and isinstance(answer, A_ASSOCIATE):
+            return _rejected(where, answer, calling, destination.ae_title)
+        if not seen.get("open"):
+            # a connection that took the whole timeout timed out: no second wait to say so
+            waited = time.monotonic() - started >= 0.9 * timeout
+            return _unreachable(destination.host, destination.port, timeout, tls, waited)
+        tls_problem = tls.why_not(timeout)
+        if tls_problem:
+            return tls_problem
+        if isinstance(answer, A_ASSOCIATE):  # accepted, but not for C-ECHO
+            return f"{where} accepted the association but not the Verification SOP class"
+        if isinstance(answer, A_ABORT):
+            return f"{where} aborted the association request (A-ABORT)"
+        if isinstance(answer, A_P_ABORT):
+            return f"{where} closed the connection without answering the association request"
+        return f"no answer from {where} to the association request within {timeout:g} s"
     try:
         status = assoc.send_c_echo()
     finally:
-        assoc.release()
-    if status and int(status.Status) == 0:
-        return None
-    return "C-ECHO failed"
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in status:
+        if assoc.is_aborted:
+            return f"{where} aborted the association during C-ECHO"
+        return f"no answer from {where} to C-ECHO within {timeout:g} s"
+    if int(status.Status) != 0:
+        return f"{where} answered C-ECHO with status 0x{int(status.Status):04X}"
+    return None
+
+
+def _rejected(where: str, answer: A_ASSOCIATE, calling: str, called: str) -> str:
+    """The sentence for an A-ASSOCIATE-RJ."""
+    kind = {1: "permanent", 2: "transient"}.get(int(answer.result or 0), "unknown kind")
+    source, reason = int(answer.result_source or 0), int(answer.diagnostic or 0)
+    meaning = _REJECTION_REASONS.get((source, reason), f"source {source}, reason {reason}")
+    hint = {
+        (1, 3): f": {calling} is not among the callers it accepts",
+        (1, 7): f": it does not answer to {called}",
+        (3, 2): ": all its association slots are busy, try again later",
+    }.get((source, reason), "")
+    return f"{where} rejected the association ({kind}): {meaning}{hint}"
+
+
+def _unreachable(host: str, port: int, timeout: float, tls: _DicomTLS, waited: bool) -> str:
+    """Why no connection could be made (``waited``: the attempt took the whole timeout);
+    otherwise tried once more, plainly, to tell which."""
+    no_answer = (
+        f"no answer from {host}:{port} within {timeout:g} s (the host is down, or a "
+        "firewall drops the connection)"
+    )
+    if waited:  # connecting (TLS handshake included) took it all
+        return no_answer
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused: nothing listens on {host}:{port}"
+    except TimeoutError:
+        return no_answer
+    except socket.gaierror:
+        return f"cannot resolve the host name {host!r}"
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc.strerror or type(exc).__name__})"
+    tls_problem = tls.why_not(timeout)
+    if tls_problem:
+        return tls_problem
+    return f"could not connect to {host}:{port} (it accepts connections now: try again)"
 
 
 # -- the forwarder -------------------------------------------------------------------------

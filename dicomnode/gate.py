@@ -42,6 +42,11 @@ pinned by a test in tests/test_hostile_network.py that fails when its source cha
   association to end to give its slot back and delete a partial receive;
 - ``AssociationSocket.recv``/``ready``: replay, PDU checks, ``recv_into`` in one piece (these
   rely on ``DULServiceProvider._read_pdu_data`` reading 6 header bytes, then the body);
+- ``Association._serve_request``: every C-STORE goes to the storage service whatever its
+  SOP Class UID (pynetdicom aborted the association on a class it has no service for), so
+  that the C-STORE handler answers a bad instance with a failure status (pinned, with
+  ``Association.run_reactor`` firing EVT_REQUESTED before negotiation, in
+  tests/test_refusals.py);
 - the ``pynetdicom.dul`` logger drops its per-PDU read errors (one line per connection here).
 """
 
@@ -66,7 +71,10 @@ from typing import Any, NamedTuple
 
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,8 @@ _PDU_TYPES = range(0x01, 0x08)
 _A_ASSOCIATE_RQ = 0x01
 _P_DATA_TF = 0x04
 _RQ_FIXED_LENGTH = 68  # PS3.8 9.3.2: version, reserved, called, calling, reserved
+_PRESENTATION_CONTEXT_RQ = 0x20
+_ABSTRACT_SYNTAX = 0x30
 
 
 @dataclass(frozen=True)
@@ -117,11 +127,17 @@ class Limits:
 
 @dataclass(frozen=True)
 class AssociationRequest:
-    """What the gate read from an A-ASSOCIATE-RQ (AE titles stripped, unprintables as '?')."""
+    """What the gate read from an A-ASSOCIATE-RQ (AE titles stripped, unprintables as '?');
+    ``address`` is the peer's, ``local_address`` the one it connected to (the same address: a
+    connection from this host); ``abstract_syntaxes``: those of its presentation contexts, in
+    order (empty when the items cannot be read; pynetdicom reads them again, and its reading
+    is the one that counts)."""
 
     calling_ae: str
     called_ae: str
     address: str
+    abstract_syntaxes: tuple[str, ...] = ()
+    local_address: str = ""
 
 
 class Rejection(NamedTuple):
@@ -136,6 +152,7 @@ class Rejection(NamedTuple):
 
 
 Admit = Callable[[AssociationRequest], Rejection | None]
+Rejected = Callable[[AssociationRequest, Rejection], None]
 
 
 def _reject_pdu(rejection: Rejection) -> bytes:
@@ -148,6 +165,35 @@ def _abort_pdu(reason: int) -> bytes:
     """A-ABORT from the service provider (PS3.8 9.3.8): 1 unrecognised PDU, 2 unexpected PDU,
     6 invalid PDU parameter value."""
     return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason)
+
+
+def _abstract_syntaxes(pdu: bytes | bytearray) -> tuple[str, ...]:
+    """The abstract syntax of each presentation context item (PS3.8 9.3.2.2) of a complete
+    A-ASSOCIATE-RQ; empty when an item's length does not fit."""
+    out: list[str] = []
+    at, end = 6 + _RQ_FIXED_LENGTH, len(pdu)
+    while at + 4 <= end:
+        item_type, _, length = struct.unpack_from(">BBH", pdu, at)
+        body, at = at + 4, at + 4 + length
+        if at > end:
+            return ()
+        if item_type != _PRESENTATION_CONTEXT_RQ:
+            continue
+        sub = body + 4  # context ID, 3 reserved bytes; then the abstract syntax sub-item first
+        if sub + 4 > at:
+            return ()
+        sub_type, _, sub_length = struct.unpack_from(">BBH", pdu, sub)
+        if sub_type != _ABSTRACT_SYNTAX or sub + 4 + sub_length > at:
+            return ()
+        out.append(bytes(pdu[sub + 4 : sub + 4 + sub_length]).decode("ascii", "replace"))
+    return tuple(s.strip(" \x00") for s in out)
+
+
+def _local_address(sock: socket.socket) -> str:
+    try:
+        return str(sock.getsockname()[0])
+    except OSError:
+        return ""
 
 
 def _ae_title(raw: bytes | bytearray) -> str:
@@ -254,9 +300,14 @@ class GatedServer(ThreadedAssociationServer):
         limits: Limits,
         admit: Admit,
         refusals: RefusalLog | None = None,
+        rejected: Rejected = lambda request, rejection: None,
     ) -> None:
+        """``admit``: the allow-list (and projects), asked once the called AE title is ours;
+        ``rejected``: told of each association the gate itself refused (a called AE title not
+        ours, no free slot), for the counters that ``admit`` keeps for its own refusals."""
         self.limits = limits
         self.admit = admit
+        self.rejected = rejected
         # Called AE titles answered besides our own (projects matched on the called AE title;
         # ``Ingest.update`` sets them, also on reload).
         self.called_ae_titles: frozenset[str] = frozenset()
@@ -594,8 +645,11 @@ class _Gate:
             calling_ae=_ae_title(pdu[26:42]),
             called_ae=_ae_title(pdu[10:26]),
             address=waiting.address,
+            abstract_syntaxes=_abstract_syntaxes(pdu),
+            local_address=_local_address(waiting.sock),
         )
         rejection: Rejection | None = None
+        by_admit = False  # admit counts its own refusals
         ours = server.ae_title.strip()
         if request.called_ae != ours and request.called_ae not in server.called_ae_titles:
             rejection = Rejection(
@@ -609,6 +663,7 @@ class _Gate:
         if rejection is None:
             try:
                 rejection = server.admit(request)
+                by_admit = rejection is not None
             except Exception:
                 log.exception("the allow-list check failed; refusing the association")
                 rejection = Rejection(0x02, 0x01, 0x01, "error", "allow-list check failed")
@@ -622,6 +677,11 @@ class _Gate:
                 "(node.max_associations)",
             )
         if rejection is not None:
+            if not by_admit:
+                try:
+                    server.rejected(request, rejection)
+                except Exception:  # a counter must not stop the gate
+                    log.exception("counting a refused association failed")
             self._drop(
                 waiting,
                 rejection.reason,
@@ -676,6 +736,7 @@ class _GatedHandler(RequestHandler):
         replay = self.server._take_replay(self.request)
         assoc.dul.socket = _FramedSocket.adopt(plain, replay, self.server, self.remote.address)
         _MessageGuard.install(assoc, self.server)
+        _StoreDispatch.install(assoc)
         self._association = assoc
         return assoc
 
@@ -903,6 +964,50 @@ class _MessageGuard:
             "message-too-large", f"aborted association with {self._assoc.requestor.address}: {why}"
         )
         self._assoc.dul.event_queue.put("Evt19")
+
+
+class _StoreDispatch:
+    """Every C-STORE goes to the storage service, whatever its Affected SOP Class UID says.
+
+    pynetdicom picks the service class by the command's SOP Class UID, and aborts the whole
+    association when it knows none (a malformed, private or retired class, or one that is not
+    the context's): one bad instance would cost every instance behind it. Here the C-STORE
+    handler sees it and answers it with a failure status (``dicomnode.ingest``); any other
+    message is served as pynetdicom does. Installed as the association's ``_serve_request``.
+    """
+
+    def __init__(self, assoc: Association) -> None:
+        self._assoc = assoc
+        self._serve: Callable[[Any, int], None] = assoc._serve_request
+
+    @classmethod
+    def install(cls, assoc: Association) -> None:
+        setattr(assoc, "_serve_request", cls(assoc))  # noqa: B010 - a method
+
+    def __call__(self, msg: Any, context_id: int) -> None:
+        assoc = self._assoc
+        context = assoc._accepted_cx.get(context_id)
+        if (
+            not isinstance(msg, C_STORE)
+            or context is None
+            or assoc._sent_release
+            or not msg.is_valid_request
+            or uid_to_service_class(str(msg.AffectedSOPClassUID)) is StorageServiceClass
+        ):
+            self._serve(msg, context_id)  # pynetdicom's own way (and its abort, if it aborts)
+            return
+        assoc._is_paused = True  # as _serve_request does, in case the handler sends
+        try:
+            StorageServiceClass(assoc).SCP(msg, context)
+        except Exception as exc:
+            log.error(
+                "C-STORE from %s could not be answered (%s); aborting the association",
+                assoc.requestor.address,
+                type(exc).__name__,
+            )
+            assoc.abort()
+        finally:
+            assoc._is_paused = False
 
 
 class _QuietPduReads(logging.Filter):

@@ -70,11 +70,17 @@ class _RedactLibraries(logging.Filter):
         return True
 
 
-def setup_logging(level: int | str = logging.INFO, form: str = "text") -> None:
+def setup_logging(level: int | str = logging.INFO, form: str = "text", verbose: int = 0) -> None:
     """Configure the root logger: one stream handler, our format, libraries redacted.
 
     Called once by the CLI and once by each worker process (spawned processes start with no
     logging configured), so that both write the same format and neither leaks values.
+
+    pynetdicom logs every association at INFO and every failed attempt at ERROR (a destination
+    that is down gave two lines and a ResourceWarning per retry): our own line says what
+    happened (the forwarder's retry, ``echo``'s sentence, the gate's refusal), so pynetdicom
+    is silent unless ``verbose`` (-v: its warnings and errors, -vvv: everything) or the level
+    is DEBUG. httpx logs every request at INFO: only its warnings, unless -vvv.
     """
     handler = logging.StreamHandler()
     if form == "json":
@@ -89,6 +95,14 @@ def setup_logging(level: int | str = logging.INFO, form: str = "text") -> None:
     root.setLevel(level)
     logging.captureWarnings(True)  # warnings.warn(...) goes through the filter above
     warnings.simplefilter("default")  # each distinct warning once per place, not a flood
+    # ...but not ResourceWarning, which Python itself hides outside development: a library's
+    # unclosed socket after a failed connection said nothing an operator can act on, once per
+    # retry.
+    warnings.filterwarnings("ignore", category=ResourceWarning)
     # pydicom logs each of its warnings a second time, on every occurrence: the captured
     # warning (once per place) is enough.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    quiet = verbose == 0 and root.getEffectiveLevel() > logging.DEBUG
+    detail = logging.DEBUG if verbose >= 3 else logging.WARNING
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if quiet else detail)
+    logging.getLogger("httpx").setLevel(detail)

@@ -1,10 +1,21 @@
 """The node: spool, workers, forwarders, listener, metrics and audit, started and stopped
 together.
 
-Start-up order makes sure nothing is lost: the spool is recovered first (half-done work back
-to ``incoming/``), then workers and forwarders start, then the listener. SIGTERM goes the
-other way: no new associations, workers finish the item in hand, forwarders the batch in
-hand, within ``node.stop_timeout_s``. SIGHUP reloads the configuration and every rule file:
+Start-up order makes sure nothing is lost: the spool is taken (one node per spool, see
+``Spool.lock``) and recovered (half-done work back to ``incoming/``, partial receives gone)
+before anything can write to it; then the metrics and DICOM ports are bound (a port that is
+taken, or an address that is not this host's, stops start-up with one line naming the setting,
+before any worker is spawned); then workers and forwarders start.
+
+SIGTERM or SIGINT: no new associations; the open ones may finish within
+``node.stop_timeout_s`` and are then aborted (A-ABORT: what was not acknowledged is the
+sender's to send again), while the workers finish the item in hand and take no other;
+forwarders finish the batch in hand. "stopped" is logged once nothing receives any more, so no
+C-STORE is acknowledged after it; what is acknowledged and not yet delivered waits in the
+spool for the next start. The same holds when the signal goes to the whole process group
+(Ctrl-C in a terminal): the workers get it too and stop quietly, and none is restarted.
+
+SIGHUP reloads the configuration and every rule file:
 the new one is validated completely first, and a bad one is refused (logged) while the old
 one keeps running; a good one replaces workers and forwarders without losing anything (items
 in the spool simply wait for the new workers), and restarts the listener only if its
@@ -24,32 +35,40 @@ projects, but not turn them on or off (the spool names and metric labels differ)
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
 from dicomnode import __version__, quarantine
 from dicomnode.audit import AuditTrail
 from dicomnode.config import Config, load_config
-from dicomnode.errors import DicomnodeError
+from dicomnode.errors import DicomnodeError, StartupError
 from dicomnode.forward import Delivery, Forwarder, Result, sender_for
 from dicomnode.ingest import Ingest
 from dicomnode.metrics import Metrics
 from dicomnode.pipeline import Outcome, WorkerPool, build_projects
 from dicomnode.projects import Router
 from dicomnode.scrub import load_profile
-from dicomnode.spool import Spool, calling_ae_of, project_of
+from dicomnode.spool import Spool, SpoolLock, calling_ae_of, project_of
 from dicomnode.validate import require_valid
 
+if TYPE_CHECKING:
+    from dicomnode.gate import GatedServer
+
 log = logging.getLogger(__name__)
+
+ABORT_GRACE_S = 10.0  # for aborted associations to end before "stopped" is logged
 
 __all__ = ["Node", "validate"]
 
@@ -68,6 +87,80 @@ def _callers(config: Config) -> set[str]:
     return callers
 
 
+def _cannot_listen(exc: OSError, what: str, host: str, port: int, section: str) -> StartupError:
+    """One line for a port that cannot be bound: the address, why, the setting, the fix."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    flag = {"node": "--port", "metrics": "--metrics-port"}[section]
+    port_setting = f"{section}.port, {flag}"
+    bind_setting = f"{section}.bind" + (", --bind" if section == "node" else "")
+    if isinstance(exc, socket.gaierror):
+        why = f"{host} does not resolve to an address ({bind_setting})"
+        fix = "give an address of this host (ip -brief address), or 0.0.0.0 for all of them"
+    elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        why = f"{host} is not an address of this host ({bind_setting})"
+        fix = "use one it has (ip -brief address), or 0.0.0.0 for all of them"
+    elif exc.errno == errno.EADDRINUSE:
+        why = f"the port is already in use ({port_setting})"
+        fix = f"stop what holds it (ss -ltnp 'sport = :{port}' names it) or choose another port"
+    elif exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024:
+        why = (
+            "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE "
+            f"({port_setting})"
+        )
+        fix = (
+            "choose a port from 1024 up, or grant the capability "
+            "(systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE)"
+        )
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = f"permission denied ({port_setting})"
+        fix = "check what forbids it here (SELinux, a sandbox), or choose another port"
+    else:
+        why = f"{exc.strerror or type(exc).__name__} ({bind_setting}; {port_setting})"
+        fix = "check both settings"
+    return StartupError(f"cannot {what} on {address}: {why}; {fix}")
+
+
+def _listener_of(ingest: Ingest) -> list[GatedServer]:
+    """The listener of ``ingest`` while it runs: after ``Ingest.stop`` it still counts (and
+    can abort) the associations that were open (see ``Node.stop``)."""
+    server = ingest.listener
+    return [server] if server is not None else []
+
+
+def _drain(listeners: list[GatedServer], deadline: float, timeout: float) -> bool:
+    """Wait until the associations of ``listeners`` have ended, up to ``deadline``; then
+    A-ABORT those still open and wait for them to end. True once none is open."""
+
+    def still_open() -> int:
+        return sum(server.associations for server in listeners)
+
+    if still_open():
+        log.info("waiting for %d open association(s) to end", still_open())
+    while still_open() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not still_open():
+        return True
+    log.warning(
+        "aborting %d association(s) still open after %.0f s (node.stop_timeout_s); their "
+        "senders keep what was not acknowledged and send it again",
+        still_open(),
+        timeout,
+    )
+    aborted: list[Any] = []
+    grace = time.monotonic() + ABORT_GRACE_S
+    while still_open() and time.monotonic() < grace:
+        for server in listeners:
+            for association in server.active_associations:
+                if not any(association is a for a in aborted):
+                    aborted.append(association)
+                    # abort() waits for the peer to close: one thread each, bounded by grace
+                    threading.Thread(
+                        target=association.abort, name="dicomnode-abort", daemon=True
+                    ).start()
+        time.sleep(0.05)
+    return not still_open()
+
+
 class Node:
     """One running dicomnode."""
 
@@ -79,14 +172,31 @@ class Node:
         self.secret = secret
         self.loader = loader or (lambda: load_config(config.source))
         self.spool = Spool(config.spool.path)
-        self.per_project = bool(config.projects)
-        self.metrics = Metrics(per_project=self.per_project, known_callers=_callers(config))
+        # Before anything touches the spool or the audit trail: one node per spool.
+        self._spool_lock: SpoolLock | None = self.spool.lock(config.spool.mode)
+        try:
+            self._make_parts(config)
+        except BaseException:
+            self._release_spool()
+            raise
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._lock = threading.Lock()
+        self._metrics_server: Any = None
+        # Listeners replaced by a reload whose associations may still be open.
+        self._retired: list[GatedServer] = []
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _make_parts(self, config: Config) -> None:
         self.audit = AuditTrail(
             config.logging.audit_file,
             max_mb=config.logging.audit_max_mb,
             backups=config.logging.audit_backups,
             access=config.logging.audit_mode,
         )
+        self.per_project = bool(config.projects)
+        self.metrics = Metrics(per_project=self.per_project, known_callers=_callers(config))
         # Ids whose ``cleaned`` line is written (the latest ones): an item cleaned twice (a
         # worker died between its clean copy and deleting its original) gets one line.
         self._cleaned_ids: set[str] = set()
@@ -95,12 +205,6 @@ class Node:
         self.pool = self._pool(config)
         self.forwarders = self._forwarders(config)
         self.ingest = self._ingest(config)
-        self._stop = threading.Event()
-        self._reload = threading.Event()
-        self._lock = threading.Lock()
-        self._metrics_server: Any = None
-
-    # -- parts -----------------------------------------------------------------------------
 
     def _pool(self, config: Config) -> WorkerPool:
         return WorkerPool(config, self.secret, self.spool, on_outcome=self._on_outcome)
@@ -162,25 +266,72 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Recover the spool, bind the ports, start the workers and forwarders.
+
+        Raises :class:`StartupError` (a port is taken, an address is not this host's) with
+        nothing left running and the spool released. (The spool is taken when the node is
+        made: a second node on it fails there.)
+        """
         log.info("dicomnode %s starting; spool %s", __version__, self.spool.root)
-        self.spool.create([d.name for d in self.config.destinations], access=self.config.spool.mode)
+        try:
+            self._start()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _start(self) -> None:
+        config = self.config
+        self.spool.create([d.name for d in config.destinations], access=config.spool.mode)
         in_doubt = self.spool.work_ids()
         self.spool.recover()
         self._replay_journal(in_doubt)
-        self._describe(self.config)
+        self._describe(config)
         self.metrics.watch_spool(self._spool_state)
-        if self.config.metrics.enabled:
-            self._metrics_server = start_http_server(
-                self.config.metrics.port,
-                addr=self.config.metrics.bind,
-                registry=self.metrics.registry,
-            )
-            log.info("metrics on http://%s:%d/metrics", self.config.metrics.bind, self.metrics_port)
+        if config.metrics.enabled:
+            try:
+                self._metrics_server = start_http_server(
+                    config.metrics.port, addr=config.metrics.bind, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                raise _cannot_listen(
+                    exc, "serve metrics", config.metrics.bind, config.metrics.port, "metrics"
+                ) from None
+            log.info("metrics on http://%s:%d/metrics", config.metrics.bind, self.metrics_port)
+        try:
+            self.ingest.start()
+        except OSError as exc:
+            if isinstance(exc, ssl.SSLError) or exc.filename is not None:
+                raise StartupError(
+                    f"cannot load the node's TLS certificate or key (node.tls): {exc}"
+                ) from None
+            raise _cannot_listen(
+                exc, "listen for DICOM", config.node.bind, config.node.port, "node"
+            ) from None
+        self.metrics.open_associations.set_function(lambda: float(self.ingest.open_associations))
+        # Received items wait in incoming/ until the workers are up (they rescan it).
         self.pool.start()
         for forwarder in self.forwarders:
             forwarder.start()
-        self.ingest.start()
-        self.metrics.open_associations.set_function(lambda: float(self.ingest.open_associations))
+
+    def _abandon(self) -> None:
+        """Undo a start that failed half-way (the ports bound, the spool taken)."""
+        self.ingest.stop()
+        self.pool.stop(5.0)  # nothing to do when it had not started
+        for forwarder in self.forwarders:
+            forwarder.stop()
+            if forwarder.is_alive():
+                forwarder.join(5.0)
+        if self._metrics_server is not None:
+            self._metrics_server[0].shutdown()
+            self._metrics_server[0].server_close()
+            self._metrics_server = None
+        self.audit.close()
+        self._release_spool()
+
+    def _release_spool(self) -> None:
+        if self._spool_lock is not None:
+            self._spool_lock.release()
+            self._spool_lock = None
 
     @property
     def metrics_port(self) -> int:
@@ -189,12 +340,29 @@ class Node:
         return int(self._metrics_server[0].server_address[1])
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop listening, let work in hand finish; True if everything stopped in time."""
+        """Stop listening; let open associations finish (then abort them) and workers finish
+        the item in hand, all within ``timeout`` (``node.stop_timeout_s``). True if the
+        workers and forwarders stopped in time (aborted associations are the senders' to
+        resend, not work of ours that was interrupted)."""
         timeout = timeout if timeout is not None else self.config.node.stop_timeout_s
-        log.info("stopping: no new associations; finishing work in hand (up to %.0f s)", timeout)
+        log.info(
+            "stopping: no new associations; open ones may finish and workers finish the "
+            "instance in hand (up to %.0f s, node.stop_timeout_s)",
+            timeout,
+        )
         deadline = time.monotonic() + timeout
+        self.pool.close()  # its workers may have had the signal too: restart none of them
+        listeners = [*self._retired, *_listener_of(self.ingest)]
         self.ingest.stop()
+        ended: list[bool] = []
+        drain = threading.Thread(
+            target=lambda: ended.append(_drain(listeners, deadline, timeout)),
+            name="dicomnode-drain",
+            daemon=True,
+        )
+        drain.start()
         clean = self.pool.stop(max(1.0, deadline - time.monotonic()))
+        drain.join()
         for forwarder in self.forwarders:
             forwarder.stop()
         for forwarder in self.forwarders:
@@ -202,8 +370,19 @@ class Node:
             clean = clean and not forwarder.is_alive()
         if self._metrics_server is not None:
             self._metrics_server[0].shutdown()
+            self._metrics_server[0].server_close()
+            self._metrics_server = None
         self.audit.close()
-        log.info("stopped%s", "" if clean else " (some work was interrupted; it resumes at start)")
+        notes = []
+        if not clean:
+            notes.append("some work was interrupted; it resumes at the next start")
+        if ended and not ended[0]:
+            notes.append(
+                f"associations still open {ABORT_GRACE_S:.0f} s after A-ABORT; "
+                "they can no longer be acknowledged"
+            )
+        log.info("stopped%s", f" ({'; '.join(notes)})" if notes else "")
+        self._release_spool()
         return clean
 
     def run(self) -> int:
@@ -266,6 +445,9 @@ class Node:
                 forwarder.start()
             listener = ("ae_title", "bind", "port", "tls", "max_pdu", "max_associations")
             if any(getattr(new.node, k) != getattr(old.node, k) for k in listener):
+                # Its open associations carry on; a stop waits for them too.
+                self._retired = [s for s in self._retired if s.associations]
+                self._retired += _listener_of(self.ingest)
                 self.ingest.stop()
                 self.ingest = self._ingest(new)
                 self.ingest.start()

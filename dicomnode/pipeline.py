@@ -13,6 +13,14 @@ restarts a worker that dies (its item goes back to ``incoming/``; after three de
 same item it is quarantined as ``worker-crashed``), and rescans ``incoming/`` for anything
 not queued.
 
+Stopping: :meth:`WorkerPool.close` ends the restarts, :meth:`WorkerPool.stop` lets each worker
+finish the item in hand, and kills one that is still busy at the deadline (its item goes back
+to ``incoming/`` at the next start). A worker that gets SIGINT or SIGTERM itself (Ctrl-C in a
+terminal, ``kill -TERM -PGID``, systemd's ``KillMode=control-group``: the whole process group)
+finishes the item in hand, takes no other and exits quietly; a second signal ends it at once.
+Workers are spawned with these signals blocked until their handler is in place, so one that
+arrives while a worker starts waits for it (no ``KeyboardInterrupt`` traceback).
+
 With projects (``dicomnode.projects``), each worker builds every project's filters and stages
 once, and takes an item through those of the project its spool name records: filters first,
 on the header as received (drop: the original is deleted; quarantine: with the rule's
@@ -33,7 +41,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -446,10 +454,44 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread while a worker is spawned: the child inherits
+    the mask, so a signal sent to the whole group while it starts waits for its handler."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _StopRequest:
+    """A worker's SIGINT/SIGTERM handler: the first asks it to stop after the item in hand,
+    a second ends it at once (the item goes back to ``incoming/`` at the next start)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, self)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the spawn
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+
+
 def _worker_main(
     index: int, config: Config, secret: bytes, tasks: Any, results: Any, parent: int
 ) -> None:
     """Entry point of a worker process; ``parent`` is the node's pid."""
+    stop = _StopRequest()
+    stop.install()
     _die_with_parent()
     if os.getppid() != parent:
         return  # the node died before we could ask to die with it
@@ -459,14 +501,18 @@ def _worker_main(
     spool = Spool(config.spool.path)
     pipeline = Pipeline.from_config(config, spool, secret)
     name = str(index)
-    while True:
+    while not stop.requested:
         try:
-            item_id = tasks.get(timeout=2)
+            item_id = tasks.get(timeout=1)
         except queue.Empty:
             if os.getppid() != parent:
                 break  # belt and braces where PR_SET_PDEATHSIG is not available
             continue
         if item_id is None:
+            break
+        if stop.requested:
+            # Not taken: it stays in incoming/, and the pool may give it to another worker.
+            results.put((index, Outcome(item_id, "missing")))
             break
         results.put((index, pipeline.process(item_id, name)))
     # Never hang at exit flushing results nobody reads any more.
@@ -499,6 +545,8 @@ class WorkerPool:
         self._queued: set[str] = set()
         self._crashes: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._spawn_lock = threading.Lock()
+        self._closing = threading.Event()  # no restarts, no new work
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -512,16 +560,22 @@ class WorkerPool:
         self.rescan()
 
     def _spawn(self, index: int) -> None:
-        process = self._ctx.Process(
-            target=_worker_main,
-            args=(index, self.config, self.secret, self._tasks, self._results, os.getpid()),
-            name=f"dicomnode-worker-{index}",
-            daemon=True,
-        )
-        process.start()
-        self._workers[index] = process
+        with self._spawn_lock:
+            if self._closing.is_set():
+                return
+            process = self._ctx.Process(
+                target=_worker_main,
+                args=(index, self.config, self.secret, self._tasks, self._results, os.getpid()),
+                name=f"dicomnode-worker-{index}",
+                daemon=True,
+            )
+            with _stop_signals_held():
+                process.start()
+            self._workers[index] = process
 
     def submit(self, item_id: str) -> None:
+        if self._closing.is_set():
+            return  # stopping: it waits in incoming/ for the next start
         with self._lock:
             if item_id in self._queued:
                 return
@@ -552,7 +606,9 @@ class WorkerPool:
                 self._queued.discard(outcome.id)
                 self._crashes.pop(outcome.id, None)
             if outcome.status == "deferred":
-                threading.Timer(5.0, self.submit, (outcome.id,)).start()
+                retry = threading.Timer(5.0, self.submit, (outcome.id,))
+                retry.daemon = True  # never holds up the node's exit
+                retry.start()
             try:
                 self.on_outcome(outcome)
             except Exception:
@@ -562,13 +618,19 @@ class WorkerPool:
         last_scan = time.monotonic()
         while not self._stopping.wait(1.0):
             for index, process in list(self._workers.items()):
-                if not process.is_alive() and not self._stopping.is_set():
+                if process.is_alive() or self._closing.is_set():
+                    continue
+                if process.exitcode == 0 and self._closing.wait(2.0):
+                    continue  # it had the node's stop signal too (the process group's)
+                if process.exitcode == 0:
+                    log.warning("worker %d stopped on a signal; restarting it", index)
+                else:
                     log.error(
                         "worker %d died (exit code %s); restarting it", index, process.exitcode
                     )
-                    self._recover_worker(index)
-                    self._spawn(index)
-            if time.monotonic() - last_scan > 5:
+                self._recover_worker(index)
+                self._spawn(index)
+            if time.monotonic() - last_scan > 5 and not self._closing.is_set():
                 last_scan = time.monotonic()
                 self.rescan()
 
@@ -602,11 +664,20 @@ class WorkerPool:
                 os.replace(path, self.spool.incoming / path.name)
                 self.submit(item_id)
 
+    def close(self) -> None:
+        """Stop restarting workers and taking new work (first thing when the node stops: its
+        workers may have had the same signal); the workers keep the item in hand."""
+        with self._spawn_lock:
+            self._closing.set()
+
     def stop(self, timeout: float = 30.0) -> bool:
-        """Let workers finish the item in hand, then stop them. True if all stopped in time.
+        """Let workers finish the item in hand, then stop them; one still busy after
+        ``timeout`` is killed (its item goes back to ``incoming/`` at the next start). True if
+        all stopped in time.
 
         Items still queued stay in ``incoming/`` for the next start.
         """
+        self.close()
         self._stopping.set()
         # Drop what is queued but not started: it stays safe in incoming/.
         with contextlib.suppress(queue.Empty):
@@ -619,11 +690,17 @@ class WorkerPool:
             self._tasks.put(None)
         deadline = time.monotonic() + timeout
         clean = True
-        for process in self._workers.values():
+        for index, process in list(self._workers.items()):
             process.join(max(0.1, deadline - time.monotonic()))
             if process.is_alive():
                 clean = False
-                process.terminate()
+                log.warning(
+                    "worker %d did not finish its item within %.0f s; stopped it (the item "
+                    "goes back to incoming/ at the next start)",
+                    index,
+                    timeout,
+                )
+                process.kill()
                 process.join(5)
         for thread in self._threads:
             thread.join(2)

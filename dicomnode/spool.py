@@ -24,6 +24,12 @@ deletes the record. So after a ``kill -9`` at any moment, every object that can 
 delivered has either its audit line or its record (which start-up turns into the line, once),
 or its original still in ``work/`` (cleaned again, with a new record).
 
+One node at a time: :meth:`Spool.lock` takes ``spool/.lock`` (``flock``) for the node's life and
+writes its pid, host and command line there; a second node on the same spool refuses to start
+and names the first. The CLI's other commands take no lock: ``status`` and ``quarantine list``
+only read, and ``retry`` only renames files from ``quarantine/`` or ``dead-letter/`` into
+``incoming/`` or ``outgoing/``, which a running node picks up at its next scan.
+
 Everything is written with the spool's access (``spool.mode``): files 0600 and folders 0700
 by default, whatever the umask; the root folder's mode says which, so the worker processes
 and the CLI follow what the node set.
@@ -40,12 +46,15 @@ slug: names stay bounded whatever a sender declares.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.durable import Access, fsync_dir, make_dirs, set_dir_mode, write_atomic, write_temp
+from dicomnode.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,7 @@ __all__ = [
     "NO_PROJECT",
     "Spool",
     "SpoolCounts",
+    "SpoolLock",
     "calling_ae_of",
     "new_id",
     "project_of",
@@ -68,6 +79,7 @@ __all__ = [
 ]
 
 SUFFIX = ".dcm"
+LOCK_NAME = ".lock"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 PROJECT_MARK = "~"
@@ -179,6 +191,36 @@ class Spool:
             for folder in _dirs(parent):
                 set_dir_mode(folder, self.dir_mode)
         return self
+
+    def lock(self, access: Access | None = None) -> SpoolLock:
+        """Take the spool for this process, or raise :class:`StartupError` naming the node
+        that has it (two nodes on one spool would recover each other's work in hand).
+
+        The lock is ``flock`` on ``.lock`` in the spool's root (made if need be, with
+        ``access``), held until :meth:`SpoolLock.release` or the process ends, whatever way
+        it ends: a ``kill -9`` leaves no stale lock. Worker processes do not inherit it.
+        """
+        access = access or self.access
+        make_dirs(self.root, access.dir_mode)
+        path = self.root / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, access.file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise StartupError(
+                f"spool {self.root} is in use by another dicomnode ({holder}); stop that node "
+                "first, or give this one a spool of its own (spool.path, --spool)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        command = " ".join(sys.orig_argv)[:500]
+        data = f"pid {os.getpid()}\nhost {socket.gethostname()}\ncommand {command}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data.encode(errors="replace"), 0)
+        return SpoolLock(fd, path)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -498,6 +540,46 @@ class Spool:
             for folder in _dirs(root):
                 count(f"{state}/{folder.name}", folder)
         return result
+
+
+class SpoolLock:
+    """The spool held by this process (see :meth:`Spool.lock`)."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    def release(self) -> None:
+        """Let another node take the spool (the file stays: removing it would race)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+
+def _holder(fd: int) -> str:
+    """Who holds a spool's lock, from what it wrote there: pid, host, command line (this
+    host's ``/proc`` when readable, else the one written)."""
+    try:
+        fields = dict(
+            line.partition(" ")[::2] for line in os.pread(fd, 4096, 0).decode().splitlines()
+        )
+    except (OSError, UnicodeDecodeError):
+        fields = {}
+    pid = fields.get("pid", "")
+    if not pid.isdigit():
+        return "its pid is not written yet"
+    where = f"pid {pid}"
+    host = fields.get("host", "")
+    if host and host != socket.gethostname():
+        where += f" on host {host}"
+    command = fields.get("command", "")
+    if not host or host == socket.gethostname():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            command = raw.replace(b"\0", b" ").decode().strip() or command
+    return f"{where}: {command}" if command else where
 
 
 def _now() -> str:

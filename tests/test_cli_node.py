@@ -51,7 +51,7 @@ def test_status_counts_and_echoes(spooled: tuple[Path, Spool], tmp_path: Path) -
     assert report["states"]["incoming"]["count"] == 1
     assert report["states"]["quarantine/unreadable"]["count"] == 1
     assert report["states"]["dead-letter/pacs"]["count"] == 1
-    assert report["destinations"]["pacs"].startswith("no association")
+    assert report["destinations"]["pacs"].startswith("connection refused: nothing listens on")
     scp = Storescp(tmp_path).start()
     try:
         data = yaml.safe_load(config.read_text())

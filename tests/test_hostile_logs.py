@@ -101,7 +101,7 @@ def test_library_records_in_this_process_are_redacted(capsys: pytest.CaptureFixt
     import warnings
 
     with warnings.catch_warnings():
-        setup_logging(logging.INFO)
+        setup_logging(logging.INFO, verbose=1)  # -v: pynetdicom's warnings too, redacted
         warnings.simplefilter("always")  # pydicom's own warnings, each time they happen
         try:
             import pydicom
