@@ -420,3 +420,14 @@ def test_synthetic_set_end_to_end(
     assert result["phi_removed_fraction"] >= 0.99
     assert result["text_free_untouched"] == result["text_free_frames"] > 0
     assert result["psnr_outside_db"] > 25
+
+
+def test_a_known_region_with_alternative_values_matches_either() -> None:
+    """deid's "equals Rows 600|768" means either size (tools/translate_regions.py)."""
+    from dicomnode.pixels.policy import load_policy
+
+    policy = load_policy()
+    for rows, expected in ((600, True), (768, True), (601, False)):
+        header = {"Manufacturer": "Philips EPIQ 7G", "Rows": rows, "Columns": 800}
+        found = any(r.label == "EPIQ_7G (CTP)" and r.applies(header) for r in policy.regions)
+        assert found is expected, rows

@@ -38,6 +38,10 @@ def _condition(text: str, where: str) -> dict[str, str]:
     out = {"field": field, "op": op}
     if value:
         out["value"] = value.strip()
+    if op == "equals" and "|" in out.get("value", ""):
+        # deid's "equals 600|768" means either value; our equals is exact, so it becomes an
+        # anchored alternation (contains takes a regular expression).
+        out["op"], out["value"] = "contains", f"^(?:{out['value']})$"
     return out
 
 
