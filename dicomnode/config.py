@@ -41,6 +41,7 @@ __all__ = [
     "NodeConfig",
     "ProjectConfig",
     "QuarantineConfig",
+    "ReviewConfig",
     "ScrubConfig",
     "load_config",
 ]
@@ -530,6 +531,11 @@ class PixelConfig(_Frozen):
     policy: Path | None = Field(
         default=None, description="a site pixel policy; default rules/pixels.yaml"
     )
+    site_regions: Path = Field(
+        default=Path("var/rules/site-regions.yaml"),
+        description="device regions added from the review page (a regions: list, as in "
+        "rules/burned-in-regions.yaml); read after the policy's own when the file exists",
+    )
     detector: DetectorConfig = DetectorConfig()
     remover: RemoverConfig = RemoverConfig()
     max_decoded_mb: int = Field(
@@ -576,6 +582,64 @@ class QuarantineConfig(_Frozen):
         description="delete a quarantined original and its sidecar this many days after it was "
         "quarantined (audited: quarantine-expired); 0: keep forever",
     )
+
+
+class ReviewConfig(_Frozen):
+    """The review page (``dicomnode.review``): quarantine and dead letters in a browser."""
+
+    enabled: bool = True
+    bind: str = Field(
+        default="127.0.0.1",
+        description="the page shows originals: keep it on loopback, or behind a reverse proxy "
+        "with TLS",
+    )
+    port: int = Field(default=8108, ge=0, le=65535, description="0: any free port (tests)")
+    users_file: Path = Field(
+        default=Path("var/review/users.json"),
+        description="users and argon2 password hashes (dicomnode user add); mode 0600",
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="the key that signs session cookies (32 bytes or more); default: derived "
+        "from the site secret",
+    )
+    grafana_url: str | None = Field(default=None, description="linked from the overview")
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="addresses of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed",
+    )
+    session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+
+    @field_validator("grafana_url")
+    @classmethod
+    def _grafana(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s\"'<>]+", v):
+            raise ValueError(f"{v!r}: give an http(s):// URL")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for address in v:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address or network") from None
+        return v
+
+    @field_validator("secret_key_file")
+    @classmethod
+    def _key_file(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        try:
+            size = len(Path(v).read_bytes().strip())
+        except OSError as exc:
+            raise ValueError(f"cannot read {v} ({exc.strerror})") from None
+        if size < 32:
+            raise ValueError(f"{v} holds {size} bytes; use 32 or more (openssl rand -hex 32)")
+        return v
 
 
 # -- projects: several research studies on one node (dicomnode.projects) ----------------------
@@ -646,6 +710,7 @@ class Config(_Frozen):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    review: ReviewConfig = ReviewConfig()
     destinations: tuple[Destination, ...] = (
         FolderDestination(name="folder", path=Path("var/out")),
     )
@@ -699,6 +764,8 @@ _PATHS = (
     ("pixels", "detector", "det_model_dir"),
     ("pixels", "detector", "rec_model_dir"),
     ("pixels", "remover", "model_path"),
+    ("review", "users_file"),
+    ("review", "secret_key_file"),
 )
 
 

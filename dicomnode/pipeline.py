@@ -314,6 +314,7 @@ class Pipeline:
         stage_name = "read"
         started = time.perf_counter()
         rule: str | None = None
+        held: tuple[str, InstanceError] | None = None  # a stage's verdict, its work done
         try:
             size = path.stat().st_size
             item = Item(item_id, read_instance(path), calling_ae, project=name)
@@ -341,7 +342,14 @@ class Pipeline:
             for stage in project.stages:
                 stage_name = stage.name
                 started = time.perf_counter()
-                stage(item)
+                try:
+                    stage(item)
+                except InstanceError as exc:
+                    if not getattr(exc, "keeps_clean_copy", False) or held is not None:
+                        raise
+                    # text-remains: the stage finished its work, and the object the stages
+                    # make is kept beside the original for a person to judge (never sent).
+                    held = (stage.name, exc)
                 seconds[stage.name] = time.perf_counter() - started
             stage_name = "encode"
             started = time.perf_counter()
@@ -378,6 +386,8 @@ class Pipeline:
                 project=name,
                 rule=rule,
             )
+        if held is not None:
+            return self._hold(path, item, chunks, held, seconds)
         pixels = item.notes.get("pixels", {})
         for name, value in pixels.get("seconds", {}).items():
             seconds[name] = value  # detect, remove, verify within the pixel stage
@@ -427,6 +437,52 @@ class Pipeline:
             uids=uids,
             done=done,
             gpu=_gpu_usage(),
+        )
+
+    def _hold(
+        self,
+        path: Path,
+        item: Item,
+        chunks: list[bytes | bytearray],
+        held: tuple[str, InstanceError],
+        seconds: dict[str, float],
+    ) -> Outcome:
+        """Quarantine an original whose stages all ran but one's verdict holds it back
+        (``text-remains``), with the cleaned object beside it (``<id>.clean.dcm``) and what the
+        stage recorded (``evidence``: boxes per frame, no text) in the sidecar."""
+        stage_name, exc = held
+        info: dict[str, Any] = {"stage": stage_name, "message": str(exc)}
+        evidence = getattr(exc, "evidence", None)
+        if evidence:
+            info["evidence"] = evidence
+        if self.per_project:
+            info["project"] = item.project
+        try:
+            self.spool.to_quarantine(path, exc.reason, info, clean=chunks)
+        except OSError as error:
+            # The disk, not the instance: back to incoming/, to be cleaned again later.
+            log.error("cannot quarantine %s with its cleaned copy (%s); will retry", item.id, error)
+            with contextlib.suppress(OSError):
+                os.replace(path, self.spool.incoming / path.name)
+            return Outcome(
+                item.id,
+                "deferred",
+                item.calling_ae,
+                "spool-io",
+                "quarantine",
+                seconds,
+                project=item.project,
+            )
+        counts = getattr(exc, "counts", None)
+        return Outcome(
+            item.id,
+            "quarantined",
+            item.calling_ae,
+            exc.reason,
+            stage_name,
+            seconds,
+            project=item.project,
+            done={"pixels": {"boxes_by_kind": counts}} if counts else {},
         )
 
 

@@ -28,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from dicomnode.spool import SUFFIX, Spool, calling_ae_of
+from dicomnode.spool import CLEAN_SUFFIX, SUFFIX, Spool, calling_ae_of, clean_copy_of
 
 __all__ = [
     "REASONS",
@@ -359,6 +359,8 @@ def _iter(spool_root: Path, reason: str | None = None) -> Iterator[Quarantined]:
         if reason is not None and folder.name != reason:
             continue
         for path in sorted(folder.glob("*" + SUFFIX)):
+            if path.name.endswith(CLEAN_SUFFIX):
+                continue  # the cleaned copy beside a text-remains original, not an item
             item = _load(path, folder.name)
             if item is not None:
                 yield item
@@ -456,8 +458,9 @@ def expire(
     ago; ``keep_days`` 0 keeps everything. Returns how many were deleted.
 
     Each deletion is audited first (``quarantine-expired``: spool id, reason, age in days),
-    then the original goes, then its sidecar: a crash in between leaves an orphan sidecar,
-    which the spool's recovery removes, or the original, deleted (and audited again) next time.
+    then the original goes, then its cleaned copy (text-remains) and its sidecar: a crash in
+    between leaves orphans, which the spool's recovery removes, or the original, deleted (and
+    audited again) next time.
     """
     if keep_days <= 0:
         return 0
@@ -479,6 +482,7 @@ def expire(
             item.path.unlink()
         except FileNotFoundError:
             continue  # retried meanwhile
+        clean_copy_of(item.path).unlink(missing_ok=True)
         with contextlib.suppress(FileNotFoundError):
             item.sidecar.unlink()
         deleted += 1

@@ -9,6 +9,7 @@
       outgoing/<destination>/ clean, waiting to be delivered to that destination
       sent/<destination>/     delivered, kept only when retention is configured
       quarantine/<reason>/    could not be cleaned with certainty; original + .json sidecar
+                              (text-remains: + <id>.clean.dcm, the cleaned copy)
       dead-letter/<dest>/     clean, but the destination never took it; + .json sidecar
       journal/                the ``cleaned`` audit record of each clean object, until the
                               node has written it to the audit trail
@@ -56,7 +57,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,15 +74,18 @@ __all__ = [
     "SpoolCounts",
     "SpoolLock",
     "calling_ae_of",
+    "clean_copy_of",
     "new_id",
     "project_of",
     "safe_ae",
 ]
 
 SUFFIX = ".dcm"
+CLEAN_SUFFIX = ".clean.dcm"  # the cleaned copy kept beside a text-remains original
 LOCK_NAME = ".lock"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_ITEM = re.compile(r"[A-Za-z0-9_-]{1,100}(~[a-z0-9][a-z0-9-]{0,31})?")  # a spool id
 PROJECT_MARK = "~"
 DEFAULT_PROJECT = "default"  # the one project of a configuration without projects
 NO_PROJECT = "none"  # no project matched (quarantined as no-project)
@@ -317,11 +321,30 @@ class Spool:
         """
         os.unlink(work_file)
 
-    def to_quarantine(self, work_file: Path, reason: str, info: dict[str, Any]) -> Path:
-        """Move an original to ``quarantine/<reason>/`` with a sidecar saying why (no PHI)."""
+    def to_quarantine(
+        self,
+        work_file: Path,
+        reason: str,
+        info: dict[str, Any],
+        clean: bytes | Sequence[bytes | bytearray] | None = None,
+    ) -> Path:
+        """Move an original to ``quarantine/<reason>/`` with a sidecar saying why (no PHI).
+
+        ``clean``: the cleaned object the stages made (``text-remains``: every stage ran, and
+        a person may judge what is left and release it), kept beside the original as
+        ``<id>.clean.dcm`` and named in the sidecar (``clean_copy``). Written first, then the
+        sidecar, then the original moves: a crash in between leaves the original in
+        ``work/`` (cleaned again after the restart) and orphans that :meth:`recover` removes.
+        """
         folder = self._folder(self.quarantine / _SAFE.sub("-", reason))
         item_id = work_file.stem
         sidecar = {"id": item_id, "reason": reason, "time": _now(), **info}
+        copy = folder / (item_id + CLEAN_SUFFIX)
+        if clean is not None:
+            write_atomic(copy, clean, tmp_dir=self.tmp, mode=self.file_mode)
+            sidecar["clean_copy"] = copy.name
+        else:
+            copy.unlink(missing_ok=True)  # a stale one, of an earlier quarantine of this id
         write_atomic(
             folder / (item_id + ".json"),
             json.dumps(sidecar, indent=1).encode(),
@@ -411,6 +434,9 @@ class Spool:
             for sidecar in folder.glob("*.json"):
                 if not sidecar.with_suffix(SUFFIX).exists():
                     sidecar.unlink()
+            for copy in folder.glob("*" + CLEAN_SUFFIX):
+                if not (folder / (copy.name[: -len(CLEAN_SUFFIX)] + SUFFIX)).exists():
+                    copy.unlink()
         for record in _json_files(self.journal):
             if (self.incoming / (record.stem + SUFFIX)).exists():
                 record.unlink()
@@ -427,6 +453,76 @@ class Spool:
         return self._move_back(
             self.dead_letter, destination, lambda name: self.outgoing / name, fresh_age=True
         )
+
+    # -- one item at a time (the review page) ----------------------------------------------
+
+    def _held(self, root: Path, folder: str, item_id: str) -> Path:
+        """The file of one held item; ``folder`` and ``item_id`` must be plain names."""
+        if not folder or _SAFE.search(folder) or not _ITEM.fullmatch(item_id):
+            raise ValueError("not a spool folder or id")
+        return root / folder / (item_id + SUFFIX)
+
+    def requeue_item(self, reason: str, item_id: str) -> bool:
+        """Send one quarantined original through the pipeline again; its sidecar and any
+        cleaned copy go. False when it is not there (retried or deleted meanwhile)."""
+        path = self._held(self.quarantine, reason, item_id)
+        target = self._folder(self.incoming) / path.name
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.incoming)
+        path.with_name(item_id + CLEAN_SUFFIX).unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        return True
+
+    def requeue_dead_letter(self, destination: str, item_id: str) -> bool:
+        """Give one dead letter back to its destination's queue, with a fresh age."""
+        path = self._held(self.dead_letter, destination, item_id)
+        target = self._folder(self.outgoing / destination) / path.name
+        try:
+            os.utime(path)
+            os.replace(path, target)
+        except FileNotFoundError:
+            return False
+        fsync_dir(target.parent)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        return True
+
+    def release(self, reason: str, item_id: str, destinations: list[str]) -> bool:
+        """Deliver the cleaned copy of a quarantined item (a person judged what the pixel
+        stage left is not PHI) to ``destinations``; then the original, the copy and the
+        sidecar go. False when there is no cleaned copy (or no item any more).
+
+        The copy is linked into each ``outgoing/<destination>/`` (fsynced) before anything
+        is removed: a crash in between leaves it delivered and still held, never lost.
+        """
+        path = self._held(self.quarantine, reason, item_id)
+        clean = path.with_name(item_id + CLEAN_SUFFIX)
+        if not clean.is_file() or not path.is_file():
+            return False
+        for name in destinations:
+            folder = self._folder(self.outgoing / name)
+            target = folder / path.name
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            os.link(clean, target)
+            fsync_dir(folder)
+        self.delete_quarantined(reason, item_id)
+        return True
+
+    def delete_quarantined(self, reason: str, item_id: str) -> bool:
+        """Delete a quarantined original, its cleaned copy and its sidecar (the sidecar
+        last: a crash leaves an orphan sidecar, which ``recover`` removes)."""
+        path = self._held(self.quarantine, reason, item_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        path.with_name(item_id + CLEAN_SUFFIX).unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        return True
 
     def _move_back(
         self,
@@ -447,10 +543,11 @@ class Spool:
                 continue
             target = self._folder(target_for(folder.name))
             count = 0
-            for path in sorted(folder.glob("*" + SUFFIX)):
+            for path in sorted(_files(folder)):
                 if fresh_age:
                     os.utime(path)  # the age for dead-lettering starts again
                 os.replace(path, target / path.name)
+                clean_copy_of(path).unlink(missing_ok=True)  # the original is cleaned anew
                 path.with_suffix(".json").unlink(missing_ok=True)
                 count += 1
             if count:
@@ -586,13 +683,19 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def clean_copy_of(original: Path) -> Path:
+    """Where the cleaned copy of a quarantined original is kept (``<id>.clean.dcm``)."""
+    return original.with_name(original.name[: -len(SUFFIX)] + CLEAN_SUFFIX)
+
+
 def _ids(folder: Path) -> Iterator[str]:
+    """Ids of the items in ``folder`` (a cleaned copy beside an original is not an item)."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return
     for name in names:
-        if name.endswith(SUFFIX):
+        if name.endswith(SUFFIX) and not name.endswith(CLEAN_SUFFIX):
             yield name[: -len(SUFFIX)]
 
 
@@ -602,7 +705,7 @@ def _files(folder: Path) -> Iterator[Path]:
     except FileNotFoundError:
         return
     for name in names:
-        if name.endswith(SUFFIX):
+        if name.endswith(SUFFIX) and not name.endswith(CLEAN_SUFFIX):
             yield folder / name
 
 

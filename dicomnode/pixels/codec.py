@@ -423,14 +423,27 @@ def _is_lossless(syntax: UID) -> bool:
     )
 
 
-def display(frame: np.ndarray, photometric: str, ds: Dataset) -> np.ndarray:
-    """An 8-bit RGB picture of a frame, as a viewer would show it, for OCR."""
+def display(
+    frame: np.ndarray, photometric: str, ds: Dataset, span: tuple[float, float] | None = None
+) -> np.ndarray:
+    """An 8-bit RGB picture of a frame, as a viewer would show it, for OCR.
+
+    Values deeper than 8 bits are stretched from ``span`` (low, high) to 0-255; None: the
+    frame's own range (:func:`value_span`). The pixel stage passes the original frame's span
+    for its cleaned frame too, so that verification sees the cleaned frame as the original
+    was seen: a fill that removed the brightest pixels must not brighten what is left. A
+    palette is shown by its entries' own depth (16-bit entries over 65535), never stretched.
+    """
     if photometric == "PALETTE COLOR":
-        rgb = np.asarray(apply_color_lut(frame, ds), dtype=np.float32)
-        return _to_uint8(rgb)
+        rgb = np.asarray(apply_color_lut(frame, ds))
+        if rgb.dtype == np.uint8:
+            return np.ascontiguousarray(rgb)
+        if _palette_is_16_bit(ds):
+            return np.ascontiguousarray((rgb.astype(np.float32) / 257.0 + 0.5).astype(np.uint8))
+        return np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8))
     if photometric == "YBR_FULL":
         frame = convert_color_space(frame, "YBR_FULL", "RGB")
-    picture = frame if frame.dtype == np.uint8 else _to_uint8(frame.astype(np.float32))
+    picture = frame if frame.dtype == np.uint8 else _to_uint8(frame.astype(np.float32), span)
     if photometric == "MONOCHROME1":
         picture = 255 - picture
     if picture.ndim == 2:
@@ -438,13 +451,29 @@ def display(frame: np.ndarray, photometric: str, ds: Dataset) -> np.ndarray:
     return np.ascontiguousarray(picture)
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def value_span(frame: np.ndarray) -> tuple[float, float]:
+    """The range of a frame's values (what :func:`display` stretches to 0-255)."""
+    return float(frame.min()), float(frame.max())
+
+
+def _palette_is_16_bit(ds: Dataset) -> bool:
+    """Whether the palette's entries use 16 bits: declared so, and some entry above 255 (a
+    few writers declare 16 and store 8-bit values)."""
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor", [256, 0, 8])
+    if int(descriptor[2]) != 16:
+        return False
+    lut = np.asarray(apply_color_lut(np.arange(_palette_size(ds)), ds))
+    return bool(lut.max() > 255)
+
+
+def _to_uint8(values: np.ndarray, span: tuple[float, float] | None = None) -> np.ndarray:
     if values.dtype == np.uint8:
         return values
-    low, high = float(values.min()), float(values.max())
+    low, high = span if span is not None else (float(values.min()), float(values.max()))
     if high <= low:
         return np.zeros(values.shape, np.uint8)
-    return ((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
 def fill_value(frame: np.ndarray, photometric: str, ds: Dataset) -> np.ndarray:

@@ -31,6 +31,7 @@ __all__ = [
     "TextDetector",
     "doubtful",
     "find_text",
+    "line_height",
     "make_detector",
 ]
 
@@ -211,42 +212,85 @@ def find_text(
     *,
     pad: int = 24,
     max_side: int = 1024,
+    tall: bool = False,
 ) -> list[Box]:
     """Detect text near ``regions`` (candidates of the presence check): on merged, padded
-    crops; on the whole picture, tiled when large, once the crops cover most of it. Small
-    crops are enlarged twice, so that small fonts reach the detector's preferred size."""
+    crops, or on the whole picture once the crops cover most of it.
+
+    The detector sees text of 10 px and more; ultrasound and screen captures write 7-10 px
+    fonts. So every crop is also looked at enlarged twice (on tiles of ``max_side / 2``, so
+    that the detector does not shrink it back), and large crops at their own size as well
+    (large titles). Boxes are returned in the picture's own pixels: text lines only, or, with
+    ``tall``, also boxes taller than a text line (up to half the frame) for the caller to
+    confirm by reading them (:func:`doubtful`).
+    """
     height, width = picture.shape[:2]
     crops = merge([r.padded(pad, width, height) for r in regions], gap=pad)
     if sum(c.area for c in crops) > 0.5 * width * height:
-        crops = _tiles(width, height, max_side)
+        crops = [Box(0, 0, width, height)]
     found: list[Box] = []
     for crop in crops:
-        view = np.ascontiguousarray(picture[crop.y0 : crop.y1, crop.x0 : crop.x1])
-        scale = 2.0 if crop.height <= 96 and max(crop.width, crop.height) * 2 <= max_side else 1.0
-        if scale != 1.0:
-            view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        for box in detector.detect(view):
-            found.append(box.scaled(1 / scale).shifted(crop.x0, crop.y0).clipped(width, height))
-    return [b.padded(2, width, height) for b in found if b.area > 0 and _line_like(b, height)]
+        scales = [2.0] if crop.height <= 96 else [1.0, 2.0]
+        if crop.area > _ENLARGE_MAX_AREA:
+            scales = [1.0]  # a large frame: its fonts are large too, and four times the work
+        for scale in scales:
+            for tile in _tiles(crop, int(max_side / scale)):
+                view = np.ascontiguousarray(picture[tile.y0 : tile.y1, tile.x0 : tile.x1])
+                if scale != 1.0:
+                    view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+                for box in detector.detect(view):
+                    found.append(
+                        box.scaled(1 / scale).shifted(tile.x0, tile.y0).clipped(width, height)
+                    )
+    limit = height // 2 if tall else line_height(height)
+    return _distinct([b.padded(2, width, height) for b in found if b.area and b.height <= limit])
 
 
-def _line_like(box: Box, frame_height: int) -> bool:
+def _distinct(boxes: list[Box]) -> list[Box]:
+    """Without the boxes that lie (90%) inside another of about their height: the same line
+    seen at two sizes, or in two overlapping tiles, is one box. (A line inside a taller box
+    stays: the taller one may be read as no text and dropped.)"""
+    kept: list[Box] = []
+    for box in sorted(boxes, key=lambda b: -b.area):
+        if not any(
+            box.intersection(k) >= 0.9 * box.area and k.height <= 1.5 * box.height for k in kept
+        ):
+            kept.append(box)
+    return sorted(kept, key=lambda b: (b.y0, b.x0))
+
+
+_ENLARGE_MAX_AREA = 1280 * 1024  # pixels of a crop still worth enlarging
+
+
+def line_height(frame_height: int) -> int:
     """Detectors also fire on large textured areas (anatomy); a text line is not taller than
     a big title (15% of the frame, at least 48 px)."""
-    return box.height <= max(48, 0.15 * frame_height)
+    return max(48, int(0.15 * frame_height))
 
 
-def doubtful(box: Box) -> bool:
-    """Boxes worth confirming by reading them: squarish, tall, or weakly scored."""
+def doubtful(box: Box, frame_height: int | None = None) -> bool:
+    """Boxes worth confirming by reading them: squarish, tall, weakly scored, or taller than
+    a text line of a frame ``frame_height`` high."""
+    if frame_height is not None and box.height > line_height(frame_height):
+        return True
     return box.score < 0.6 or (box.height > 24 and box.width < 1.5 * box.height)
 
 
-def _tiles(width: int, height: int, side: int, overlap: int = 64) -> list[Box]:
-    if max(width, height) <= side:
-        return [Box(0, 0, width, height)]
-    step = side - overlap
+def _tiles(crop: Box, side: int, overlap: int = 64) -> list[Box]:
+    """``crop`` cut into tiles of at most ``side`` pixels, overlapping by ``overlap`` (a text
+    line cut by one tile's edge is whole in its neighbour, when shorter than the overlap)."""
+    if max(crop.width, crop.height) <= side:
+        return [crop]
+    step = max(1, side - overlap)
+
+    def starts(low: int, high: int) -> list[int]:
+        if high - low <= side:
+            return [low]
+        values = list(range(low, high - side, step))
+        return [*values, high - side]
+
     return [
-        Box(x, y, min(width, x + side), min(height, y + side))
-        for y in range(0, max(1, height - overlap), step)
-        for x in range(0, max(1, width - overlap), step)
+        Box(x, y, min(crop.x1, x + side), min(crop.y1, y + side))
+        for y in starts(crop.y0, crop.y1)
+        for x in starts(crop.x0, crop.x1)
     ]

@@ -30,7 +30,7 @@ from dicomnode.pixels.boxes import Box
 from dicomnode.scrub.profile import rules_dir
 from dicomnode.validate import parse_model, read_yaml
 
-__all__ = ["Decision", "Operator", "PixelPolicy", "load_policy"]
+__all__ = ["Decision", "Operator", "PixelPolicy", "load_policy", "load_regions"]
 
 
 class Operator(StrEnum):
@@ -325,8 +325,10 @@ def _region(spec: _RegionSpec) -> _Region:
     )
 
 
-def load_policy(path: Path | None = None) -> PixelPolicy:
-    """The pixel policy (default: rules/pixels.yaml), validated, with its known regions.
+def load_policy(path: Path | None = None, site_regions: Path | None = None) -> PixelPolicy:
+    """The pixel policy (default: rules/pixels.yaml), validated, with its known regions and
+    those of ``site_regions`` (``pixels.site_regions``, written by the review page) when that
+    file exists.
 
     Raises :class:`~dicomnode.validate.ConfigProblems`: every mistake of the file at once,
     each with its line (an unknown operator, a condition without a field or value, a box
@@ -342,4 +344,14 @@ def load_policy(path: Path | None = None) -> PixelPolicy:
         )
         known = parse_model(_KnownRegions, known_doc.data or {}, known_doc)
         regions += [_region(r) for r in known.regions if r.enabled]
+    if site_regions is not None and site_regions.exists():
+        regions += load_regions(site_regions)
     return PixelPolicy(spec, regions, str(path))
+
+
+def load_regions(path: Path) -> list[_Region]:
+    """The enabled regions of a file holding only a ``regions:`` list (the site's regions),
+    validated like the policy's own (:class:`~dicomnode.validate.ConfigProblems`)."""
+    doc = read_yaml(path, what="the site's device regions")
+    spec = parse_model(_KnownRegions, doc.data or {}, doc)
+    return [_region(r) for r in spec.regions if r.enabled]

@@ -44,11 +44,28 @@ def strokes(picture: np.ndarray, contrast: int = 12) -> np.ndarray:
 
 
 def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> list[Box]:
-    """Boxes around every text-like structure in an 8-bit RGB (or grey) picture."""
+    """Boxes around every text-like structure in an 8-bit RGB (or grey) picture.
+
+    Strokes are looked for at the picture's size (up to ``max_side``) and on a copy reduced
+    four times: a title in a large bold font has strokes too thick for the small kernel, which
+    are thin strokes again at a quarter of the size.
+    """
     scale = 1.0
     if max(picture.shape[:2]) > max_side:  # large frames: look at a reduced copy
         scale = max_side / max(picture.shape[:2])
         picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    found = _components(picture, contrast, scale)
+    if min(picture.shape[:2]) >= 4 * _COARSE_MIN:
+        coarse = cv2.resize(picture, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+        found += _components(coarse, contrast, scale * 0.25)
+    return found
+
+
+_COARSE_MIN = 48  # the reduced copy's shorter side, at least
+
+
+def _components(picture: np.ndarray, contrast: int, scale: float) -> list[Box]:
+    """Candidate boxes at one scale (``scale``: this picture's size over the frame's)."""
     strokes_ = strokes(picture, contrast)
     if not strokes_.any():
         return []

@@ -28,7 +28,8 @@ from dicomnode.errors import InstanceError
 from dicomnode.limits import out_of_memory
 from dicomnode.pixels import codec
 from dicomnode.pixels.boxes import Box
-from dicomnode.pixels.detect import TextDetector, doubtful, find_text, make_detector
+from dicomnode.pixels.detect import TextDetector, doubtful, find_text, line_height, make_detector
+from dicomnode.pixels.evidence import Evidence, Kind
 from dicomnode.pixels.policy import Decision, PixelPolicy, load_policy
 from dicomnode.pixels.presence import candidates, strokes
 from dicomnode.pixels.remove import FillRemover, Remover, make_remover
@@ -42,7 +43,18 @@ CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
 
 
 class TextRemainsError(InstanceError):
+    """Text was still read after removal. Raised once every frame is cleaned and written, so
+    the data set holds the cleaned copy (``keeps_clean_copy``: the pipeline keeps it beside
+    the quarantined original for a person to look at and release); ``evidence`` is what the
+    sidecar records (boxes per frame, never text), ``counts`` the boxes per kind."""
+
     reason = "text-remains"
+    keeps_clean_copy = True
+
+    def __init__(self, message: str, evidence: Evidence | None = None) -> None:
+        super().__init__(message)
+        self.evidence: dict[str, Any] = evidence.as_dict() if evidence is not None else {}
+        self.counts: dict[str, int] = evidence.counts() if evidence is not None else {}
 
 
 class PixelStageError(InstanceError):
@@ -61,14 +73,33 @@ class _Seen:
 
 
 class FrameResult:
-    """What happened to one frame (counts and boxes; the boxes carry no text)."""
+    """What happened to one frame: the cleaned frame (None: unchanged) and the boxes of each
+    kind (:class:`~dicomnode.pixels.evidence.Kind`); the boxes carry no text."""
 
-    __slots__ = ("boxes", "cleaned", "seconds")
+    __slots__ = ("boxes", "cleaned", "found", "regions", "remains", "seconds")
 
-    def __init__(self, cleaned: np.ndarray | None, boxes: list[Box], seconds: dict[str, float]):
+    def __init__(
+        self,
+        cleaned: np.ndarray | None,
+        boxes: list[Box],
+        seconds: dict[str, float],
+        *,
+        found: list[Box] | None = None,
+        regions: list[Box] | None = None,
+        remains: list[Box] | None = None,
+    ):
         self.cleaned = cleaned
-        self.boxes = boxes
+        self.boxes = boxes  # removed (filled or inpainted)
         self.seconds = seconds
+        self.found = found or []
+        self.regions = regions or []
+        self.remains = remains or []
+
+    def record(self, evidence: Evidence, index: int) -> None:
+        evidence.add(index, Kind.FOUND, self.found)
+        evidence.add(index, Kind.REGION, self.regions)
+        evidence.add(index, Kind.REMOVED, self.boxes)
+        evidence.add(index, Kind.REMAINS, self.remains)
 
 
 class PixelStage:
@@ -85,7 +116,7 @@ class PixelStage:
         remover: Remover | None = None,
     ) -> None:
         self.settings = settings
-        self.policy = policy or load_policy(settings.policy)
+        self.policy = policy or load_policy(settings.policy, settings.site_regions)
         self.detector = detector or make_detector(
             settings.detector.backend,
             threads=settings.detector.threads,
@@ -147,10 +178,12 @@ class PixelStage:
         source = codec.open_frames(ds, self.limits)
         phi = SensitiveText(identity) if self.sensitive else None
         done: dict[bytes, _Seen] = {}
+        results: dict[bytes, FrameResult] = {}
         writer: codec.FrameWriter | None = None
         changed = 0
         boxes = 0
         seconds: dict[str, float] = {}
+        evidence = Evidence(len(source), int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
         for index, frame in enumerate(source.frames()):
             key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
             seen = done.get(key)
@@ -160,10 +193,15 @@ class PixelStage:
                 for name, value in result.seconds.items():
                     seconds[name] = seconds.get(name, 0.0) + value
                 seen = done[key] = _Seen(result.cleaned is not None)
+                if result.found or result.regions or result.boxes or result.remains:
+                    results[key] = result  # boxes only: the cleaned pixels are not kept
                 if result.cleaned is not None:
                     if writer is None:
                         writer = self._writer(ds, source, index)
                     frame = result.cleaned
+                result.cleaned = None
+            if key in results:
+                results[key].record(evidence, index)
             if seen.changed:
                 changed += 1
             if writer is None:
@@ -176,6 +214,11 @@ class PixelStage:
         if writer is not None:
             what = writer.finish()
             _mark_derived(ds)
+        if evidence.remains:
+            # Every frame is cleaned and written: the data set is the cleaned copy, which
+            # goes to quarantine beside the original, never onward. It says what it is.
+            _stamp_held(ds)
+            raise TextRemainsError(_remains_message(evidence), evidence)
         _stamp(ds, what)
         return {
             "checked": True,
@@ -184,6 +227,7 @@ class PixelStage:
             "distinct_frames": len(done),
             "frames_changed": changed,
             "boxes": boxes,
+            "boxes_by_kind": evidence.counts(),
             "pixel_data": what,
             "seconds": seconds,
         }
@@ -222,11 +266,16 @@ class PixelStage:
         decision: Decision,
         phi: SensitiveText | None,
     ) -> FrameResult:
+        """Find, remove, verify; what verification still reads after a second, solid fill is
+        returned as ``remains`` (the caller quarantines the instance once all frames are
+        done)."""
         seconds: dict[str, float] = {}
         started = time.perf_counter()
-        picture = codec.display(frame, photometric, ds)
+        span = codec.value_span(frame)
+        picture = codec.display(frame, photometric, ds, span)
         height, width = picture.shape[:2]
         regions = [b.clipped(width, height) for b in decision.regions]
+        regions = [b for b in regions if b.area > 0]
         found = candidates(picture)
         seconds["presence"] = time.perf_counter() - started
         boxes: list[Box] = []
@@ -236,7 +285,9 @@ class PixelStage:
             seconds["detect"] = time.perf_counter() - started
         targets = [b for b in regions + boxes if b.area > 0]
         if decision.keep_only:
-            targets += _outside(decision.keep_only, width, height)
+            outside = _outside(decision.keep_only, width, height)
+            targets += outside
+            regions += outside
         if not targets:
             return FrameResult(None, [], seconds)
         fill = codec.fill_value(frame, photometric, ds)
@@ -245,26 +296,29 @@ class PixelStage:
         seconds["remove"] = time.perf_counter() - started
         started = time.perf_counter()
         removed = list(targets)
+        remains: list[Box] = []
         for attempt in range(2):
-            leftover = self._remaining(cleaned, photometric, ds, phi, removed, found)
+            leftover = self._remaining(cleaned, photometric, ds, span, phi, removed, found)
             if not leftover:
                 break
             if attempt == 1:
-                raise TextRemainsError(
-                    f"text was still found in {len(leftover)} place(s) after removal; the "
-                    "instance is quarantined rather than forwarded"
-                )
+                remains = leftover
+                break
             # Second pass: a solid fill over what verification still sees.
             cleaned = self._fill.remove(cleaned, picture, leftover, fill)
             removed += leftover
         seconds["verify"] = time.perf_counter() - started
-        return FrameResult(cleaned, removed, seconds)
+        found_text = [Box(b.x0, b.y0, b.x1, b.y1, b.score, b.source) for b in boxes]
+        return FrameResult(
+            cleaned, removed, seconds, found=found_text, regions=regions, remains=remains
+        )
 
     def _remaining(
         self,
         frame: np.ndarray,
         photometric: str,
         ds: Dataset,
+        span: tuple[float, float],
         phi: SensitiveText | None,
         removed: list[Box],
         examined: list[Box],
@@ -275,7 +329,7 @@ class PixelStage:
         changed (around what was removed) and on any candidate the first pass did not
         examine. Elsewhere the pixels, and so the detector's answer, are the first pass's.
         """
-        picture = codec.display(frame, photometric, ds)
+        picture = codec.display(frame, photometric, ds, span)
         found = candidates(picture)
         regions = [
             c
@@ -304,25 +358,43 @@ class PixelStage:
         if not inked or phi is not None:
             return inked  # sensitive mode has read them already
         read = self.detector.recognize(picture, inked)
-        return [b for b in read if sum(c.isalnum() for c in (b.text or "")) >= 2 and b.score >= 0.5]
+        return [b for b in read if _readable(b) and b.score >= 0.5]
 
     def _text(
         self, picture: np.ndarray, regions: list[Box], phi: SensitiveText | None
     ) -> list[Box]:
         """Text boxes near the candidate regions: all of them (all-text mode), or those whose
-        words are PHI (sensitive-text mode). Doubtful boxes are read to confirm them."""
-        boxes = find_text(self.detector, picture, regions)
+        words are PHI (sensitive-text mode). Doubtful boxes are read to confirm them: boxes
+        taller than a text line (a large title, or anatomy the detector took for text) must
+        read clearly."""
+        boxes = find_text(self.detector, picture, regions, tall=True)
         if phi is not None:
             read = self.detector.recognize(picture, boxes) if boxes else []
             return [b for b in read if phi.is_sensitive(b.text or "", b.score)]
-        sure = [b for b in boxes if not doubtful(b)]
-        unsure = [b for b in boxes if doubtful(b)]
+        height = picture.shape[0]
+        sure = [b for b in boxes if not doubtful(b, height)]
+        unsure = [b for b in boxes if doubtful(b, height)]
         if unsure:
             for box in self.detector.recognize(picture, unsure):
-                text = (box.text or "").strip()
-                if sum(c.isalnum() for c in text) >= 2 and box.score >= 0.5:
+                least = 0.8 if box.height > line_height(height) else 0.5
+                if _readable(box) and box.score >= least:
                     sure.append(box)
         return sure
+
+
+def _readable(box: Box) -> bool:
+    """At least two letters or digits were read in it."""
+    return sum(c.isalnum() for c in (box.text or "")) >= 2
+
+
+def _remains_message(evidence: Evidence) -> str:
+    """The quarantine message of a ``text-remains`` item: where, and what to do (no text)."""
+    return (
+        f"Burned-in {evidence.summary()}. The cleaned copy is kept beside the original. Look at "
+        "the image (the review page draws where): if what remains is not PHI, release the "
+        "cleaned copy; if a device always writes there, add a region rule for it from the "
+        "review page (or by hand to pixels.policy or pixels.site_regions) and re-run the item."
+    )
 
 
 def _outside(keep: tuple[Box, ...], width: int, height: int) -> list[Box]:
@@ -346,6 +418,21 @@ def _mark_derived(ds: Dataset) -> None:
     ds.ImageType = values
 
 
+def _stamp_held(ds: Dataset) -> None:
+    """The cleaned copy of a ``text-remains`` item: text was removed and some is still read,
+    so BurnedInAnnotation YES and no Clean Pixel Data code (a person may release it)."""
+    ds.BurnedInAnnotation = "YES"
+    _add_method(ds, "Burned-in text removed; some remained: held for review")
+
+
+def _add_method(ds: Dataset, note: str) -> None:
+    methods = [str(m) for m in (ds.get("DeidentificationMethod") or [])]
+    if isinstance(ds.get("DeidentificationMethod"), str):
+        methods = [str(ds.DeidentificationMethod)]
+    if note[:64] not in methods:
+        ds.DeidentificationMethod = [*methods, note[:64]]
+
+
 def _stamp(ds: Dataset, what: str) -> None:
     """BurnedInAnnotation NO and the Clean Pixel Data code: the pixels were checked."""
     ds.BurnedInAnnotation = "NO"
@@ -358,9 +445,4 @@ def _stamp(ds: Dataset, what: str) -> None:
         item.CodeMeaning = CLEAN_PIXEL_DATA[1]
         items.append(item)
         ds.DeidentificationMethodCodeSequence = items
-    methods = [str(m) for m in (ds.get("DeidentificationMethod") or [])]
-    if isinstance(ds.get("DeidentificationMethod"), str):
-        methods = [str(ds.DeidentificationMethod)]
-    note = f"Clean Pixel Data: {what}"[:64]
-    if note not in methods:
-        ds.DeidentificationMethod = [*methods, note]
+    _add_method(ds, f"Clean Pixel Data: {what}")
