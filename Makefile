@@ -3,8 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive as real peers (installed when run as root).
-SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb openssl fonts-dejavu-core prometheus systemd
-SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl promtool systemd-analyze
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb openssl fonts-dejavu-core prometheus systemd chromium
+SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl promtool systemd-analyze chromium
 # Files the tests need from packages that install no program (Orthanc's DICOMweb plugin).
 SYSTEM_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
@@ -43,7 +43,7 @@ system-deps:
 # copies under ./var/out, spool in ./var/spool, and a PUBLIC demo secret (it says so).
 # Other ports: make run PORT=11113 METRICS_PORT=9109 (each passed only when given).
 run: $(BIN)/.base
-	$(BIN)/dicomnode serve --demo$(if $(PORT), --port $(PORT))$(if $(METRICS_PORT), --metrics-port $(METRICS_PORT))
+	$(BIN)/dicomnode serve --demo$(if $(PORT), --port $(PORT))$(if $(METRICS_PORT), --metrics-port $(METRICS_PORT))$(if $(REVIEW_PORT), --review-port $(REVIEW_PORT))
 
 test: $(BIN)/.test system-deps lint
 	$(BIN)/python -m pytest -q

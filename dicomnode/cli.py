@@ -26,6 +26,7 @@ from dicomnode.logs import setup_logging
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
+    from dicomnode.review.users import UserStore
 
 log = logging.getLogger("dicomnode")
 
@@ -164,6 +165,8 @@ def _node_config(args: argparse.Namespace) -> Config:
         updates["node"] = NodeConfig.model_validate({**config.node.model_dump(), **node})
     if getattr(args, "metrics_port", None) is not None:
         updates["metrics"] = config.metrics.model_copy(update={"port": args.metrics_port})
+    if getattr(args, "review_port", None) is not None:
+        updates["review"] = config.review.model_copy(update={"port": args.review_port})
     if getattr(args, "spool", None) is not None:
         updates["spool"] = config.spool.model_copy(update={"path": args.spool})
     return config.model_copy(update=updates) if updates else config
@@ -194,7 +197,7 @@ def _make_node(args: argparse.Namespace) -> Node:
     _setup_logging(args.verbose, "serve", config.logging.level, config.logging.format)
     secret = load_secret(demo=_demo_flag(args))
     require_valid(config, secret=secret)  # what check-config runs; errors: exit 2
-    node = Node(config, secret, loader=lambda: _node_config(args))
+    node = Node(config, secret, loader=lambda: _node_config(args), demo=_demo_flag(args))
     log.info("configuration: %s", config.model_dump_json(exclude={"source"}))
     for destination in config.destinations:
         where = (
@@ -548,6 +551,89 @@ def _cmd_reidentify(args: argparse.Namespace) -> int:
     return EXIT_OK if any(wanted.values()) else EXIT_FAILURES
 
 
+def _users(args: argparse.Namespace) -> tuple[Config, UserStore]:
+    from dicomnode.review.users import UserStore
+
+    config = load_config(args.config)
+    return config, UserStore(config.review.users_file)
+
+
+def _audit_user_change(config: Config, event: str, **fields: str) -> None:
+    """``review-user-added`` / ``-removed`` in the audit trail, by the OS user who ran it."""
+    if config.logging.audit_file is None:
+        return
+    from dicomnode.audit import AuditTrail
+
+    audit = AuditTrail(
+        config.logging.audit_file,
+        max_mb=config.logging.audit_max_mb,
+        backups=config.logging.audit_backups,
+    )
+    try:
+        audit.write(event, by=_os_user(), **fields)
+    finally:
+        audit.close()
+
+
+def _cmd_user_add(args: argparse.Namespace) -> int:
+    """A review page user: the password is asked for (empty: one is made) or generated, and
+    a generated one is printed once."""
+    import getpass
+
+    from dicomnode.review.users import MIN_PASSWORD, Role, check_name, generate_password
+
+    config, store = _users(args)
+    name = check_name(args.name)
+    generated = False
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif args.generate or not sys.stdin.isatty():
+        password, generated = generate_password(), True
+    else:
+        password = getpass.getpass(
+            f"password for {name} ({MIN_PASSWORD} characters or more; empty: make one): "
+        )
+        if not password:
+            password, generated = generate_password(), True
+        elif getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ; nothing was changed")
+    user = store.add(name, Role(args.role), password, replace=args.replace)
+    _audit_user_change(config, "review-user-added", user=user.name, role=user.role.value)
+    print(f"user {user.name} ({user.role.value}) saved in {store.path}", file=sys.stderr)
+    if generated:
+        print(f"password (shown once): {password}")
+    return EXIT_OK
+
+
+def _cmd_user_list(args: argparse.Namespace) -> int:
+    _config, store = _users(args)
+    users = store.users()
+    if args.json:
+        print(
+            json.dumps(
+                [{"name": u.name, "role": u.role.value, "created": u.created} for u in users],
+                indent=1,
+            )
+        )
+        return EXIT_OK
+    if not users:
+        print(f"no users in {store.path} (dicomnode user add NAME --role reviewer)")
+        return EXIT_OK
+    for user in users:
+        print(f"{user.name:<32} {user.role.value:<9} created {user.created}")
+    return EXIT_OK
+
+
+def _cmd_user_remove(args: argparse.Namespace) -> int:
+    config, store = _users(args)
+    if not store.remove(args.name):
+        print(f"no user {args.name!r} in {store.path}", file=sys.stderr)
+        return EXIT_FAILURES
+    _audit_user_change(config, "review-user-removed", user=args.name)
+    print(f"user {args.name} removed; their sessions end at their next request")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomnode",
@@ -605,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", help="address to listen on (overrides node.bind)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides node.port)")
     serve.add_argument("--metrics-port", type=int, help="metrics port (overrides metrics.port)")
+    serve.add_argument("--review-port", type=int, help="review page port (overrides review.port)")
     serve.set_defaults(func=_cmd_serve)
 
     status = sub.add_parser("status", help="spool counts per state; C-ECHO each destination")
@@ -649,6 +736,34 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", metavar="ID", help="spool id (or a unique start of it)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=_cmd_quarantine_show)
+
+    users = sub.add_parser("user", help="review page users: add, list, remove")
+    users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = users_sub.add_parser(
+        "add", help="add a user (the password is asked for, or made and printed once)"
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--role",
+        choices=["reviewer", "viewer"],
+        required=True,
+        help="viewer: counts, reasons and cleaned output; reviewer: also originals and actions",
+    )
+    add.add_argument("--generate", action="store_true", help="make a password, do not ask")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.add_argument("--replace", action="store_true", help="replace an existing user")
+    add.add_argument("--config", type=Path, help="configuration (review.users_file)")
+    add.set_defaults(func=_cmd_user_add)
+    listed = users_sub.add_parser("list", help="users and roles")
+    listed.add_argument("--json", action="store_true")
+    listed.add_argument("--config", type=Path, help="configuration (review.users_file)")
+    listed.set_defaults(func=_cmd_user_list)
+    remove = users_sub.add_parser("remove", help="remove a user (their sessions end)")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("--config", type=Path, help="configuration (review.users_file)")
+    remove.set_defaults(func=_cmd_user_remove)
 
     ping = sub.add_parser("echo", help="C-ECHO a DICOM node (default: this node)")
     ping.add_argument("--host")

@@ -27,6 +27,11 @@ delivered; the node writes the line (when the worker reports, or before the firs
 line, whichever comes first) and then removes the record; start-up writes what a crash left,
 skipping ids whose line is already in the trail.
 
+The review page (``dicomnode.review``, ``review.enabled``) is served from a thread of this
+process; its port is bound with the others at start-up and it stops first, so that no action
+reaches the spool while the node stops. It acts through the spool's own operations and the
+node's reload.
+
 With projects, the project each instance was given at receive time (in its spool name) labels
 its metrics and is a ``project`` field of each of its audit lines; a filter's drop is counted
 (``dicomnode_instances_dropped_total``) and audited (``dropped``). A reload may change the
@@ -59,12 +64,14 @@ from dicomnode.ingest import Ingest
 from dicomnode.metrics import Metrics
 from dicomnode.pipeline import Outcome, WorkerPool, build_projects
 from dicomnode.projects import Router
+from dicomnode.review.state import Activity, DestinationState, Event
 from dicomnode.scrub import load_profile
 from dicomnode.spool import Spool, SpoolLock, calling_ae_of, project_of
 from dicomnode.validate import require_valid
 
 if TYPE_CHECKING:
     from dicomnode.gate import GatedServer
+    from dicomnode.review.server import ReviewServer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +97,7 @@ def _callers(config: Config) -> set[str]:
 def _cannot_listen(exc: OSError, what: str, host: str, port: int, section: str) -> StartupError:
     """One line for a port that cannot be bound: the address, why, the setting, the fix."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    flag = {"node": "--port", "metrics": "--metrics-port"}[section]
+    flag = {"node": "--port", "metrics": "--metrics-port", "review": "--review-port"}[section]
     port_setting = f"{section}.port, {flag}"
     bind_setting = f"{section}.bind" + (", --bind" if section == "node" else "")
     if isinstance(exc, socket.gaierror):
@@ -165,11 +172,17 @@ class Node:
     """One running dicomnode."""
 
     def __init__(
-        self, config: Config, secret: bytes, *, loader: Callable[[], Config] | None = None
+        self,
+        config: Config,
+        secret: bytes,
+        *,
+        loader: Callable[[], Config] | None = None,
+        demo: bool = False,
     ) -> None:
         validate(config, secret)
         self.config = config
         self.secret = secret
+        self.demo = demo
         self.loader = loader or (lambda: load_config(config.source))
         self.spool = Spool(config.spool.path)
         # Before anything touches the spool or the audit trail: one node per spool.
@@ -202,6 +215,10 @@ class Node:
         self._cleaned_ids: set[str] = set()
         self._cleaned_order: deque[str] = deque()
         self._audit_lock = threading.Lock()
+        # For the review page: the instances of the last day, the last delivery per destination.
+        self.activity = Activity()
+        self._last_delivered: dict[str, float] = {}
+        self.review: ReviewServer | None = None
         self.pool = self._pool(config)
         self.forwarders = self._forwarders(config)
         self.ingest = self._ingest(config)
@@ -297,6 +314,8 @@ class Node:
                     exc, "serve metrics", config.metrics.bind, config.metrics.port, "metrics"
                 ) from None
             log.info("metrics on http://%s:%d/metrics", config.metrics.bind, self.metrics_port)
+        if config.review.enabled:
+            self._start_review(config)
         try:
             self.ingest.start()
         except OSError as exc:
@@ -325,8 +344,71 @@ class Node:
             self._metrics_server[0].shutdown()
             self._metrics_server[0].server_close()
             self._metrics_server = None
+        self._stop_review()
         self.audit.close()
         self._release_spool()
+
+    def _start_review(self, config: Config) -> None:
+        """Bind the review page's port (one line when it cannot), then serve it."""
+        from dicomnode.review.app import Backend
+        from dicomnode.review.server import ReviewServer, session_key
+
+        settings = config.review
+        backend = Backend(
+            spool=self.spool,
+            config=lambda: self.config,
+            audit=self.audit,
+            secret=self.secret,
+            key=session_key(settings, self.secret, demo=self.demo),
+            destinations=self.destination_states,
+            activity=self.activity,
+            reload=self.reload,
+            submit=lambda item_id: self.pool.submit(item_id),
+            wake_forwarders=self._wake_forwarders,
+        )
+        self.review = ReviewServer(backend, settings)
+        try:
+            self.review.bind()
+        except OSError as exc:
+            self.review = None
+            raise _cannot_listen(
+                exc, "serve the review page", settings.bind, settings.port, "review"
+            ) from None
+        if self.demo:
+            self.review.demo_reviewer()
+        self.review.start()
+
+    def _stop_review(self) -> None:
+        if self.review is not None:
+            self.review.stop()
+            self.review = None
+
+    @property
+    def review_port(self) -> int:
+        return self.review.port if self.review is not None else 0
+
+    def destination_states(self) -> list[DestinationState]:
+        """Each destination as its forwarders last saw it (the review page's overview)."""
+        states = []
+        for destination in self.config.destinations:
+            lanes = [f for f in self.forwarders if f.sender.name == destination.name]
+            errors = [f.last_error for f in lanes if f.last_error]
+            states.append(
+                DestinationState(
+                    name=destination.name,
+                    type=destination.type,
+                    answering=not errors,
+                    last_error=errors[0] if errors else None,
+                    # its consecutive failures (the back-off), read-only
+                    failures=max((int(getattr(f, "_failures", 0)) for f in lanes), default=0),
+                    last_delivered=self._last_delivered.get(destination.name),
+                )
+            )
+        return states
+
+    def _wake_forwarders(self) -> None:
+        for forwarder in self.forwarders:
+            forwarder.wake()
 
     def _release_spool(self) -> None:
         if self._spool_lock is not None:
@@ -351,6 +433,7 @@ class Node:
             timeout,
         )
         deadline = time.monotonic() + timeout
+        self._stop_review()  # no more actions on the spool
         self.pool.close()  # its workers may have had the signal too: restart none of them
         listeners = [*self._retired, *_listener_of(self.ingest)]
         self.ingest.stop()
@@ -456,6 +539,8 @@ class Node:
                 self.ingest.set_router(Router(new) if new.projects else None)
             self.config = new
             self._describe(new)
+            if new.review != old.review:
+                log.warning("review: settings changed; they apply at the next restart")
         log.info("configuration reloaded from %s", new.source or "embedded defaults")
         return True
 
@@ -484,6 +569,7 @@ class Node:
 
     def _on_received(self, item_id: str, calling_ae: str, size: int, seconds: float) -> None:
         self.metrics.count_received(calling_ae, project_of(item_id), size)
+        self.activity.add(Event.RECEIVED)
         self.metrics.observe_stages({"receive": seconds})
         self.pool.submit(item_id)
 
@@ -499,6 +585,7 @@ class Node:
                 self.metrics.gpu_utilisation.set(outcome.gpu["utilisation_ratio"])
         if outcome.status == "clean":
             self.metrics.count_cleaned(outcome.project)
+            self.activity.add(Event.CLEANED)
             self.metrics.text_regions.inc(outcome.done.get("pixels", {}).get("boxes", 0))
             self._audit_cleaned(outcome.id, outcome)
             for forwarder in self.forwarders:
@@ -515,7 +602,11 @@ class Node:
             )
         elif outcome.status == "quarantined":
             self.metrics.count_quarantined(outcome.reason or "unknown", outcome.project)
-            rule = {"rule": outcome.rule} if outcome.rule else {}
+            self.activity.add(Event.QUARANTINED)
+            # text-remains: the pixel stage's boxes per kind (counts, no coordinates or text)
+            extra: dict[str, Any] = {"rule": outcome.rule} if outcome.rule else {}
+            if outcome.done:
+                extra["done"] = outcome.done
             self.audit.write(
                 "quarantined",
                 id=outcome.id,
@@ -523,7 +614,7 @@ class Node:
                 **self._project(outcome.id),
                 stage=outcome.stage,
                 reason=outcome.reason,
-                **rule,
+                **extra,
             )
             log.warning(
                 "quarantined %s from %s: %s at stage %s",
@@ -616,6 +707,8 @@ class Node:
         project = project_of(item_id)
         if result.status is Delivery.DELIVERED:
             self.metrics.count_forwarded(destination, project, size)
+            self.activity.add(Event.FORWARDED)
+            self._last_delivered[destination] = time.time()
             self.metrics.observe_stages({"forward": seconds})
             self.audit.write(
                 "delivered",

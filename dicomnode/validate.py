@@ -603,13 +603,16 @@ def _rule_name(rule: dict[str, Any]) -> str:
 
 
 def _check_pixels(checks: _Checks) -> None:
-    from dicomnode.pixels.policy import load_policy
+    from dicomnode.pixels.policy import load_policy, load_regions
 
     seen: set[Path | None] = set()
     for where, _scrub, pixels in _sections(checks.config):
         if pixels.enabled and pixels.policy not in seen:
             seen.add(pixels.policy)
             checks.run(partial(load_policy, pixels.policy), *where, "pixels", "policy")
+        if pixels.enabled and pixels.site_regions not in seen and pixels.site_regions.exists():
+            seen.add(pixels.site_regions)
+            checks.run(partial(load_regions, pixels.site_regions), *where, "pixels", "site_regions")
 
 
 def _writable_folder(path: Path) -> str | None:

@@ -146,6 +146,8 @@ class NodeProcess:
             "spool": {"path": str(self.spool)},
             "pipeline": {"workers": 2},
             "metrics": {"port": self.metrics_port},
+            # Any free port: nodes of tests running side by side never fight over 8108.
+            "review": {"port": 0, "users_file": str(workdir / "users.json")},
             "logging": {"audit_file": str(self.audit)},
             "destinations": destinations
             or [{"name": "folder", "type": "folder", "path": str(self.out)}],

@@ -147,6 +147,8 @@ def test_image_command_and_healthcheck_run_from_the_virtualenv(tmp_path: Path) -
             "127.0.0.1",
             "--metrics-port",
             str(free_port()),
+            "--review-port",
+            "0",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
