@@ -163,12 +163,14 @@ def test_evidence_stops_listing_at_the_cap_and_keeps_counting() -> None:
     evidence.add(9, Kind.REMAINS, [Box(50, 50, 60, 60)])
     record = evidence.as_dict()
     listed = [b for f in record["frames"] for b in f["boxes"]]
-    assert len(listed) == 5 and [f["index"] for f in record["frames"]] == [0, 1, 2, 3, 4]
+    # The remains are listed past the cap: they are what a reviewer must see.
+    assert len(listed) == 6 and [f["index"] for f in record["frames"]] == [0, 1, 2, 3, 4, 9]
+    assert listed[-1] == {"box": [50, 50, 60, 60], "kind": "remains"}
     assert record["truncated"] is True and record["boxes_total"] == 11
     assert evidence.counts() == {"found": 0, "removed": 10, "region": 0, "remains": 1}
     # The remains are still in the sentence, beyond the cap, and the cap is said.
     assert "1 place(s) on frame 10 of 10" in record["summary"]
-    assert "only the first 5 of 11 boxes are listed" in record["summary"]
+    assert "only 6 of 11 boxes are listed" in record["summary"]
     # The default cap: MAX_BOXES coordinates per instance, whatever the frames.
     capped = Evidence(frames_total=3, width=640, height=480)
     for index in range(3):
@@ -177,7 +179,7 @@ def test_evidence_stops_listing_at_the_cap_and_keeps_counting() -> None:
     assert MAX_BOXES == capped.limit == 2000
     assert sum(len(f["boxes"]) for f in record["frames"]) == MAX_BOXES
     assert record["boxes_total"] == 2100 and record["truncated"] is True
-    assert f"only the first {MAX_BOXES} of 2100 boxes are listed" in record["summary"]
+    assert f"only {MAX_BOXES} of 2100 boxes are listed" in record["summary"]
 
 
 def test_evidence_never_holds_the_text_that_was_read() -> None:

@@ -46,6 +46,7 @@ class Evidence:
         self.limit = limit
         self._frames: dict[int, list[dict[str, Any]]] = {}
         self._kept = 0
+        self._remains_kept = 0
         self._counts = {kind.value: 0 for kind in Kind}
         self._remains: dict[int, list[Box]] = {}  # for the summary (bounded like the rest)
 
@@ -57,7 +58,12 @@ class Evidence:
                 self._remains.setdefault(index, [])
                 if len(self._remains[index]) < self.limit:
                     self._remains[index].append(box)
-            if self._kept >= self.limit:
+                # What verification still read is what a reviewer must see: listed even when
+                # found, removed and region boxes have filled the cap (up to its own ``limit``).
+                if self._remains_kept >= self.limit:
+                    continue
+                self._remains_kept += 1
+            elif self._kept - self._remains_kept >= self.limit:
                 continue
             self._kept += 1
             entry = {
@@ -103,7 +109,8 @@ class Evidence:
         parts.append(f"{done} over {self.frames_total} frame(s)")
         if self.truncated:
             parts.append(
-                f"only the first {self._kept} of {sum(self._counts.values())} boxes are listed"
+                f"only {self._kept} of {sum(self._counts.values())} boxes are listed (what "
+                "remains first)"
             )
         return "; ".join(parts)
 
