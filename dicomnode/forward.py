@@ -60,6 +60,7 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
 from dicomnode import _tls
 from dicomnode._net import set_nodelay
+from dicomnode._scu import responses_to_sender
 from dicomnode.batch import output_path
 from dicomnode.config import (
     ClientTLSConfig,
@@ -432,7 +433,10 @@ class DicomSender:
             config.host,
             config.port,
             ae_title=config.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, set_nodelay),
+                (evt.EVT_CONN_OPEN, responses_to_sender),  # see dicomnode._scu
+            ],
             tls_args=tls_args,
         )
         if not assoc.is_established:
@@ -575,6 +579,7 @@ def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> 
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, lambda event: seen.setdefault("open", True)),
         (evt.EVT_ACSE_RECV, lambda event: seen.setdefault("answer", event.primitive)),
+        (evt.EVT_CONN_OPEN, responses_to_sender),
     ]
     started = time.monotonic()
     assoc = ae.associate(

@@ -1,0 +1,82 @@
+"""Associations this node requests (C-STORE and C-ECHO SCU): the responses go to the sender.
+
+pynetdicom 3.0 runs two consumers of an association's DIMSE message queue
+(``DIMSEServiceProvider.msg_queue``): the thread that sends (``Association.send_c_store``
+sends the request, then takes the response with ``dimse.get_msg(block=True)``) and the
+association's own reactor thread (``Association._run_reactor`` polls every millisecond with
+``dimse.get_msg(block=False)`` and hands what it finds to ``_serve_request``, as a request
+from the peer). To keep the reactor off a response, each ``send_*`` method "pauses" it::
+
+    sender (send_c_store)                     reactor (_run_reactor loop)
+                                              _is_paused = True
+    _reactor_checkpoint.clear()               _reactor_checkpoint.wait()
+    while not _is_paused: sleep(0.1 ms)       _is_paused = False
+    dimse.send_msg(request)                   dimse.get_msg(block=False)
+    dimse.get_msg(block=True)                 ...
+    _reactor_checkpoint.set()
+
+``_is_paused`` only says that the reactor has *reached* ``wait()``, not that it will stay
+there, so the handshake leaks. The interleaving seen here (every stolen response, traced)::
+
+    1. C-STORE n: the reactor is blocked in wait(), _is_paused is True. The response to n
+       arrives; the sender takes it and calls _reactor_checkpoint.set(): the reactor is
+       notified, but it must get the GIL back to run, and other threads hold it.
+    2. The sender goes straight on to C-STORE n+1: clear() (the flag is down again), then
+       ``while not _is_paused`` ends at once, as _is_paused is still True from step 1.
+       The request goes out; a fast peer (storescp +B on loopback) answers in well under
+       a millisecond, and the DUL thread queues the response.
+    3. The reactor finally runs. threading.Event.wait() returns True once it was notified,
+       even though the flag has been cleared since (Condition.wait does not look at the flag
+       again). It sets _is_paused = False and calls get_msg(block=False): the response to
+       n+1 is there, it takes it, and _serve_request logs "Received unexpected C-STORE
+       service message" (a response is not a valid request) and drops it.
+    4. The sender's get_msg(block=True) waits for a response that was already consumed:
+       "DIMSE timeout reached while waiting for message response" after dimse_timeout
+       (30 s), then an A-ABORT; the object was stored by the peer but counts as FAILED, and
+       the rest of the batch is retried.
+
+A second leak follows from the same code: when the reactor returns from a wait() that found
+the flag up, but before it sets ``_is_paused = False``, a sender that clears the flag then
+sees the stale True and goes ahead. And on an abort (``fsm.AA_2``/``AA_3``/``AA_4``) the
+``(None, None)`` put on the queue to wake the waiting sender can be taken by the reactor,
+leaving the sender to wait out the DIMSE timeout. All need the reactor to be late by about
+one round trip of the peer, which GIL contention (the node's pipeline workers) provides:
+with one busy Python thread beside the sender, 1,000 64x64 instances to ``storescp +B``
+lost 3 to 4 responses per round.
+
+The cure here: the reactor of an association we request never takes anything off the DIMSE
+queue. Such an association carries only our own requests (we propose no SCP role), so
+everything the peer sends on it is a response, and it belongs to the ``send_*`` call waiting
+for it. :func:`responses_to_sender`, bound to ``EVT_CONN_OPEN`` (fired while the association
+is being requested, before ``AE.associate`` starts the reactor thread), makes the DIMSE
+provider's non-blocking ``get_msg`` (only ``_run_reactor`` calls it so) answer "nothing";
+blocking calls (every ``send_*``) are untouched. The reactor still watches for the peer's
+A-RELEASE and A-ABORT, the DUL thread and the network timeout, as before. A request the peer
+might send anyway is taken by the waiting sender as an invalid response: pynetdicom logs it and
+aborts (``_check_received_status``), and the object is tried again, never lost.
+
+tests/test_forward_stall.py pins the pynetdicom source this relies on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynetdicom import evt
+
+__all__ = ["responses_to_sender"]
+
+
+def responses_to_sender(event: evt.Event) -> None:
+    """``EVT_CONN_OPEN`` handler for associations this node requests: the association
+    reactor's poll of the DIMSE queue finds nothing, so each response (and the wake-up an
+    abort queues) reaches the ``send_*`` call that waits for it (see the module docstring)."""
+    dimse = event.assoc.dimse
+    take = dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[Any, Any]:
+        if not block:  # Association._run_reactor's poll
+            return None, None
+        return take(block=True)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
