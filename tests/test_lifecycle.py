@@ -243,10 +243,16 @@ def test_sigterm_while_a_sender_is_mid_study(tmp_path: Path, ends: str) -> None:
     code = node.stop()
     sender.join(30)
     assert sender.error is None, repr(sender.error)
-    assert code == 0, node.log.read_text()[-3000:]
     lines = node_lines(node)
-    stopped = [line for line in lines if line.endswith("INFO dicomnode.node: stopped")]
+    stopped = [line for line in lines if "INFO dicomnode.node: stopped" in line]
     assert len(stopped) == 1 and lines[-1] == stopped[0], lines[-5:]
+    if ends == "aborted" and "some work was interrupted" in stopped[0]:
+        # A worker that could not finish its instance within the 2 s (a loaded machine) is
+        # stopped too, and says so with exit code 1; its item waits in the spool.
+        assert code == 1, node.log.read_text()[-3000:]
+    else:
+        assert code == 0, node.log.read_text()[-3000:]
+        assert stopped[0].endswith("INFO dicomnode.node: stopped"), stopped[0]
     # No C-STORE was acknowledged once "stopped" was logged.
     assert sender.acks and max(when for when, _uid in sender.acks) < log_time(stopped[0])
     if ends == "finishes":
