@@ -3,8 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests drive as real peers (installed when run as root).
-SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb openssl fonts-dejavu-core prometheus systemd chromium
-SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl promtool systemd-analyze chromium
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb openssl fonts-dejavu-core prometheus systemd chromium haproxy buildah debootstrap
+SYSTEM_TOOLS := dciodvfy storescu storescp Orthanc openssl promtool systemd-analyze chromium haproxy buildah debootstrap
 # Files the tests need from packages that install no program (Orthanc's DICOMweb plugin).
 SYSTEM_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
@@ -21,6 +21,10 @@ $(BIN)/.base: pyproject.toml
 # stack (CPU torch) for the tiny random-weight inpainting pipeline.
 $(BIN)/.test: $(BIN)/.base
 	$(BIN)/python -m pip install --quiet -e '.[dev,eval,diffusion]'
+	# checkov (security checks of deploy/kubernetes and docker/Dockerfile) pins old packaging
+	# and networkx: a virtualenv of its own keeps those pins out of the one the tests run in.
+	test -x .venv-checkov/bin/checkov || { $(PYTHON) -m venv .venv-checkov && \
+		.venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'; }
 	touch $@
 
 venv: $(BIN)/.test
