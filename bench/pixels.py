@@ -12,7 +12,18 @@ the Telea removers; diffusion when ``--diffusion-model`` names local weights and
 there) and for presidio-image-redactor (Tesseract, with a blank spaCy model: its default
 model cannot be downloaded offline). Prints a table with ratios.
 
+Then, per modality and per kind of burned-in text, recall and cost side by side (``--frames``
+frames a row; ``--presence-only`` prints only this table): text-free frames that look like
+real CT, MR, PET, NM and CR (``dicomnode.synth_anatomy``: body outline, organs, bone, lung,
+noise texture; windowed to 8 bits as the stage does), and the same frames with text burned
+in (plain, small, faint, inverted, coloured, over anatomy, a dense block, vertical). For the
+shipped presence check, and for the line-structure prototype in ``bench/presence_lines.py``:
+how often it sends a text-free frame to the detector and its ms; the lines it sends
+(candidate recall) and those the detector then finds (detection recall), and the ms of both
+stages, CPU time on one core.
+
     .venv/bin/python bench/pixels.py [--count 90] [--diffusion-model DIR]
+    .venv/bin/python bench/pixels.py --presence-only [--frames 10]
 """
 
 from __future__ import annotations
@@ -46,6 +57,110 @@ from dicomnode.pixels.detect import RapidOCRDetector  # noqa: E402
 from dicomnode.synth import make_set  # noqa: E402
 
 cv2.setNumThreads(1)
+
+
+def _line_prototype() -> Callable[[Any], list[Any]]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "presence_lines", Path(__file__).with_name("presence_lines.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.candidates  # type: ignore[no-any-return]
+
+
+def presence_table(frames: int, detector: Any) -> None:
+    """Recall and cost per modality (text-free) and per kind of text, side by side, for the
+    shipped presence check and the line prototype (see the module's docstring)."""
+    import numpy as np
+
+    from dicomnode.pixels import codec
+    from dicomnode.pixels.boxes import Box
+    from dicomnode.pixels.detect import find_text
+    from dicomnode.pixels.presence import candidates
+    from dicomnode.synth_anatomy import FRAMES, TEXT_KINDS, burn
+
+    variants = {"shipped": candidates, "line prototype": _line_prototype()}
+    rng = np.random.default_rng(12)
+
+    def shown(values: Any) -> Any:  # as the stage shows a stored frame: stretched to 8 bits
+        return codec.display(values, "MONOCHROME2", Dataset(), codec.value_span(values))
+
+    rows: list[tuple[str, list[Any], list[list[tuple[int, int, int, int]]]]] = []
+    for modality, make in FRAMES.items():
+        rows.append((f"{modality} text-free", [shown(make(rng)) for _ in range(frames)], []))
+    modalities = list(FRAMES)
+    for kind in TEXT_KINDS:
+        pictures, truths = [], []
+        for n in range(frames):
+            picture = shown(FRAMES[modalities[n % len(modalities)]](rng))
+            picture, boxes = burn(picture, kind, rng)
+            pictures.append(picture)
+            truths.append(boxes)
+        rows.append((kind, pictures, truths))
+
+    print()
+    print(f"Presence and detection, {frames} frames a row, CPU ms per frame on one core")
+    print()
+    head = "| frames | " + " | ".join(
+        f"{v}: sent / lines found (cand, det) | presence ms | detect ms" for v in variants
+    )
+    print(head + " |")
+    print("|---" * (1 + 3 * len(variants)) + "|")
+    for label, pictures, truths in rows:
+        cells = []
+        for find in variants.values():
+            spent = {"presence": 0.0, "detect": 0.0}
+            sent = lines = cand_hits = det_hits = 0
+            for index, picture in enumerate(pictures):
+                height, width = picture.shape[:2]
+                started = time.process_time()
+                found = find(picture)
+                spent["presence"] += time.process_time() - started
+                boxes = []
+                if found:
+                    sent += 1
+                    started = time.process_time()
+                    boxes = find_text(detector, picture, found)
+                    spent["detect"] += time.process_time() - started
+                for line in truths[index] if truths else []:
+                    truth = Box(*line).clipped(width, height)
+                    lines += 1
+                    cand_hits += _covered(truth, [b.padded(24, width, height) for b in found], 0.9)
+                    det_hits += _covered(truth, boxes, 0.5)
+            what = (
+                f"{sent}/{len(pictures)} sent"
+                if not truths
+                else f"{cand_hits}/{lines}, {det_hits}/{lines}"
+            )
+            cells += [
+                what,
+                f"{1000 * spent['presence'] / len(pictures):.1f}",
+                f"{1000 * spent['detect'] / len(pictures):.0f}",
+            ]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    print(
+        "sent: text-free frames for which the check found candidates (the detector ran); "
+        "cand: burned-in lines covered (90%) by the padded candidates; det: lines covered "
+        "(50%) by the detector's boxes."
+    )
+
+
+def _covered(truth: Any, boxes: list[Any], share: float) -> bool:
+    import numpy as np
+
+    if not truth.area:
+        return True
+    mask = np.zeros((truth.height, truth.width), bool)
+    for box in boxes:
+        x0, y0 = max(box.x0, truth.x0) - truth.x0, max(box.y0, truth.y0) - truth.y0
+        x1, y1 = min(box.x1, truth.x1) - truth.x0, min(box.y1, truth.y1) - truth.y0
+        if x1 > x0 and y1 > y0:
+            mask[y0:y1, x0:x1] = True
+    return bool(mask.mean() >= share)
 
 
 def run(
@@ -112,8 +227,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=90, help="instances (~2.3 frames each)")
     parser.add_argument("--diffusion-model", type=Path, help="local SD2 inpainting weights")
+    parser.add_argument("--frames", type=int, default=10, help="frames a row of the presence table")
+    parser.add_argument(
+        "--presence-only", action="store_true", help="only the presence/recall table"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.presence_only:
+        presence_table(args.frames, RapidOCRDetector(threads=1))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="dicomnode-pixels-"))
     try:
         truth = make_set(work / "orig", args.count, seed=3)
@@ -189,6 +311,7 @@ def main() -> int:
             f"outside {ours['ssim_outside']:.3f}; text-free frames untouched "
             f"{ours['text_free_untouched']}/{ours['text_free_frames']}"
         )
+        presence_table(args.frames, detector)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

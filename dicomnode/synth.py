@@ -2,7 +2,8 @@
 
 ``dicomnode synth OUTDIR`` writes ultrasound (grey and colour, single and multi-frame, raw and
 JPEG/RLE-compressed), secondary captures (report screens), angiography (8 and 16 bit) and
-CT-like slices (16 bit, text-free and screen-saved dose pages), with Faker identities in the
+CT slices (16 bit, with anatomy that looks like CT: ``synth_anatomy``; text-free and
+screen-saved pages), with Faker identities in the
 header and burned into the pixels in several fonts, sizes, colours and contrasts (white on
 black, grey over tissue, faint lines, inverted boxes).
 
@@ -526,17 +527,16 @@ def _angio(p: _Painter, who: dict[str, str], rng: np.random.Generator, frames: i
 def _ct_slice(
     rng: np.random.Generator, text: bool, p: _Painter, who: dict[str, str]
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    import cv2
+    """A CT slice that looks like one (``synth_anatomy.ct_slice``: body outline, fat, muscle,
+    organs, lung with vessels, bone, table, correlated noise), in HU; ``text``: a screen-saved
+    page with the patient's name and ID burned in at the top."""
+    from dicomnode.synth_anatomy import ct_slice
 
     h = w = 512
-    yy, xx = np.mgrid[:h, :w]
-    body = ((xx - 256) / 200) ** 2 + ((yy - 270) / 150) ** 2 < 1
-    values = np.full((h, w), -1000, np.float32)
-    values[body] = (
-        40 + cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3)[body] * 30
-    )
-    spine = ((xx - 256) / 25) ** 2 + ((yy - 360) / 25) ** 2 < 1
-    values[spine] = 700
+    # One draw from the set's generator (as before), which seeds the anatomy: the other
+    # kinds' pixels stay those of earlier versions of the set.
+    draw = rng.normal(0, 1, (h, w))
+    values = ct_slice(np.random.default_rng(int(abs(draw[0, :4]).sum() * 1e9))).astype(np.float32)
     boxes: list[dict[str, Any]] = []
     if text:
         from PIL import Image

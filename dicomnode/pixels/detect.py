@@ -8,7 +8,9 @@
 Detection (boxes) is the cheap half and is all that all-text mode and verification need;
 recognition (words) runs only where words matter (sensitive-text mode). :func:`find_text`
 runs detection on crops around the candidates of the presence check, or on tiles of a large
-frame, and maps the boxes back.
+frame, and maps the boxes back. Vertical text (written along a side): a crop much taller
+than wide is also looked at turned a quarter, and a box much taller than wide is read as it
+is and turned both ways (the best reading counts).
 """
 
 from __future__ import annotations
@@ -113,13 +115,14 @@ class RapidOCRDetector:
                 max(0, box.y0) : min(height, box.y1), max(0, box.x0) : min(width, box.x1)
             ]
             text, score = "", 0.0
-            if crop.size:
+            for view in _readable_crop(crop, box) if crop.size else []:
                 result = self.engine(
-                    np.ascontiguousarray(crop), use_det=False, use_cls=False, use_rec=True
+                    np.ascontiguousarray(view), use_det=False, use_cls=False, use_rec=True
                 )
                 if result.txts:
-                    text = " ".join(str(t) for t in result.txts)
-                    score = float(min(result.scores)) if result.scores else 0.0
+                    read = float(min(result.scores)) if result.scores else 0.0
+                    if read > score or not text:
+                        text, score = " ".join(str(t) for t in result.txts), read
             out.append(Box(box.x0, box.y0, box.x1, box.y1, score, box.source, text))
         return out
 
@@ -171,21 +174,16 @@ class PaddleOCRDetector:
         out = []
         for box in boxes:
             crop = np.ascontiguousarray(picture[box.y0 : box.y1, box.x0 : box.x1][:, :, ::-1])
-            texts, scores = [], []
-            for result in self._ocr.predict(crop):
-                texts += list(result.get("rec_texts", []))
-                scores += list(result.get("rec_scores", []))
-            out.append(
-                Box(
-                    box.x0,
-                    box.y0,
-                    box.x1,
-                    box.y1,
-                    float(min(scores)) if scores else 0.0,
-                    box.source,
-                    " ".join(texts),
-                )
-            )
+            best: tuple[float, str] = (0.0, "")
+            for view in _readable_crop(crop, box) if crop.size else []:
+                texts, scores = [], []
+                for result in self._ocr.predict(view):
+                    texts += list(result.get("rec_texts", []))
+                    scores += list(result.get("rec_scores", []))
+                read = (float(min(scores)) if scores else 0.0, " ".join(texts))
+                if read[0] > best[0] or not best[1]:
+                    best = read
+            out.append(Box(box.x0, box.y0, box.x1, box.y1, best[0], box.source, best[1]))
         return out
 
 
@@ -238,12 +236,49 @@ def find_text(
                 view = np.ascontiguousarray(picture[tile.y0 : tile.y1, tile.x0 : tile.x1])
                 if scale != 1.0:
                     view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-                for box in detector.detect(view):
+                boxes = detector.detect(view)
+                if tile.height > 1.5 * tile.width and tile.height >= 48:
+                    boxes += _turned(detector, view)  # a line written top to bottom?
+                for box in boxes:
                     found.append(
                         box.scaled(1 / scale).shifted(tile.x0, tile.y0).clipped(width, height)
                     )
     limit = height // 2 if tall else line_height(height)
-    return _distinct([b.padded(2, width, height) for b in found if b.area and b.height <= limit])
+    return _distinct([b.padded(2, width, height) for b in found if b.area and _across(b) <= limit])
+
+
+VERTICAL = "ocr-vertical"  # the source of a box found on a crop turned by 90 degrees
+
+
+def _turned(detector: TextDetector, view: np.ndarray) -> list[Box]:
+    """Boxes of lines written along the height of ``view`` (vertical text: the detector
+    finds horizontal lines), found on ``view`` turned a quarter, in ``view``'s pixels."""
+    rows = view.shape[0]
+    out = []
+    for box in detector.detect(np.ascontiguousarray(cv2.rotate(view, cv2.ROTATE_90_CLOCKWISE))):
+        # turned (x, y) is view (y, rows - 1 - x)
+        out.append(Box(box.y0, rows - box.x1, box.y1, rows - box.x0, box.score, VERTICAL))
+    return out
+
+
+def _across(box: Box) -> int:
+    """The height of the line a box holds: its width when the line is vertical."""
+    return box.width if box.source == VERTICAL else box.height
+
+
+def _readable_crop(crop: np.ndarray, box: Box) -> list[np.ndarray]:
+    """The crop as it is read (the best reading counts): a vertical line turned both ways
+    (either may be upright); a box twice as high as wide also as it is (a narrow column
+    of a few characters, or a vertical line the detector found unturned)."""
+    turned = [
+        np.ascontiguousarray(cv2.rotate(crop, cv2.ROTATE_90_CLOCKWISE)),
+        np.ascontiguousarray(cv2.rotate(crop, cv2.ROTATE_90_COUNTERCLOCKWISE)),
+    ]
+    if box.source == VERTICAL:
+        return turned
+    if box.height >= 2 * box.width and box.height >= 16:
+        return [crop, *turned]
+    return [crop]
 
 
 def _distinct(boxes: list[Box]) -> list[Box]:
@@ -269,8 +304,10 @@ def line_height(frame_height: int) -> int:
 
 
 def doubtful(box: Box, frame_height: int | None = None) -> bool:
-    """Boxes worth confirming by reading them: squarish, tall, weakly scored, or taller than
-    a text line of a frame ``frame_height`` high."""
+    """Boxes worth confirming by reading them: squarish, tall, weakly scored, taller than
+    a text line of a frame ``frame_height`` high, or a vertical line (always read)."""
+    if box.source == VERTICAL:
+        return True
     if frame_height is not None and box.height > line_height(frame_height):
         return True
     return box.score < 0.6 or (box.height > 24 and box.width < 1.5 * box.height)
