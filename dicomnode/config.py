@@ -212,6 +212,22 @@ class TLSConfig(_Frozen):
         return self
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, and a cgroup v2 CPU quota (a container's
+    CPU limit) when it has one; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 class NodeConfig(_Frozen):
     """The DICOM listener."""
 
@@ -243,6 +259,21 @@ class NodeConfig(_Frozen):
     max_instance_mb: int = Field(
         default=2048, ge=1, description="refuse (0xA700) a C-STORE data set larger than this"
     )
+    listeners: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="processes accepting on the port (SO_REUSEPORT), each receiving into the "
+        "spool; default: one per core (1 on one core). max_associations and "
+        "max_connections_per_address hold for all of them together",
+    )
+
+    @property
+    def listener_processes(self) -> int:
+        """``listeners``, or one per core this process may use."""
+        if self.listeners is not None:
+            return self.listeners
+        return usable_cores()
 
     @field_validator("max_pdu")
     @classmethod

@@ -47,28 +47,43 @@ pinned by a test in tests/test_hostile_network.py that fails when its source cha
   that the C-STORE handler answers a bad instance with a failure status (pinned, with
   ``Association.run_reactor`` firing EVT_REQUESTED before negotiation, in
   tests/test_refusals.py);
-- the ``pynetdicom.dul`` logger drops its per-PDU read errors (one line per connection here).
+- the ``pynetdicom.dul`` logger drops its per-PDU read errors (one line per connection here);
+- the two polling loops of an accepted association wait for work instead of sleeping 1 ms
+  between looks (``_Wakeup``): the DUL thread (``DULServiceProvider.run_reactor``, with
+  ``_run_loop_delay`` 0) blocks in ``_FramedSocket.ready`` on the socket and a wake-up socket
+  that the association's ``to_provider_queue``, ``event_queue``, ``stop_dul`` and ``kill_dul``
+  ring; the association thread runs ``_acceptor_reactor`` (pynetdicom's
+  ``Association._run_reactor`` with the sleep replaced by a wait on an event that its DIMSE
+  ``msg_queue`` and the DUL's ``to_user_queue`` set). Both still look at least every
+  ``REACTOR_TICK_S`` (timers, a DUL thread that ended). pynetdicom's own loops are untouched
+  for its other users (the forwarders' associations).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import gc
 import logging
 import os
+import queue
+import select
 import selectors
 import socket
 import ssl
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, NamedTuple
 
+from pynetdicom import association as _association
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -88,6 +103,7 @@ __all__ = [
     "Limits",
     "RefusalLog",
     "Rejection",
+    "SharedCounts",
     "refused_instance",
 ]
 
@@ -105,6 +121,9 @@ _P_DATA_TF = 0x04
 _RQ_FIXED_LENGTH = 68  # PS3.8 9.3.2: version, reserved, called, calling, reserved
 _PRESENTATION_CONTEXT_RQ = 0x20
 _ABSTRACT_SYNTAX = 0x30
+# The longest an accepted association's threads wait without a wake-up: the granularity of
+# pynetdicom's timers (ARTIM, the idle timeout) and of noticing the other thread has ended.
+REACTOR_TICK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -274,6 +293,84 @@ def refused_instance(path: Path | str) -> bool:
         return True
 
 
+class SharedCounts:
+    """Association slots and connections per source address, shared by listener processes
+    (``node.listeners``), so that ``max_associations`` and ``max_connections_per_address``
+    hold for the node as a whole.
+
+    One row per listener, in shared memory under one lock; a total is the sum of the rows,
+    and a listener that dies has its row zeroed (:meth:`forget`) before it is replaced, so
+    what it held is given back. Source addresses are counted in ``ADDRESS_SLOTS`` buckets by a
+    CRC-32 of the address: two addresses that share a bucket share a count (stricter, never
+    looser, than the limit). Made in the node's process, passed to each listener process.
+    """
+
+    ADDRESS_SLOTS = 1024
+
+    def __init__(self, ctx: Any, listeners: int) -> None:
+        self.listeners = listeners
+        self._lock = ctx.Lock()
+        self._associations = ctx.Array("i", listeners, lock=False)
+        self._addresses = ctx.Array("i", listeners * self.ADDRESS_SLOTS, lock=False)
+
+    @staticmethod
+    def _bucket(address: str) -> int:
+        return zlib.crc32(address.encode(errors="replace")) % SharedCounts.ADDRESS_SLOTS
+
+    def _address_total(self, bucket: int) -> int:
+        slots = self.ADDRESS_SLOTS
+        return sum(self._addresses[row * slots + bucket] for row in range(self.listeners))
+
+    def address_in(self, row: int, address: str, limit: int) -> bool:
+        bucket = self._bucket(address)
+        with self._lock:
+            if self._address_total(bucket) >= limit:
+                return False
+            self._addresses[row * self.ADDRESS_SLOTS + bucket] += 1
+            return True
+
+    def address_out(self, row: int, address: str) -> None:
+        at = row * self.ADDRESS_SLOTS + self._bucket(address)
+        with self._lock:
+            if self._addresses[at] > 0:
+                self._addresses[at] -= 1
+
+    def take_slot(self, row: int, limit: int) -> bool:
+        with self._lock:
+            if sum(self._associations[:]) >= limit:
+                return False
+            self._associations[row] += 1
+            return True
+
+    def release_slot(self, row: int) -> None:
+        with self._lock:
+            if self._associations[row] > 0:
+                self._associations[row] -= 1
+
+    @property
+    def associations(self) -> int:
+        """Associations open in all listeners."""
+        with self._lock:
+            return sum(self._associations[:])
+
+    def forget(self, row: int) -> None:
+        """Give back everything listener ``row`` held (it died; its connections are gone).
+
+        A listener killed inside one of the few-microsecond sections above would leave the
+        lock taken: one not free within a second is released here, in its name."""
+        if not self._lock.acquire(timeout=1.0):
+            with contextlib.suppress(ValueError):
+                self._lock.release()
+            self._lock.acquire()
+        try:
+            slots = self.ADDRESS_SLOTS
+            self._associations[row] = 0
+            for at in range(row * slots, (row + 1) * slots):
+                self._addresses[at] = 0
+        finally:
+            self._lock.release()
+
+
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -301,11 +398,17 @@ class GatedServer(ThreadedAssociationServer):
         admit: Admit,
         refusals: RefusalLog | None = None,
         rejected: Rejected = lambda request, rejection: None,
+        shared: SharedCounts | None = None,
+        listener: int = 0,
     ) -> None:
         """``admit``: the allow-list (and projects), asked once the called AE title is ours;
         ``rejected``: told of each association the gate itself refused (a called AE title not
-        ours, no free slot), for the counters that ``admit`` keeps for its own refusals."""
+        ours, no free slot), for the counters that ``admit`` keeps for its own refusals;
+        ``shared``: the counts of all listener processes (this one is row ``listener``); the
+        socket is then bound with SO_REUSEPORT, beside theirs."""
         self.limits = limits
+        self.shared = shared
+        self.listener = listener
         self.admit = admit
         self.rejected = rejected
         # Called AE titles answered besides our own (projects matched on the called AE title;
@@ -349,6 +452,13 @@ class GatedServer(ThreadedAssociationServer):
 
     # -- socketserver hooks -------------------------------------------------------------------
 
+    def server_bind(self) -> None:
+        """pynetdicom's bind, with SO_REUSEPORT when listener processes share the port."""
+        if self.shared is not None:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only: the TLS handshake happens at the gate, under its deadline."""
         assert self.socket is not None
@@ -368,8 +478,13 @@ class GatedServer(ThreadedAssociationServer):
     # -- accounting, shared by the gate and the handler threads --------------------------------
 
     def _count_in(self, address: str) -> bool:
+        limit = self.limits.max_connections_per_address
         with self._lock:
-            if self._per_address[address] >= self.limits.max_connections_per_address:
+            if self._per_address[address] >= limit:
+                return False
+            if self.shared is not None and not self.shared.address_in(
+                self.listener, address, limit
+            ):
                 return False
             self._per_address[address] += 1
             return True
@@ -379,13 +494,28 @@ class GatedServer(ThreadedAssociationServer):
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]
+            if self.shared is not None:
+                self.shared.address_out(self.listener, address)
             if association:
                 self._associations -= 1
+                if self.shared is not None:
+                    self.shared.release_slot(self.listener)
+
+    def _take_slot(self) -> bool:
+        """One of ``max_associations`` slots (of the node: all listeners), if one is free."""
+        limit = self.limits.max_associations
+        with self._lock:
+            if self._associations >= limit:
+                return False
+            if self.shared is not None and not self.shared.take_slot(self.listener, limit):
+                return False
+            self._associations += 1
+            return True
 
     def _hand_over(self, sock: socket.socket, client_address: Any, request_pdu: bytes) -> None:
-        """An accepted request: pynetdicom takes the connection, replaying ``request_pdu``."""
+        """An accepted request (its slot taken): pynetdicom takes the connection, replaying
+        ``request_pdu``."""
         with self._lock:
-            self._associations += 1
             self._replays[sock] = request_pdu
         try:
             sock.setblocking(True)
@@ -667,7 +797,7 @@ class _Gate:
             except Exception:
                 log.exception("the allow-list check failed; refusing the association")
                 rejection = Rejection(0x02, 0x01, 0x01, "error", "allow-list check failed")
-        if rejection is None and server.associations >= server.limits.max_associations:
+        if rejection is None and not server._take_slot():
             rejection = Rejection(
                 0x02,
                 0x03,
@@ -728,13 +858,17 @@ class _GatedHandler(RequestHandler):
 
     server: GatedServer
     _association: Association | None = None
+    _wakeup: _Wakeup | None = None
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         plain = assoc.dul.socket
         assert plain is not None
         replay = self.server._take_replay(self.request)
-        assoc.dul.socket = _FramedSocket.adopt(plain, replay, self.server, self.remote.address)
+        self._wakeup = _Wakeup.install(assoc)
+        assoc.dul.socket = _FramedSocket.adopt(
+            plain, replay, self.server, self.remote.address, self._wakeup
+        )
         _MessageGuard.install(assoc, self.server)
         _StoreDispatch.install(assoc)
         self._association = assoc
@@ -749,7 +883,155 @@ class _GatedHandler(RequestHandler):
         finally:
             if self._association is not None:
                 _discard_partial(self._association)
+            if self._wakeup is not None:
+                self._wakeup.close()
             self.server._count_out(str(self.client_address[0]), association=True)
+
+
+class _Wakeup:
+    """Wakes an accepted association's two threads when there is work, instead of their
+    1 ms polling (see the module docstring).
+
+    The DUL thread blocks in ``_FramedSocket.ready`` on the socket and on this object (a
+    socket pair: a wake-up that comes before the wait is not lost); the association thread
+    waits on :attr:`reactor`."""
+
+    def __init__(self, assoc: Association) -> None:
+        self._dul = assoc.dul
+        self._recv, self._send = socket.socketpair()
+        self._recv.setblocking(False)
+        self._send.setblocking(False)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.reactor = threading.Event()
+
+    @classmethod
+    def install(cls, assoc: Association) -> _Wakeup:
+        """Ring on everything that gives either thread work; both threads start later."""
+        wakeup = cls(assoc)
+        dul = assoc.dul
+        dul._run_loop_delay = 0  # ready() waits instead (REACTOR_TICK_S at most)
+        _ring_on_put(dul.to_provider_queue, wakeup.wake, unless=dul)  # a PDU to send
+        _ring_on_put(dul.event_queue, wakeup.wake, unless=dul)  # an event from elsewhere
+        _ring_on_put(assoc.dimse.msg_queue, wakeup.reactor.set)  # a whole DIMSE message
+        _ring_on_put(dul.to_user_queue, wakeup.reactor.set)  # A-RELEASE, A-ABORT...
+        stop_dul, kill_dul = dul.stop_dul, dul.kill_dul
+
+        def _stop_dul() -> bool:
+            if dul.state_machine.current_state == "Sta1":
+                dul._kill_thread = True
+                wakeup.wake()
+            return bool(stop_dul())
+
+        def _kill_dul() -> None:
+            kill_dul()
+            wakeup.wake()
+
+        setattr(dul, "stop_dul", _stop_dul)  # noqa: B010 - a method, per instance
+        setattr(dul, "kill_dul", _kill_dul)  # noqa: B010
+        setattr(  # noqa: B010
+            assoc, "_run_reactor", functools.partial(_acceptor_reactor, assoc, wakeup.reactor)
+        )
+        return wakeup
+
+    def fileno(self) -> int:
+        return self._recv.fileno()
+
+    def busy(self) -> bool:
+        """The DUL has something to do besides reading: no waiting."""
+        dul = self._dul
+        return bool(
+            dul._kill_thread or not dul.event_queue.empty() or not dul.to_provider_queue.empty()
+        )
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            with contextlib.suppress(OSError):  # a wake-up already pending (buffer full)
+                self._send.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            self._recv.recv(4096)
+
+    def close(self) -> None:
+        self.reactor.set()
+        with self._lock:
+            self._closed = True
+            self._send.close()
+            self._recv.close()
+
+
+def _ring_on_put(
+    target: queue.Queue[Any], ring: Callable[[], None], unless: threading.Thread | None = None
+) -> None:
+    """``target.put`` (and so ``put_nowait``) also calls ``ring``, after the item is in;
+    not when the thread ``unless`` puts it (the DUL looks at its own queues before waiting)."""
+    put = target.put
+
+    def _put(*args: Any, **kwargs: Any) -> None:
+        put(*args, **kwargs)
+        if unless is None or threading.current_thread() is not unless:
+            ring()
+
+    setattr(target, "put", _put)  # noqa: B010 - a method, per instance
+
+
+def _acceptor_reactor(assoc: Association, wake: threading.Event) -> None:
+    """pynetdicom 3.0.4's ``Association._run_reactor`` (pinned), waiting on ``wake`` (set
+    when a DIMSE message or an ACSE primitive arrives) instead of sleeping 1 ms per loop."""
+    logger = _association.LOGGER
+    assoc._is_paused = False
+    while not assoc._kill:
+        wake.wait(REACTOR_TICK_S)
+        wake.clear()  # before looking: what arrives from now on sets it again
+
+        assoc._is_paused = True
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+
+        context_id, msg = assoc.dimse.get_msg(block=False)
+        if msg:
+            wake.set()  # another message may be queued behind this one
+            assoc._serve_request(msg, int(context_id or 0))
+
+        if assoc.is_established and assoc.acse.is_release_requested():
+            assoc.acse.send_release(is_response=True)
+            logger.info("Association Released")
+            assoc.is_released = True
+            assoc.is_established = False
+            evt.trigger(assoc, evt.EVT_RELEASED, {})
+            assoc.kill()
+            return
+
+        if assoc.acse.is_aborted():
+            log_msg = "Association Aborted"
+            if assoc.acse.is_aborted("a-p-abort"):
+                log_msg += " (A-P-ABORT)"
+            logger.info(log_msg)
+            assoc.dul.receive_pdu(wait=False)
+            assoc.is_aborted = True
+            assoc.is_established = False
+            evt.trigger(assoc, evt.EVT_ABORTED, {})
+            assoc.kill()
+            return
+
+        if not assoc.dul.is_alive():
+            assoc.kill()
+            return
+
+        if assoc.dul.idle_timer_expired():
+            logger.error("Network timeout reached")
+            if assoc.network_timeout_response == "A-RELEASE":
+                assoc._is_paused = True
+                assoc._reactor_checkpoint.wait()
+                assoc.release()
+                assoc._is_paused = False
+            else:
+                assoc.abort()
+            assoc.kill()
+            return
 
 
 def _discard_partial(assoc: Association) -> None:
@@ -779,10 +1061,16 @@ class _FramedSocket(AssociationSocket):
     _server: GatedServer
     _peer: str
     _aborted: bool
+    _wakeup: _Wakeup | None
 
     @classmethod
     def adopt(
-        cls, plain: AssociationSocket, replay: bytes, server: GatedServer, peer: str
+        cls,
+        plain: AssociationSocket,
+        replay: bytes,
+        server: GatedServer,
+        peer: str,
+        wakeup: _Wakeup | None = None,
     ) -> _FramedSocket:
         """The same socket state under this class (a new instance would queue a second Evt5)."""
         framed = cls.__new__(cls)
@@ -792,13 +1080,30 @@ class _FramedSocket(AssociationSocket):
         framed._server = server
         framed._peer = peer
         framed._aborted = False
+        framed._wakeup = wakeup
         return framed
 
     @property
     def ready(self) -> bool:
+        """Data to read (pynetdicom's answer); when there is none and the DUL has nothing
+        else to do, wait for data or a wake-up (at most ``REACTOR_TICK_S``) before answering,
+        instead of pynetdicom's 1 ms sleep between looks."""
         if self._aborted:
             return False
-        return bool(self._replay) or super().ready
+        if self._replay or super().ready:
+            return True
+        wakeup = self._wakeup
+        sock = self.socket
+        if wakeup is None or sock is None or not self._is_connected or wakeup.busy():
+            return False
+        try:
+            ring = wakeup.fileno()
+            readable, _, _ = select.select([sock.fileno(), ring], [], [], REACTOR_TICK_S)
+        except (OSError, ValueError):
+            return super().ready  # pynetdicom's own answer to a closed socket (Evt17)
+        if ring in readable:
+            wakeup.drain()
+        return bool(readable) and not self._aborted and super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes <= 0:

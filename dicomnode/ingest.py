@@ -1,8 +1,11 @@
 """The DICOM listener: C-ECHO, and C-STORE straight into the spool.
 
 pynetdicom writes each received dataset to a file as it arrives (``STORE_RECV_CHUNKED_DATASET``)
-in the spool's ``tmp/``; the C-STORE handler only fsyncs it, renames it into ``incoming/`` and
-answers. Nothing is decoded on the association thread. Statuses:
+in the spool's ``tmp/``; the C-STORE handler only renames it into ``incoming/``, makes it
+durable (one journal commit: see ``Spool.accept``) and answers. Nothing is decoded on the
+association thread, and the association's threads wait for work rather than poll
+(``dicomnode.gate``). With ``node.listeners`` above 1, several processes run this listener
+on one port (``dicomnode.listeners``). Statuses:
 
 - 0x0000 success, only once the instance is durable in ``incoming/``;
 - 0xA700 (out of resources) when free disk is below the configured floor, or the disk
@@ -105,6 +108,7 @@ from dicomnode.gate import (
     Limits,
     RefusalLog,
     Rejection,
+    SharedCounts,
     refused_instance,
 )
 from dicomnode.projects import HEADER_BYTES, Router
@@ -159,8 +163,13 @@ class Ingest:
         on_refused: Callable[[str, str], None] = lambda reason, ae: None,
         on_connection_refused: Callable[[str], None] = lambda reason: None,
         router: Router | None = None,
+        shared: SharedCounts | None = None,
+        listener: int = 0,
     ) -> None:
-        """``on_refused(reason, calling_ae)``: a caller or a C-STORE refused (metrics, audit);
+        """``shared``, ``listener``: this is listener process ``listener`` of several that
+        share the port and these counts (``dicomnode.listeners``); None: the only one.
+
+        ``on_refused(reason, calling_ae)``: a caller or a C-STORE refused (metrics, audit);
         ``on_connection_refused(reason)``: every connection the gate turned away or cut, by
         reason (``idle``, ``slow-request``, ``not-a-request``, ``per-address``, ``pdu-length``...;
         for a counter, never an audit line: a flood calls it thousands of times);
@@ -171,6 +180,8 @@ class Ingest:
         self.on_received = on_received
         self.on_refused = on_refused
         self.refusals = RefusalLog(count=on_connection_refused)
+        self.shared = shared
+        self._row = listener
         self._server: GatedServer | None = None
         self.update(config)
 
@@ -215,6 +226,7 @@ class Ingest:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        """Bind and listen (raises OSError, ssl.SSLError as the node reports them)."""
         # pynetdicom's receive files are temporary files: make them on the spool's file
         # system, so that accepting one is a rename, not a copy.
         tempfile.tempdir = str(self.spool.tmp)
@@ -245,6 +257,8 @@ class Ingest:
             rejected=lambda request, rejection: self.on_refused(
                 rejection.reason, request.calling_ae
             ),
+            shared=self.shared,
+            listener=self._row,
         )
         assert isinstance(server, GatedServer)
         server.called_ae_titles = self._called_ae_titles()

@@ -163,6 +163,16 @@ class Metrics:
         self.open_associations = Gauge(
             "dicomnode_open_associations", "Associations open now", registry=r
         )
+        self.listeners = Gauge(
+            "dicomnode_listeners",
+            "Listener processes accepting on the DICOM port (node.listeners)",
+            registry=r,
+        )
+        self.listener_restarts = Counter(
+            "dicomnode_listener_restarts",
+            "Listener processes that ended unasked and were started again",
+            registry=r,
+        )
         self.gpu_memory = Gauge(
             "dicomnode_gpu_memory_bytes", "GPU memory in use by a GPU stage", registry=r
         )

@@ -61,6 +61,8 @@ from dicomnode.config import Config, load_config
 from dicomnode.errors import DicomnodeError, StartupError
 from dicomnode.forward import Delivery, Forwarder, Result, sender_for
 from dicomnode.ingest import Ingest
+from dicomnode.listeners import ABORT_GRACE_S, ListenerPool
+from dicomnode.listeners import drain as _drain
 from dicomnode.metrics import Metrics
 from dicomnode.pipeline import Outcome, WorkerPool, build_projects
 from dicomnode.projects import Router
@@ -75,7 +77,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ABORT_GRACE_S = 10.0  # for aborted associations to end before "stopped" is logged
 
 __all__ = ["Node", "validate"]
 
@@ -127,45 +128,11 @@ def _cannot_listen(exc: OSError, what: str, host: str, port: int, section: str) 
     return StartupError(f"cannot {what} on {address}: {why}; {fix}")
 
 
-def _listener_of(ingest: Ingest) -> list[GatedServer]:
+def _listener_of(ingest: Ingest | ListenerPool) -> list[GatedServer]:
     """The listener of ``ingest`` while it runs: after ``Ingest.stop`` it still counts (and
     can abort) the associations that were open (see ``Node.stop``)."""
     server = ingest.listener
     return [server] if server is not None else []
-
-
-def _drain(listeners: list[GatedServer], deadline: float, timeout: float) -> bool:
-    """Wait until the associations of ``listeners`` have ended, up to ``deadline``; then
-    A-ABORT those still open and wait for them to end. True once none is open."""
-
-    def still_open() -> int:
-        return sum(server.associations for server in listeners)
-
-    if still_open():
-        log.info("waiting for %d open association(s) to end", still_open())
-    while still_open() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if not still_open():
-        return True
-    log.warning(
-        "aborting %d association(s) still open after %.0f s (node.stop_timeout_s); their "
-        "senders keep what was not acknowledged and send it again",
-        still_open(),
-        timeout,
-    )
-    aborted: list[Any] = []
-    grace = time.monotonic() + ABORT_GRACE_S
-    while still_open() and time.monotonic() < grace:
-        for server in listeners:
-            for association in server.active_associations:
-                if not any(association is a for a in aborted):
-                    aborted.append(association)
-                    # abort() waits for the peer to close: one thread each, bounded by grace
-                    threading.Thread(
-                        target=association.abort, name="dicomnode-abort", daemon=True
-                    ).start()
-        time.sleep(0.05)
-    return not still_open()
 
 
 class Node:
@@ -245,7 +212,19 @@ class Node:
                 )
         return forwarders
 
-    def _ingest(self, config: Config) -> Ingest:
+    def _ingest(self, config: Config) -> Ingest | ListenerPool:
+        count = config.node.listener_processes
+        if count > 1:
+            return ListenerPool(
+                config,
+                count,
+                on_received=self._on_received,
+                on_refused=self._on_refused,
+                on_connection_refused=lambda reason, n: self.metrics.connections_refused.labels(
+                    reason
+                ).inc(n),
+                on_restart=self.metrics.listener_restarts.inc,
+            )
         return Ingest(
             config.node,
             self.spool,
@@ -327,6 +306,9 @@ class Node:
                 exc, "listen for DICOM", config.node.bind, config.node.port, "node"
             ) from None
         self.metrics.open_associations.set_function(lambda: float(self.ingest.open_associations))
+        self.metrics.listeners.set_function(
+            lambda: float(self.ingest.alive if isinstance(self.ingest, ListenerPool) else 1)
+        )
         # Received items wait in incoming/ until the workers are up (they rescan it).
         self.pool.start()
         for forwarder in self.forwarders:
@@ -335,6 +317,8 @@ class Node:
     def _abandon(self) -> None:
         """Undo a start that failed half-way (the ports bound, the spool taken)."""
         self.ingest.stop()
+        if isinstance(self.ingest, ListenerPool):
+            self.ingest.join(time.monotonic() + 5)
         self.pool.stop(5.0)  # nothing to do when it had not started
         for forwarder in self.forwarders:
             forwarder.stop()
@@ -436,13 +420,17 @@ class Node:
         self._stop_review()  # no more actions on the spool
         self.pool.close()  # its workers may have had the signal too: restart none of them
         listeners = [*self._retired, *_listener_of(self.ingest)]
+        processes = self.ingest if isinstance(self.ingest, ListenerPool) else None
         self.ingest.stop()
         ended: list[bool] = []
-        drain = threading.Thread(
-            target=lambda: ended.append(_drain(listeners, deadline, timeout)),
-            name="dicomnode-drain",
-            daemon=True,
-        )
+
+        def drain_all() -> None:
+            done = _drain(listeners, deadline, timeout)
+            if processes is not None:  # each drains its own, then aborts within the grace
+                done = processes.join(deadline + ABORT_GRACE_S + 2) and done
+            ended.append(done)
+
+        drain = threading.Thread(target=drain_all, name="dicomnode-drain", daemon=True)
         drain.start()
         clean = self.pool.stop(max(1.0, deadline - time.monotonic()))
         drain.join()
@@ -527,7 +515,9 @@ class Node:
             for forwarder in self.forwarders:
                 forwarder.start()
             listener = ("ae_title", "bind", "port", "tls", "max_pdu", "max_associations")
-            if any(getattr(new.node, k) != getattr(old.node, k) for k in listener):
+            if isinstance(self.ingest, ListenerPool):
+                self.ingest.reload(new)  # a new set beside the old, then the old one drains
+            elif any(getattr(new.node, k) != getattr(old.node, k) for k in listener):
                 # Its open associations carry on; a stop waits for them too.
                 self._retired = [s for s in self._retired if s.associations]
                 self._retired += _listener_of(self.ingest)

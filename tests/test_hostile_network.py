@@ -33,7 +33,16 @@ import pynetdicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from pynetdicom import acse, dimse, dimse_messages, dul, fsm, service_class, transport
+from pynetdicom import (
+    acse,
+    association,
+    dimse,
+    dimse_messages,
+    dul,
+    fsm,
+    service_class,
+    transport,
+)
 
 from dicomnode.gate import RefusalLog
 from dicomnode.scrub.pseudonym import Pseudonymizer
@@ -669,8 +678,17 @@ PINNED = {
     "dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
     "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
     "acse.ACSE._negotiate_as_acceptor": "fffd360957c42a8e",
+    # the wake-ups that replace the 1 ms polling (gate._Wakeup, gate._acceptor_reactor)
+    "association.Association._run_reactor": "f28838c5559e462a",
+    "association.Association.kill": "8f9713666a7f4cff",
+    "dul.DULServiceProvider.__init__": "c82dafa9438ddf70",
+    "dul.DULServiceProvider.run_reactor": "e3a10eb3a0931e48",
+    "dul.DULServiceProvider.stop_dul": "28a7e0be126e7b30",
+    "dul.DULServiceProvider.kill_dul": "5ceccf8dd01c2072",
+    "dimse.DIMSEServiceProvider.get_msg": "890e3e04283f5aeb",
 }
 _MODULES = {
+    "association": association,
     "transport": transport,
     "dul": dul,
     "fsm": fsm,
