@@ -50,7 +50,7 @@ run: $(BIN)/.base
 	$(BIN)/dicomnode serve --demo$(if $(PORT), --port $(PORT))$(if $(METRICS_PORT), --metrics-port $(METRICS_PORT))$(if $(REVIEW_PORT), --review-port $(REVIEW_PORT))
 
 test: $(BIN)/.test system-deps lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(BIN)/.test
 	$(BIN)/ruff check dicomnode tests bench tools
