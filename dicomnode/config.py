@@ -302,6 +302,13 @@ class SpoolConfig(_Frozen):
 
 class PipelineConfig(_Frozen):
     workers: int = Field(default=0, ge=0, le=256, description="worker processes; 0: one per core")
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="how much lower the workers' CPU priority is than the node's: a sender "
+        "waits for receive, cleaning works through a backlog; 0: the same",
+    )
     worker_memory_mb: int = Field(
         default=3072,
         ge=0,

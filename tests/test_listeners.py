@@ -256,3 +256,36 @@ def test_kill_9_of_the_node_ends_its_listeners(tmp_path: Path) -> None:
 def test_one_core_means_one_listener(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
     assert NodeConfig().listener_processes == 1
+
+
+def _nice(pid: int) -> int:
+    """A process's nice value, from /proc/PID/stat (field 19)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_workers_run_below_the_listeners_priority(tmp_path: Path) -> None:
+    """pipeline.nice: the workers give way to the listeners (a sender waits on receive;
+    cleaning works through a backlog); the listeners and the node keep their priority."""
+    node = NodeProcess(tmp_path / "node", node={"listeners": 2}, pipeline={"workers": 2})
+    with started(node, 2):
+        assert node.proc is not None
+        base = _nice(node.proc.pid)
+        listeners = listening_pids(node.port)
+        assert {_nice(pid) for pid in listeners} == {base}
+
+        def worker_nices() -> list[int]:
+            return sorted(_nice(pid) for pid in _children(node.proc.pid) if pid not in listeners)
+
+        # Workers renice themselves as they start; the resource tracker stays as it is.
+        wait_for(lambda: worker_nices().count(min(base + 10, 19)) == 2, 60, "the workers")
