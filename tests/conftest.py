@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pydicom
 import pytest
@@ -18,14 +19,19 @@ SECRET = b"test-secret-0123456789abcdef0123456789"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
+def unavailable(message: str) -> NoReturn:
+    """A test that cannot run here: it fails under CI (``CI=true``), where a missing peer or
+    dependency is a failure, and skips elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
     """Path of a peer program; fail under CI, skip elsewhere, when it is not installed."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install; 'make test' does it as root)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed (apt-get install; 'make test' does it as root)")
     return path
 
 

@@ -18,12 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.conftest import SECRET, require_tool
+from tests.conftest import SECRET, require_tool, unavailable
 from tests.phi import PHI, planted_dataset, to_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +34,7 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 def require_file(path: Path, package: str) -> Path:
     """A peer's file (a plugin); like ``require_tool``: fail under CI, skip elsewhere."""
     if not path.is_file():
-        message = f"{path} is missing (apt-get install {package}; 'make test' does it as root)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{path} is missing (apt-get install {package}; 'make test' does it as root)")
     return path
 
 

@@ -36,7 +36,7 @@ import pydicom
 import pytest
 import yaml
 
-from tests.conftest import require_tool
+from tests.conftest import require_tool, unavailable
 from tests.peers import PHI, Storescp, free_port, make_study, port_open, storescu, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
@@ -54,11 +54,7 @@ VOLUME = "/var/lib/dicomnode"
 UID = 10001  # the Dockerfile's useradd --uid
 
 
-def fail_or_skip(message: str) -> None:
-    """Like ``require_tool``: a test that cannot run fails under CI and skips elsewhere."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
+fail_or_skip = unavailable
 
 
 def run(args: list[str], timeout: float = 120, check: bool = True) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import SECRET
+from tests.conftest import SECRET, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -41,14 +41,7 @@ CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole"
 STOP_MARGIN_S = 15
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _missing(message: str) -> None:
-    if _ci():
-        pytest.fail(message)
-    pytest.skip(message)
+_missing = unavailable
 
 
 def _venv_tool(name: str) -> str:

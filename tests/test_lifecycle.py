@@ -22,7 +22,7 @@ from pynetdicom import AE
 
 from dicomnode.dicomio import read_instance
 from dicomnode.scrub.pseudonym import Pseudonymizer
-from tests.conftest import SECRET, require_tool
+from tests.conftest import SECRET, require_tool, unavailable
 from tests.peers import (
     PEER_ENV,
     ROOT,
@@ -207,7 +207,7 @@ def test_a_privileged_port_without_the_capability_is_one_line(tmp_path: Path) ->
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
-            pytest.skip("running as root, and setpriv (util-linux) is not there to drop the cap")
+            unavailable("running as root, and setpriv (util-linux) is not there to drop the cap")
         prefix = [setpriv, "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service"]
     result = subprocess.run(
         [*prefix, sys.executable, "-m", "dicomnode", "serve", "--config", str(node.config_path)],
@@ -313,7 +313,7 @@ def test_a_signal_to_the_process_group_stops_cleanly(tmp_path: Path, signum: int
 def test_make_run_takes_other_ports() -> None:
     make = shutil.which("make")
     if make is None:
-        pytest.skip("make is not installed")
+        unavailable("make is not installed")
     env: dict[str, Any] = {
         k: v for k, v in os.environ.items() if k not in ("PORT", "METRICS_PORT", "MAKEFLAGS")
     }

@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.conftest import require_tool
+from tests.conftest import require_tool, unavailable
 from tests.peers import (
     ROOT,
     NodeProcess,
@@ -87,10 +87,7 @@ def _playwright() -> Any:
     try:
         from playwright import sync_api
     except ImportError:
-        message = "playwright is not installed (pip install -e '.[dev]')"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("playwright is not installed (pip install -e '.[dev]')")
     return sync_api
 
 
