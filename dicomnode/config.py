@@ -259,21 +259,19 @@ class NodeConfig(_Frozen):
     max_instance_mb: int = Field(
         default=2048, ge=1, description="refuse (0xA700) a C-STORE data set larger than this"
     )
-    listeners: int | None = Field(
-        default=None,
-        ge=1,
+    listeners: int = Field(
+        default=1,
+        ge=0,
         le=256,
         description="processes accepting on the port (SO_REUSEPORT), each receiving into the "
-        "spool; default: one per core (1 on one core). max_associations and "
-        "max_connections_per_address hold for all of them together",
+        "spool; 0: one per core. max_associations and max_connections_per_address hold for "
+        "all of them together. Default 1 until the multi-process path has run longer",
     )
 
     @property
     def listener_processes(self) -> int:
-        """``listeners``, or one per core this process may use."""
-        if self.listeners is not None:
-            return self.listeners
-        return usable_cores()
+        """``listeners``, or (0) one per core this process may use."""
+        return self.listeners or usable_cores()
 
     @field_validator("max_pdu")
     @classmethod

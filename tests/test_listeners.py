@@ -75,10 +75,11 @@ def associate(port: int, calling: str = "TESTSCU") -> Association:
     return ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
 
 
-def test_default_is_one_listener_per_core() -> None:
+def test_default_is_one_listener_and_zero_is_one_per_core() -> None:
     cores = usable_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
-    assert NodeConfig().listener_processes == cores
+    assert NodeConfig().listener_processes == 1
+    assert NodeConfig(listeners=0).listener_processes == cores
     assert NodeConfig(listeners=3).listener_processes == 3
 
 
@@ -255,7 +256,7 @@ def test_kill_9_of_the_node_ends_its_listeners(tmp_path: Path) -> None:
 
 def test_one_core_means_one_listener(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
-    assert NodeConfig().listener_processes == 1
+    assert NodeConfig(listeners=0).listener_processes == 1
 
 
 def _nice(pid: int) -> int:
