@@ -260,12 +260,12 @@ class NodeConfig(_Frozen):
         default=2048, ge=1, description="refuse (0xA700) a C-STORE data set larger than this"
     )
     listeners: int = Field(
-        default=1,
+        default=0,
         ge=0,
         le=256,
-        description="processes accepting on the port (SO_REUSEPORT), each receiving into the "
-        "spool; 0: one per core. max_associations and max_connections_per_address hold for "
-        "all of them together. Default 1 until the multi-process path has run longer",
+        description="processes accepting on the node's port, each receiving into the spool; "
+        "0: one per core this node may use. max_associations and max_connections_per_address "
+        "hold for all of them together",
     )
 
     @property

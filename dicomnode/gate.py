@@ -400,15 +400,18 @@ class GatedServer(ThreadedAssociationServer):
         rejected: Rejected = lambda request, rejection: None,
         shared: SharedCounts | None = None,
         listener: int = 0,
+        sock: socket.socket | None = None,
     ) -> None:
         """``admit``: the allow-list (and projects), asked once the called AE title is ours;
         ``rejected``: told of each association the gate itself refused (a called AE title not
         ours, no free slot), for the counters that ``admit`` keeps for its own refusals;
-        ``shared``: the counts of all listener processes (this one is row ``listener``); the
-        socket is then bound with SO_REUSEPORT, beside theirs."""
+        ``shared``: the counts of all listener processes (this one is row ``listener``);
+        ``sock``: the listening socket they all accept on (made by the node: see
+        ``dicomnode.listeners``), instead of binding ``address``."""
         self.limits = limits
         self.shared = shared
         self.listener = listener
+        self._inherited = sock
         self.admit = admit
         self.rejected = rejected
         # Called AE titles answered besides our own (projects matched on the called AE title;
@@ -453,11 +456,37 @@ class GatedServer(ThreadedAssociationServer):
     # -- socketserver hooks -------------------------------------------------------------------
 
     def server_bind(self) -> None:
-        """pynetdicom's bind, with SO_REUSEPORT when listener processes share the port."""
-        if self.shared is not None:
-            assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        """pynetdicom's bind; or take the node's listening socket (listener processes).
+
+        The node's socket is non-blocking in every process that shares it: all of them wake
+        for a new connection, one accept succeeds, the others get EAGAIN (an OSError that
+        socketserver ignores) and go back to waiting."""
+        if self._inherited is None:
+            super().server_bind()
+            return
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self._inherited
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listen. On the node's socket too: the node only binds it, so that its port takes
+        connections once a listener is there to accept them (a second listen() is harmless)."""
+        if self._inherited is None:
+            super().server_activate()
+            return
+        assert self.socket is not None
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self) -> None:
+        """pynetdicom's close shuts the socket down first, which on the node's shared socket
+        would stop every listener process from accepting: close only this process's copy."""
+        if self._inherited is None:
+            super().server_close()
+            return
+        assert self.socket is not None
+        self.socket.close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only: the TLS handshake happens at the gate, under its deadline."""

@@ -67,6 +67,7 @@ import errno
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 import tempfile
 import time
@@ -165,9 +166,11 @@ class Ingest:
         router: Router | None = None,
         shared: SharedCounts | None = None,
         listener: int = 0,
+        sock: socket.socket | None = None,
     ) -> None:
-        """``shared``, ``listener``: this is listener process ``listener`` of several that
-        share the port and these counts (``dicomnode.listeners``); None: the only one.
+        """``shared``, ``listener``, ``sock``: this is listener process ``listener`` of several
+        that accept on the node's listening socket ``sock`` and share these counts
+        (``dicomnode.listeners``); None: the only one, binding its own.
 
         ``on_refused(reason, calling_ae)``: a caller or a C-STORE refused (metrics, audit);
         ``on_connection_refused(reason)``: every connection the gate turned away or cut, by
@@ -182,6 +185,7 @@ class Ingest:
         self.refusals = RefusalLog(count=on_connection_refused)
         self.shared = shared
         self._row = listener
+        self._socket = sock
         self._server: GatedServer | None = None
         self.update(config)
 
@@ -259,6 +263,7 @@ class Ingest:
             ),
             shared=self.shared,
             listener=self._row,
+            sock=self._socket,
         )
         assert isinstance(server, GatedServer)
         server.called_ae_titles = self._called_ae_titles()

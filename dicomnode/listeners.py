@@ -1,12 +1,20 @@
 """Listener processes: ``node.listeners`` pynetdicom listeners accepting on one port.
 
 One Python process receives on one core at most (the GIL; pynetdicom's receive loop is pure
-Python). With ``node.listeners`` N > 1 the node starts N listener processes (``spawn``, so
-that no thread of the node is forked), each binding the port with SO_REUSEPORT (the kernel
-spreads new connections over them) and running the same gate and C-STORE handler
+Python). With ``node.listeners`` N > 1 the node binds the port itself, then
+starts N listener processes (``spawn``, so that no thread of the node is forked) that all
+accept on that one socket, each running the same gate and C-STORE handler
 (``dicomnode.ingest``) into the same spool. Everything else stays in the node's process:
 the pipeline workers, the forwarders, the review page, the metrics endpoint and the audit
 trail.
+
+Why one shared socket and not one socket each with SO_REUSEPORT: the kernel hashes each new
+connection to one of the SO_REUSEPORT sockets, and a connection waiting in the queue of a
+socket that closes is reset. So every reload (the old set closes its sockets) and every stop
+of a listener reset a sender or two. A connection in the shared socket's queue waits for
+whichever listener accepts next, and the socket lives as long as the node: a reload, or a
+listener that dies, loses nothing. It also gives a new connection to a listener that is
+waiting, not to one the hash picked however busy it is.
 
 - **What they tell the node**, over one queue: each instance received (its id: the node
   counts it and submits it to the workers at once; a message lost with a crashed listener
@@ -25,8 +33,9 @@ trail.
   accepting at once and lets its open associations finish.
 - **Stopping** (SIGTERM to the node): every listener stops accepting, lets its open
   associations finish within ``node.stop_timeout_s``, then aborts the rest, and exits.
-- **Reload** (SIGHUP): a new set of listeners starts with the new configuration beside the
-  old ones (SO_REUSEPORT), then the old ones stop as above: no moment without a listener.
+- **Reload** (SIGHUP): a new set of listeners starts with the new configuration on the same
+  socket, then the old ones stop as above: no moment without a listener, and no connection
+  waiting in the queue is lost.
   The number of listeners changes at a restart only.
 """
 
@@ -141,7 +150,13 @@ class _Refusals:
 
 
 def _listener_main(
-    index: int, row: int, config: Config, shared: SharedCounts, events: Any, parent: int
+    index: int,
+    row: int,
+    config: Config,
+    shared: SharedCounts,
+    events: Any,
+    parent: int,
+    sock: socket.socket,
 ) -> None:
     """Entry point of listener process ``index`` (shared-count row ``row``)."""
     stop = threading.Event()
@@ -165,6 +180,7 @@ def _listener_main(
         router=Router(config) if config.projects else None,
         shared=shared,
         listener=row,
+        sock=sock,
     )
     try:
         ingest.start()
@@ -180,18 +196,18 @@ def _listener_main(
         if counts:
             events.put(("connections-refused", counts))
 
-    orphan = False
-    while not stop.wait(_TICK_S):
+    while not stop.wait(_TICK_S) and os.getppid() == parent:
         flush()
-        if os.getppid() != parent:
-            orphan = True
-            break
     ingest.stop()  # no new connections; the open associations may finish
+    sock.close()
     timeout = config.node.stop_timeout_s
     drain([server], time.monotonic() + timeout, timeout)
     flush()
-    if orphan:
-        events.cancel_join_thread()  # nobody reads any more: never hang at exit
+    if os.getppid() != parent:
+        # The node is gone (PR_SET_PDEATHSIG's SIGTERM, or the check above): nobody reads the
+        # queue any more, and its pipe is still open in the other listeners, so a full pipe
+        # would block the exit for ever. What was not read is found by the next node's rescan.
+        events.cancel_join_thread()
     events.close()
 
 
@@ -236,7 +252,7 @@ class ListenerPool:
         self._retiring: list[_Listener] = []  # replaced by a reload, draining
         self._generation = 0
         self._closing = threading.Event()
-        self._reserved: socket.socket | None = None
+        self._socket: socket.socket | None = None
         self._port = 0
         self._ready: dict[int, queue.Queue[str | None]] = {}
         self._thread: threading.Thread | None = None
@@ -268,8 +284,8 @@ class ListenerPool:
         listens. Raises OSError (ssl.SSLError) as ``Ingest.start`` does, with none left."""
         node = self.config.node
         Ingest(node, Spool(self.config.spool.path))._ssl_context()  # a bad file: fail here
-        self._reserved = _reserve(node.bind, node.port)
-        self._port = int(self._reserved.getsockname()[1])
+        self._socket = _bind(node.bind, node.port)
+        self._port = int(self._socket.getsockname()[1])
         self._thread = threading.Thread(
             target=self._supervise, name="dicomnode-listeners", daemon=True
         )
@@ -307,9 +323,9 @@ class ListenerPool:
         if self._thread is not None:
             self._thread.join(5)
         self._dispatch_pending()
-        if self._reserved is not None:
-            self._reserved.close()
-            self._reserved = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         return clean
 
     def reload(self, config: Config) -> None:
@@ -366,6 +382,7 @@ class ListenerPool:
                     self.shared,
                     self._events,
                     os.getpid(),
+                    self._socket,  # passed as a file descriptor by multiprocessing
                 ),
                 name=f"dicomnode-listener-{index}",
                 daemon=True,
@@ -481,15 +498,15 @@ def _signal(process: Any, signum: int) -> None:
             os.kill(process.pid, signum)
 
 
-def _reserve(bind: str, port: int) -> socket.socket:
-    """Bind (not listen) the port with SO_REUSEPORT: a port taken by another program, or an
-    address not of this host, fails here; port 0 picks the port all listeners then share.
-    A bound socket that does not listen is never given connections."""
+def _bind(bind: str, port: int) -> socket.socket:
+    """The node's socket, shared by its listener processes: a port taken by another program,
+    or an address not of this host, fails here; port 0 picks a free port. Bound only: the
+    first listener that is ready to accept makes it listen (``GatedServer.server_activate``),
+    so that no connection waits before any listener can take it."""
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((bind, port))
     except BaseException:
         sock.close()

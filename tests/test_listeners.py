@@ -50,12 +50,18 @@ def delivered(node: NodeProcess) -> int:
     return sum(1 for _ in node.out.rglob("*.dcm"))
 
 
+def listener_pids(node: NodeProcess) -> set[int]:
+    """The listener processes: those with the port's socket, apart from the node that made it."""
+    assert node.proc is not None
+    return listening_pids(node.port) - {node.proc.pid}
+
+
 def listeners_up(node: NodeProcess, count: int) -> bool:
     try:
         metrics = node.metrics()
     except OSError:
         return False
-    return metrics.get("dicomnode_listeners") == count and len(listening_pids(node.port)) == count
+    return metrics.get("dicomnode_listeners") == count and len(listener_pids(node)) == count
 
 
 @contextlib.contextmanager
@@ -75,11 +81,12 @@ def associate(port: int, calling: str = "TESTSCU") -> Association:
     return ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
 
 
-def test_default_is_one_listener_and_zero_is_one_per_core() -> None:
+def test_default_is_one_listener_per_core() -> None:
     cores = usable_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
-    assert NodeConfig().listener_processes == 1
+    assert NodeConfig().listener_processes == cores
     assert NodeConfig(listeners=0).listener_processes == cores
+    assert NodeConfig(listeners=1).listener_processes == 1
     assert NodeConfig(listeners=3).listener_processes == 3
 
 
@@ -100,8 +107,9 @@ def test_shared_counts_hold_across_rows_and_a_dead_row_is_given_back() -> None:
 def test_listeners_share_the_port_and_the_metrics_add_up(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", node={"listeners": 2})
     with started(node, 2):
-        pids = listening_pids(node.port)
-        assert len(pids) == 2 and node.proc is not None and node.proc.pid not in pids
+        # One socket: the node made it (and never accepts on it), the two listeners accept.
+        assert node.proc is not None and node.proc.pid in listening_pids(node.port)
+        assert len(listener_pids(node)) == 2
         senders = []
         for n in range(4):
             make_study(tmp_path / f"study{n}", series=1, per_series=5)
@@ -195,13 +203,13 @@ def test_connections_per_address_hold_across_listeners(tmp_path: Path) -> None:
 def test_a_killed_listener_is_replaced(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", node={"listeners": 2})
     with started(node, 2):
-        victim = min(listening_pids(node.port))
+        victim = min(listener_pids(node))
         os.kill(victim, signal.SIGKILL)
         wait_for(
             lambda: (
                 node.metrics().get("dicomnode_listener_restarts_total") == 1
                 and listeners_up(node, 2)
-                and victim not in listening_pids(node.port)
+                and victim not in listener_pids(node)
             ),
             60,
             "a new listener process",
@@ -248,7 +256,7 @@ def test_kill_9_of_the_node_ends_its_listeners(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", node={"listeners": 2})
     node.start()
     wait_for(lambda: listeners_up(node, 2), 60, "the listener processes")
-    pids = listening_pids(node.port)
+    pids = listener_pids(node)
     node.kill()
     wait_for(lambda: not listening_pids(node.port), 10, "the listeners to stop listening")
     wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), 30, "them to exit")
@@ -282,7 +290,7 @@ def test_workers_run_below_the_listeners_priority(tmp_path: Path) -> None:
     with started(node, 2):
         assert node.proc is not None
         base = _nice(node.proc.pid)
-        listeners = listening_pids(node.port)
+        listeners = listener_pids(node)
         assert {_nice(pid) for pid in listeners} == {base}
 
         def worker_nices() -> list[int]:
