@@ -564,6 +564,13 @@ class PixelConfig(_Frozen):
 
     enabled: bool = True
     mode: Literal["all-text", "sensitive-text"] = "all-text"
+    presence: Literal["auto", "thorough", "learned"] = Field(
+        default="auto",
+        description="the cheap check that sends a frame to OCR: auto (learned for grey CT, MR, "
+        "PT, NM, CR, DX, MG images; thorough for US, SC, XA, RF, colour, unknown modalities "
+        "and device-region matches), thorough (every thin stroke), learned (lines scored by "
+        "the bundled model)",
+    )
     policy: Path | None = Field(
         default=None, description="a site pixel policy; default rules/pixels.yaml"
     )

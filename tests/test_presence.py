@@ -4,18 +4,29 @@ structure), not uniform noise, or a benchmark on it says nothing about real fram
 
 Recall is what is pinned here: every kind of burned-in line the pixel benchmark plants
 (plain, small, faint, inverted, coloured, over anatomy, a dense block, vertical) is sent to
-the detector, on realistic CT, MR and CR. No timing is asserted (``bench/pixels.py`` measures cost)."""
+the detector, on realistic CT, MR and CR. No timing is asserted (``bench/pixels.py`` measures cost).
+The learned check (``pixels/lines.py``) too: its model file, which instances get it
+(``presence.choose``), text-free frames it does not send, and burned-in text on a CT slice
+removed through the stage that runs it."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomnode.pixels import codec
+from dicomnode.errors import ConfigError
+from dicomnode.pixels import codec, lines
 from dicomnode.pixels.boxes import Box
-from dicomnode.pixels.presence import candidates
+from dicomnode.pixels.presence import Presence, candidates, choose
 from dicomnode.synth_anatomy import (
     FRAMES,
     TEXT_KINDS,
@@ -33,13 +44,15 @@ def _shown(values: np.ndarray) -> np.ndarray:
     return codec.display(values, "MONOCHROME2", Dataset(), codec.value_span(values))
 
 
-def _covered(line: tuple[int, int, int, int], found: list[Box], shape: tuple[int, ...]) -> float:
-    """The share of ``line`` inside the candidates, padded as the detector's crops are."""
+def _covered(
+    line: tuple[int, int, int, int], found: list[Box], shape: tuple[int, ...], pad: int = 24
+) -> float:
+    """The share of ``line`` inside the boxes, padded as the detector's crops are."""
     height, width = shape[:2]
     truth = Box(*line).clipped(width, height)
     mask = np.zeros((height, width), bool)
     for box in found:
-        crop = box.padded(24, width, height)
+        crop = box.padded(pad, width, height)
         mask[crop.y0 : crop.y1, crop.x0 : crop.x1] = True
     return float(mask[truth.y0 : truth.y1, truth.x0 : truth.x1].mean())
 
@@ -123,13 +136,19 @@ def test_burn_reports_every_line_it_writes() -> None:
         burn(blank, "gothic", rng)
 
 
+@lru_cache(maxsize=1)
+def _detector() -> Any:
+    from dicomnode.pixels.detect import RapidOCRDetector
+
+    return RapidOCRDetector()
+
+
 @pytest.fixture(scope="module")
 def stage() -> object:
     from dicomnode.config import PixelConfig
     from dicomnode.pixels import PixelStage
-    from dicomnode.pixels.detect import RapidOCRDetector
 
-    return PixelStage(PixelConfig(), detector=RapidOCRDetector())
+    return PixelStage(PixelConfig(), detector=_detector())
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
@@ -146,3 +165,264 @@ def test_vertical_text_is_found_and_read(stage: object, modality: str) -> None:
     near = [Box(*lines[0]).padded(4, picture.shape[1], picture.shape[0])]  # a tight candidate
     boxes = stage._text(picture, near, None)
     assert any(b.intersection(line) >= 0.7 * line.area for b in boxes), boxes
+
+
+# -- the learned check (dicomnode.pixels.lines) and which check runs ---------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CT_IMAGE, SC_IMAGE, US_IMAGE = (
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.6.1",
+)
+# Seeds of frames no model was trained or thresholded on (tools/train_presence.py draws its
+# frames from default_rng([seed, 7]) for seeds 0 to --frames + --held-out, 1,900 by default).
+HELD_OUT = range(50_000, 50_012)
+
+
+def test_the_model_file_loads_with_the_version_and_shape_the_code_reads() -> None:
+    data = json.loads(lines.MODEL.read_text())
+    assert lines.MODEL.parent == Path(lines.__file__).parent  # package data, beside the code
+    assert data["version"] == lines.MODEL_VERSION == 1
+    assert tuple(data["features"]) == lines.FEATURES
+    depth = data["depth"]
+    assert len(data["feature"]) == len(data["split"]) == len(data["leaf"]) > 0
+    assert all(len(row) == 2**depth - 1 for row in data["feature"])
+    assert all(len(row) == 2**depth for row in data["leaf"])
+    assert all(0 <= f < len(data["features"]) for row in data["feature"] for f in row)
+    assert 0 <= data["threshold"] < 1
+    model = lines.load_model()
+    assert model.threshold == data["threshold"] and len(model.feature) == len(data["feature"])
+    scores = model.score(np.zeros((3, len(lines.FEATURES)), np.float32))
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"version": 2}, "version 2"),
+        ({"features": ["marks"]}, "other features"),
+        ({"threshold": 1.5}, "shape"),
+        ({"leaf": [[0.0]]}, "shape"),
+    ],
+)
+def test_a_foreign_model_file_is_a_config_error(
+    tmp_path: Path, change: dict[str, Any], says: str
+) -> None:
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**json.loads(lines.MODEL.read_text()), **change}))
+    with pytest.raises(ConfigError, match=says) as raised:
+        lines.load_model(path)
+    assert "pixels.presence: thorough" in str(raised.value)  # the way out, named
+    with pytest.raises(ConfigError, match="cannot be used"):
+        lines.load_model(tmp_path / "missing.json")
+
+
+def test_training_the_learned_model_is_deterministic(tmp_path: Path) -> None:
+    """The same arguments write the same file (a small run: a few seconds)."""
+    written = []
+    for name in ("a.json", "b.json"):
+        out = tmp_path / name
+        subprocess.run(
+            [sys.executable, str(ROOT / "tools/train_presence.py"), "--frames", "24",
+             "--held-out", "6", "--trees", "4", "--out", str(out)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
+    made = json.loads(written[0])
+    assert made["version"] == lines.MODEL_VERSION
+    assert made["features"] == json.loads(lines.MODEL.read_text())["features"]
+
+
+@pytest.mark.parametrize(
+    ("header", "photometric", "regions", "expected", "why"),
+    [
+        ({"Modality": "CT", "SOPClassUID": CT_IMAGE}, "MONOCHROME2", False, "learned", "CT"),
+        ({"Modality": "MR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}, "MONOCHROME2", False,
+         "learned", "MR"),
+        ({"Modality": "PT"}, "MONOCHROME2", False, "learned", "PT"),
+        ({"Modality": "NM"}, "MONOCHROME2", False, "learned", "NM"),
+        ({"Modality": "CR"}, "MONOCHROME1", False, "learned", "CR"),
+        ({"Modality": " dx "}, "MONOCHROME1", False, "learned", "DX"),
+        ({"Modality": "MG"}, "MONOCHROME2", False, "learned", "MG"),
+        # A CT dose screen: Secondary Capture with Modality CT (and the multi-frame kinds).
+        ({"Modality": "CT", "SOPClassUID": SC_IMAGE}, "MONOCHROME2", False, "thorough",
+         "secondary capture"),
+        ({"Modality": "CT", "SOPClassUID": SC_IMAGE + ".2"}, "MONOCHROME2", False, "thorough",
+         "secondary capture"),
+        ({"Modality": "CT", "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"]}, "MONOCHROME2",
+         False, "learned", "CT"),
+        ({"Modality": "CT", "ImageType": "DERIVED\\SECONDARY\\MPR"}, "MONOCHROME2", False,
+         "thorough", "secondary"),
+        ({"Modality": "MR", "ImageType": ["DERIVED", "PRIMARY", "SCREEN SAVE"]}, "MONOCHROME2",
+         False, "thorough", "secondary"),
+        ({"Modality": "CT", "BurnedInAnnotation": "YES"}, "MONOCHROME2", False, "thorough",
+         "BurnedInAnnotation"),
+        ({"Modality": "CT", "BurnedInAnnotation": "NO"}, "MONOCHROME2", False, "learned", "CT"),
+        ({"Modality": "CT", "SOPClassUID": CT_IMAGE}, "RGB", False, "thorough", "colour"),
+        ({"Modality": "CT", "SOPClassUID": CT_IMAGE}, "PALETTE COLOR", False, "thorough",
+         "colour"),
+        ({"Modality": "CT", "SOPClassUID": CT_IMAGE}, "MONOCHROME2", True, "thorough",
+         "region"),
+        ({"Modality": "US", "SOPClassUID": US_IMAGE}, "MONOCHROME2", False, "thorough",
+         "another modality"),
+        ({"Modality": "XA"}, "MONOCHROME2", False, "thorough", "another modality"),
+        ({"Modality": "OT"}, "MONOCHROME2", False, "thorough", "another modality"),
+        ({"Modality": "DOC"}, "MONOCHROME2", False, "thorough", "another modality"),
+        ({"Modality": ""}, "MONOCHROME2", False, "thorough", "no modality"),
+        ({}, "MONOCHROME2", False, "thorough", "no modality"),
+    ],
+)  # fmt: skip
+def test_auto_chooses_the_learned_check_only_where_text_is_the_exception(
+    header: dict[str, Any], photometric: str, regions: bool, expected: str, why: str
+) -> None:
+    check, reason = choose(Presence.AUTO, header, photometric, regions)
+    assert check is Presence(expected)
+    assert why in reason
+
+
+def test_the_setting_overrides_the_choice() -> None:
+    ct, us = {"Modality": "CT", "SOPClassUID": CT_IMAGE}, {"Modality": "US"}
+    assert choose(Presence.THOROUGH, ct, "MONOCHROME2", False)[0] is Presence.THOROUGH
+    assert choose(Presence.LEARNED, us, "RGB", True)[0] is Presence.LEARNED
+
+
+def test_the_setting_is_validated_and_projects_carry_their_own() -> None:
+    from pydantic import ValidationError
+
+    from dicomnode.config import Config, PixelConfig
+
+    assert PixelConfig().presence == "auto"
+    with pytest.raises(ValidationError, match="'auto', 'thorough' or 'learned'"):
+        PixelConfig(presence="fast")  # type: ignore[arg-type]
+    config = Config.model_validate(
+        {
+            "pixels": {"presence": "thorough"},
+            "destinations": [{"name": "out", "type": "folder", "path": "/tmp/x"}],
+            "projects": [
+                {
+                    "name": "lung",
+                    "match": {"called_ae_title": "LUNG"},
+                    "destinations": ["out"],
+                    "pixels": {"presence": "learned"},
+                },
+                {"name": "echo", "destinations": ["out"]},
+            ],
+        }
+    )
+    assert [p.pixels.presence for p in config.projects] == ["learned", "thorough"]
+
+
+def _sent_share(found: list[Box], shape: tuple[int, ...]) -> float:
+    """The share of the frame the detector looks at for these candidates (its merged crops)."""
+    from dicomnode.pixels.detect import merge
+
+    height, width = shape[:2]
+    crops = merge([b.padded(24, width, height) for b in found], gap=24)
+    return min(1.0, sum(c.area for c in crops) / (width * height))
+
+
+@pytest.mark.parametrize("modality", ["CT", "PT"])
+def test_text_free_frames_of_held_out_seeds_are_mostly_not_sent_by_the_learned_check(
+    modality: str,
+) -> None:
+    """The point of the learned check: the thorough one sends every one of these frames to
+    the detector, on crops covering 30-70% of it. The learned one sends no PET frame; of CT
+    frames it still sends most (8 of these 12: a line or two of bone or vessel ends that look
+    like text to it), but on crops a few times smaller, so detection costs a fraction."""
+    sent = thorough = 0
+    area = thorough_area = 0.0
+    for seed in HELD_OUT:
+        picture = _shown(FRAMES[modality](np.random.default_rng([seed, 11])))
+        found, everything = lines.candidates(picture), candidates(picture)
+        sent += bool(found)
+        thorough += bool(everything)
+        area += _sent_share(found, picture.shape)
+        thorough_area += _sent_share(everything, picture.shape)
+    assert thorough == len(HELD_OUT) and thorough_area > 0.3 * len(HELD_OUT)
+    if modality == "PT":
+        assert sent == 0
+    else:
+        assert sent <= 0.75 * len(HELD_OUT) and area < thorough_area / 3, (sent, area)
+
+
+@pytest.mark.parametrize("kind", ["plain", "small", "inverted", "coloured", "dense", "vertical"])
+def test_learned_check_finds_the_lines_the_thorough_check_finds(kind: str) -> None:
+    """On the kinds where it matches the thorough check (bench/pixels.py: over anatomy it
+    sends fewer lines, and faint lines are left to the detector's crops as with the thorough
+    check), every line is sent."""
+    rng = np.random.default_rng(100 + TEXT_KINDS.index(kind))
+    for modality in ("CT", "MR", "CR"):
+        picture, planted = burn(_shown(FRAMES[modality](rng)), kind, rng)
+        found = lines.candidates(picture)
+        for line in planted:
+            assert _covered(line, found, picture.shape) >= 0.8, (kind, modality, line)
+
+
+class _Recording:
+    """The fill remover, keeping every box it was asked to remove."""
+
+    def __init__(self) -> None:
+        from dicomnode.pixels.remove import FillRemover
+
+        self.fill = FillRemover()
+        self.targets: list[Box] = []
+
+    def remove(self, frame: Any, picture: Any, boxes: list[Box], fill: Any) -> Any:
+        self.targets += boxes
+        return self.fill.remove(frame, picture, boxes, fill)
+
+
+def _ct_instance(grey: np.ndarray, sop_class: str = CT_IMAGE) -> Dataset:
+    """A 12-bit CT instance whose frame shows as ``grey`` (8 bits, stretched back)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, generate_uid(), "CT"
+    ds.Rows, ds.Columns = grey.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (grey.astype(np.uint16) * 16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+@pytest.mark.parametrize("kind", ["plain", "small", "faint", "inverted", "over-anatomy"])
+def test_burned_in_text_on_a_ct_slice_is_removed_through_the_stage(kind: str) -> None:
+    """End to end, as the node runs it on a CT image (``auto``: the learned check): every
+    planted line lies under the boxes the stage removed, and nothing remains."""
+    from dicomnode.config import PixelConfig
+    from dicomnode.pipeline import header_snapshot
+    from dicomnode.pixels import PixelStage
+
+    remover = _Recording()
+    stage = PixelStage(PixelConfig(), detector=_detector(), remover=remover)  # type: ignore[arg-type]
+    rng = np.random.default_rng([60_000, TEXT_KINDS.index(kind)])
+    picture, planted = burn(_shown(ct_slice(rng)), kind, rng)
+    grey = picture if picture.ndim == 2 else picture[:, :, 0]
+    ds = _ct_instance(grey)
+    report = stage.clean(ds, header_snapshot(ds, stage.policy.fields))
+    assert report["presence"] == "learned" and report["frames_changed"] == 1, report
+    for line in planted:
+        assert _covered(line, remover.targets, picture.shape, pad=0) >= 0.9, (kind, line)
+
+
+def test_a_ct_dose_screen_goes_through_the_thorough_check() -> None:
+    from dicomnode.config import PixelConfig
+    from dicomnode.pipeline import header_snapshot
+    from dicomnode.pixels import PixelStage
+
+    rng = np.random.default_rng(61_000)
+    grey = _shown(ct_slice(rng))[:, :, 0]
+    for sop_class, config, expected in (
+        (SC_IMAGE, PixelConfig(), "thorough"),
+        (CT_IMAGE, PixelConfig(), "learned"),
+        (CT_IMAGE, PixelConfig(presence="thorough"), "thorough"),
+    ):
+        stage = PixelStage(config, detector=_detector())
+        ds = _ct_instance(grey, sop_class)
+        report = stage.clean(ds, header_snapshot(ds, stage.policy.fields))
+        assert report["presence"] == expected, (sop_class, config.presence, report)

@@ -8,9 +8,11 @@ and the node reloads, runs the item again and forwards the clean copy. A viewer,
 browser context, gets no original value and is refused the original pixels. No page may log a
 JavaScript error.
 
-Why this image is quarantined, for real: the presence check keeps a stroke only where it is
-three times brighter than its neighbourhood's mean (``presence.strokes``, in 8 bits, so the
-bar saturates at 255). In a dense block of white text over a background that is not the
+Why this image is quarantined, for real: the scanner says what it does, BurnedInAnnotation
+YES, so the stage runs its thorough presence check on the slice (``presence.choose``; a CT
+image without that flag gets the learned check, ``pixels/lines.py``, which finds the whole
+block and clears it). The thorough check keeps a stroke only where it is three times brighter
+than its neighbourhood's mean (``presence.strokes``, in 8 bits, so the bar saturates at 255). In a dense block of white text over a background that is not the
 frame's darkest value (air inside the field of view, the padding outside it darker), only a
 few strokes at the block's edges pass; the detector runs on crops around those, each fill
 lowers the neighbourhood and uncovers more, and the two verification rounds do not reach
@@ -183,6 +185,7 @@ def _banner_slice() -> Dataset:
     stored[(yy - 0.42) ** 2 + (xx - 0.5) ** 2 > 0.7**2] = 0  # padding outside the FOV
     ds = planted_dataset()
     ds.Manufacturer, ds.ManufacturerModelName = MANUFACTURER, MODEL
+    ds.BurnedInAnnotation = "YES"  # the banner: the thorough check (the module's docstring)
     ds.Rows = ds.Columns = SIZE
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
     ds.RescaleIntercept, ds.RescaleSlope = -1024, 1

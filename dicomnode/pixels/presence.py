@@ -7,16 +7,79 @@ text-like shape (a few to ~80 pixels high, longer than high, partly filled) are 
 candidates, returned as padded boxes for the detector. It favours recall: a false candidate
 costs one OCR call on a small crop, a missed one would cost a patient's name.
 Cost: a few milliseconds for a 512x512 frame on one core.
+
+That is the **thorough** check: on anatomy it fires nearly everywhere (vessels, bone edges and
+noise are thin strokes too), which is right where text is common but sends every frame of a
+CT or MR series to the detector. The **learned** check (``lines``) keeps only lines of marks
+laid out as text and sends a fraction of text-free frames. :func:`choose` says which runs for
+an instance (``pixels.presence``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
 
 import cv2
 import numpy as np
 
 from dicomnode.pixels.boxes import Box
 
-__all__ = ["candidates", "strokes"]
+__all__ = ["LEARNED_MODALITIES", "Presence", "candidates", "choose", "strokes"]
+
+
+class Presence(StrEnum):
+    """Which presence check runs (``pixels.presence``)."""
+
+    AUTO = "auto"  # per instance, by :func:`choose`
+    THOROUGH = "thorough"  # strokes: every thin structure (this module)
+    LEARNED = "learned"  # lines of marks scored by the model (``lines``)
+
+
+#: Modalities whose images rarely carry burned-in text (the scanner writes its annotations in
+#: the header or an overlay): cross-sectional and projection radiography, nuclear medicine.
+#: Everything else, and a missing Modality, gets the thorough check.
+LEARNED_MODALITIES = frozenset({"CT", "MR", "PT", "NM", "CR", "DX", "MG", "IO", "PX"})
+
+# Secondary Capture and its multi-frame kinds (.7.1 to .7.4); the prefix also takes in the
+# visible-light and ophthalmic classes (1.1.77 to 1.1.79: photographs, scans), thorough too.
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+
+
+def choose(
+    setting: Presence, header: Mapping[str, Any], photometric: str, regions: bool
+) -> tuple[Presence, str]:
+    """The check for one instance and why (the stage's report says it; no PHI).
+
+    ``auto``: the learned check for a grey image of a modality in ``LEARNED_MODALITIES``;
+    the thorough one for a Secondary Capture SOP class whatever its Modality (a CT dose
+    screen is SC with Modality CT), an image that says it has burned-in text
+    (BurnedInAnnotation YES) or is a secondary picture (ImageType SECONDARY or SCREEN SAVE: a
+    workstation's capture, often annotated), a colour image, any other or a missing Modality,
+    and wherever a device region rule applies (``regions``: that device writes text, and the
+    frame is searched as it always was). ``thorough`` and ``learned`` choose it for every
+    instance.
+    """
+    if setting is not Presence.AUTO:
+        return setting, f"pixels.presence {setting.value}"
+    if regions:
+        return Presence.THOROUGH, "a device region rule applies"
+    if str(header.get("SOPClassUID") or "").strip().startswith(_SECONDARY_CAPTURE):
+        return Presence.THOROUGH, "secondary capture"
+    if str(header.get("BurnedInAnnotation") or "").strip().upper() == "YES":
+        return Presence.THOROUGH, "BurnedInAnnotation YES"
+    image_type = _values(header.get("ImageType"))
+    if image_type[1:2] == ["SECONDARY"] or "SCREEN SAVE" in image_type:
+        return Presence.THOROUGH, "secondary image type"
+    if photometric not in _GREY:
+        return Presence.THOROUGH, "colour"
+    modality = str(header.get("Modality") or "").strip().upper()
+    if modality in LEARNED_MODALITIES:
+        return Presence.LEARNED, f"modality {modality}"
+    return Presence.THOROUGH, "another modality" if modality else "no modality"
+
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (7, 7))
 _JOIN = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 3))
@@ -41,6 +104,14 @@ def strokes(picture: np.ndarray, contrast: int = 12) -> np.ndarray:
         cv2.multiply(texture, np.full_like(texture, 3)), np.full_like(texture, contrast)
     )
     return (hats >= floor).astype(np.uint8)
+
+
+def _values(value: Any) -> list[str]:
+    """A header value as its upper-case values (a snapshot holds a list or a string)."""
+    if value is None:
+        return []
+    items = value.split("\\") if isinstance(value, str) else [str(v) for v in value]
+    return [v.strip().upper() for v in items]
 
 
 def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> list[Box]:

@@ -1,10 +1,13 @@
 """The pixel stage: find burned-in text, remove it, prove it is gone.
 
-Per instance: the policy decides (on the header as received) whether to check it. Per frame
-(identical frames, found by hash, are cleaned once): a cheap presence check; detection on its
-candidates; in sensitive-text mode, recognition keeps only the boxes whose words are PHI;
-known device regions are added; the remover removes; verification runs the presence check
-and detection again on the whole cleaned frame. Text found by verification is removed once
+Per instance: the policy decides (on the header as received) whether to check it, and
+``presence.choose`` which presence check runs: the learned one (``lines``) where burned-in
+text is the exception, the thorough one (strokes) elsewhere. Per frame (identical frames,
+found by hash, are cleaned once): the presence check; detection on its candidates; where the
+learned check led to text, the thorough check's candidates too (a frame with text is searched
+as thoroughly as before); in sensitive-text mode, recognition keeps only the boxes whose words
+are PHI; known device regions are added; the remover removes; verification runs the thorough
+check and detection again on the whole cleaned frame. Text found by verification is removed once
 more with a solid fill; if text is still found, the instance is quarantined (``text-remains``).
 A failing detector or remover raises, which quarantines too: nothing uncleaned is forwarded.
 
@@ -30,8 +33,10 @@ from dicomnode.pixels import codec
 from dicomnode.pixels.boxes import Box
 from dicomnode.pixels.detect import TextDetector, doubtful, find_text, line_height, make_detector
 from dicomnode.pixels.evidence import Evidence, Kind
+from dicomnode.pixels.lines import candidates as learned_candidates
+from dicomnode.pixels.lines import load_model
 from dicomnode.pixels.policy import Decision, PixelPolicy, load_policy
-from dicomnode.pixels.presence import candidates, strokes
+from dicomnode.pixels.presence import Presence, candidates, choose, strokes
 from dicomnode.pixels.remove import FillRemover, Remover, make_remover
 from dicomnode.pixels.sensitive import SensitiveText
 
@@ -135,6 +140,9 @@ class PixelStage:
         self._fill = FillRemover()
         self.sensitive = settings.mode == "sensitive-text"
         self.limits = codec.PixelLimits(settings.max_decoded_mb, settings.max_frame_mb)
+        self.presence = Presence(settings.presence)
+        if self.presence is not Presence.THOROUGH:
+            load_model()  # a missing or foreign model file stops the node now, not mid-series
 
     # -- the stage -------------------------------------------------------------------------
 
@@ -157,7 +165,7 @@ class PixelStage:
         if "PixelData" not in ds:
             return {"checked": False, "why": "no pixel data"}
         try:
-            return self._clean(ds, decision, identity)
+            return self._clean(ds, header, decision, identity)
         except MemoryError:
             raise out_of_memory("decoding or cleaning the pixel data") from None
         except InstanceError:
@@ -167,7 +175,13 @@ class PixelStage:
                 f"the pixel stage failed writing the pixel data ({type(exc).__name__})"
             ) from exc
 
-    def _clean(self, ds: Dataset, decision: Decision, identity: tuple[str, ...]) -> dict[str, Any]:
+    def _clean(
+        self,
+        ds: Dataset,
+        header: dict[str, Any],
+        decision: Decision,
+        identity: tuple[str, ...],
+    ) -> dict[str, Any]:
         """One frame at a time: decode, hash, clean (once per distinct frame), write.
 
         Nothing is written while every frame so far is unchanged. At the first changed frame
@@ -177,6 +191,9 @@ class PixelStage:
         """
         source = codec.open_frames(ds, self.limits)
         phi = SensitiveText(identity) if self.sensitive else None
+        check, check_why = choose(
+            self.presence, header, source.photometric, bool(decision.regions or decision.keep_only)
+        )
         done: dict[bytes, _Seen] = {}
         results: dict[bytes, FrameResult] = {}
         writer: codec.FrameWriter | None = None
@@ -188,7 +205,7 @@ class PixelStage:
             key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
             seen = done.get(key)
             if seen is None:
-                result = self._clean_one(frame, index, source.photometric, ds, decision, phi)
+                result = self._clean_one(frame, index, source.photometric, ds, decision, phi, check)
                 boxes += len(result.boxes)
                 for name, value in result.seconds.items():
                     seconds[name] = seconds.get(name, 0.0) + value
@@ -223,6 +240,8 @@ class PixelStage:
         return {
             "checked": True,
             "why": decision.why,
+            "presence": check.value,
+            "presence_why": check_why,
             "frames": len(source),
             "distinct_frames": len(done),
             "frames_changed": changed,
@@ -240,9 +259,10 @@ class PixelStage:
         ds: Dataset,
         decision: Decision,
         phi: SensitiveText | None,
+        check: Presence,
     ) -> FrameResult:
         try:
-            return self.clean_frame(frame, photometric, ds, decision, phi)
+            return self.clean_frame(frame, photometric, ds, decision, phi, check=check)
         except (InstanceError, MemoryError):
             raise
         except Exception as exc:
@@ -265,10 +285,12 @@ class PixelStage:
         ds: Dataset,
         decision: Decision,
         phi: SensitiveText | None,
+        *,
+        check: Presence = Presence.THOROUGH,
     ) -> FrameResult:
         """Find, remove, verify; what verification still reads after a second, solid fill is
         returned as ``remains`` (the caller quarantines the instance once all frames are
-        done)."""
+        done). ``check``: the presence check of the first look (``presence.choose``)."""
         seconds: dict[str, float] = {}
         started = time.perf_counter()
         span = codec.value_span(frame)
@@ -276,13 +298,34 @@ class PixelStage:
         height, width = picture.shape[:2]
         regions = [b.clipped(width, height) for b in decision.regions]
         regions = [b for b in regions if b.area > 0]
-        found = candidates(picture)
+        learned = check is Presence.LEARNED
+        found = _learned(picture, photometric) if learned else candidates(picture)
         seconds["presence"] = time.perf_counter() - started
         boxes: list[Box] = []
         if found:
             started = time.perf_counter()
             boxes = self._text(picture, found, phi)
             seconds["detect"] = time.perf_counter() - started
+        if boxes and learned:
+            # Text is there after all: the rest of the frame is searched as the thorough
+            # check would have it, so that a line the model scored low is not left behind.
+            started = time.perf_counter()
+            looked = [f.padded(24, width, height) for f in found]  # as find_text crops them
+            more = [
+                c
+                for c in candidates(picture)
+                if not any(c.intersection(k) == c.area for k in looked)
+            ]
+            seconds["presence"] += time.perf_counter() - started
+            if more:
+                started = time.perf_counter()
+                boxes += [
+                    b
+                    for b in self._text(picture, more, phi)
+                    if not any(b.intersection(k) >= 0.9 * b.area for k in boxes)
+                ]
+                seconds["detect"] += time.perf_counter() - started
+                found += more
         targets = [b for b in regions + boxes if b.area > 0]
         if decision.keep_only:
             outside = _outside(decision.keep_only, width, height)
@@ -380,6 +423,13 @@ class PixelStage:
                 if _readable(box) and box.score >= least:
                     sure.append(box)
         return sure
+
+
+def _learned(picture: np.ndarray, photometric: str) -> list[Box]:
+    """The learned check's candidates; a grey image is looked at in one plane, not three."""
+    if photometric in ("MONOCHROME1", "MONOCHROME2") and picture.ndim == 3:
+        picture = np.ascontiguousarray(picture[:, :, 0])
+    return learned_candidates(picture)
 
 
 def _readable(box: Box) -> bool:
