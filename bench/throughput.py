@@ -1,29 +1,35 @@
 #!/usr/bin/env python3
-"""Network throughput: storescu -> dicomnode, against storescp, a bare pynetdicom SCP and Orthanc.
+"""Network throughput: storescu -> dicomnode, against storescp, a bare pynetdicom SCP, Orthanc and
+Orthanc's anonymizing router, all in one run.
 
-For a series of 512x512 CT instances and a series of small (64x64) instances, in one run:
+For a series of 512x512 CT instances and a series of small (64x64) instances:
 
-- storescu -> dcmtk storescp                       (receiving baseline)
-- storescu -> bare pynetdicom SCP                  (pynetdicom's own ceiling: each dataset
-                                                    written raw, no fsync, same max PDU and
-                                                    TCP_NODELAY as the node)
-- storescu -> dicomnode, folder destination        (receive rate; drain = delivered to disk)
-- storescu -> Orthanc                              (end-to-end baseline)
-- storescu -> dicomnode -> Orthanc                 (end to end: until Orthanc has them all)
+- receive, in alternating rounds (``--rounds``, best round kept, so that load from other work
+  on the machine falls on all of them alike):
+  storescu -> dcmtk storescp (the ceiling), -> a bare pynetdicom SCP (pynetdicom's own ceiling:
+  each dataset written raw, no fsync, same max PDU and TCP_NODELAY as the node), -> dicomnode
+  with a folder destination (drain: until every instance was delivered to disk);
+- end to end, alternating rounds: storescu -> Orthanc directly; storescu -> Orthanc 1.10 as an
+  anonymizing router (``../shared/peers/orthanc-router/router-rest.lua``, or
+  ``DICOMNODE_ROUTER_LUA``) -> storescp; storescu -> dicomnode (default configuration: pixel
+  stage on) -> storescp. Done when the last clean copy is complete at the storescp ``+B``
+  "research PACS". For dicomnode's best round: where one instance's time went (CPU ms per
+  instance by process role, from /proc; mean ms per instance of each stage the node times).
 
-The receive rows run in alternating rounds (``--rounds``, best round kept), so that load from
-other work on the machine falls on all of them alike. Then, with ``--senders`` (8) storescu
-at once, each sending its own part of the 512x512 series: the bare pynetdicom SCP and
-dicomnode with ``node.listeners`` 1, 2 and 4 (``--listeners``).
+Then with ``--senders`` (8) storescu at once, each its own part of the 512x512 series: the bare
+pynetdicom SCP and dicomnode with ``node.listeners`` 1, 2 and 4 (``--listeners``); and end to
+end through HAProxy (``mode tcp``, C-ECHO health check, ``tests/haproxy.py``) to 1, 2 and 3
+nodes (``--nodes``) forwarding to one storescp.
 
-Prints instances/s, MB/s and the node's peak RSS (listener + workers), with ratios.
+Prints instances/s, MB/s, ratios and peak RSS (a node: main process + listeners + workers).
 
-    .venv/bin/python bench/throughput.py [--count 200] [--rounds 2] [--only receive]
+    .venv/bin/python bench/throughput.py [--count 200] [--rounds 2] [--only receive ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -246,29 +252,217 @@ def receive_rows(
     return [best(rows) for rows in runs.values()]
 
 
-def end_to_end_rows(name: str, folder: Path, count: int, size: int, work: Path) -> list[Row]:
-    rows = []
-    orthanc = Orthanc(work / f"{name}-orthanc").start()
-    try:
-        rows.append(Row(ORTHANC, send(orthanc.dicom_port, folder, "ORTHANC"), count, size))
-    finally:
-        orthanc.stop()
+def research_pacs(work: Path) -> Storescp:
+    """The "research PACS" of the end-to-end rows: storescp, bit-preserving (``+B``: each
+    instance written as it arrives, the fastest receiver here)."""
+    return Storescp(work, bit_preserving=True).start()
 
-    orthanc = Orthanc(work / f"{name}-orthanc2").start()
-    node = NodeProcess(work / f"{name}-node-orthanc", destinations=[orthanc.destination()])
-    node.start()
-    try:
-        started = time.perf_counter()
-        send(node.port, folder, "DICOMNODE")
-        wait_for(lambda: len(orthanc.instances()) >= count, 600, "Orthanc", 0.2)
-        seconds = time.perf_counter() - started
-        rows.append(
-            Row(NODE_ORTHANC, seconds, count, size, peak_rss_mb(node.proc.pid if node.proc else 0))
+
+def complete(scp: Storescp, count: int) -> bool:
+    return sum(1 for _ in scp.out.rglob("*.dcm")) >= count
+
+
+def router_lua() -> Path | None:
+    """``router-rest.lua`` of ``../shared/peers/orthanc-router/`` (beside the checkout), the
+    Orthanc anonymizing router a site would pick instead (see its README)."""
+    path = Path(
+        os.environ.get(
+            "DICOMNODE_ROUTER_LUA",
+            ROOT.parent / "shared" / "peers" / "orthanc-router" / "router-rest.lua",
         )
-    finally:
-        node.stop()
-        orthanc.stop()
-    return rows
+    )
+    return path if path.is_file() else None
+
+
+def end_to_end_rows(
+    name: str, folder: Path, count: int, size: int, work: Path, rounds: int
+) -> tuple[list[Row], dict[str, float]]:
+    """storescu -> Orthanc directly; storescu -> Orthanc's anonymizing router -> storescp;
+    storescu -> dicomnode (pixel stage on) -> storescp; in alternating rounds, the best of
+    each. Done when the last copy is complete at the receiver. Also where the node's time
+    went in its best round (:func:`node_costs`)."""
+    runs: dict[str, list[Row]] = {}
+    costs: dict[str, dict[str, float]] = {}
+    lua = router_lua()
+    for round_ in range(rounds):
+        here = work / f"{name}-e2e{round_}"
+        orthanc = Orthanc(here / "orthanc").start()
+        try:
+            row = Row(ORTHANC, send(orthanc.dicom_port, folder, "ORTHANC"), count, size)
+            runs.setdefault(ORTHANC, []).append(row)
+        finally:
+            orthanc.stop()
+        if lua is not None:
+            scp = research_pacs(here / "router-pacs")
+            router = Orthanc(
+                here / "router",
+                extra={
+                    "StorageCompression": False,
+                    "DicomModalities": {"RESEARCH": [scp.aet, "127.0.0.1", scp.port]},
+                    "DicomAssociationCloseDelay": 5,
+                    "LuaScripts": [str(lua)],
+                    "OverwriteInstances": False,
+                    "SaveJobs": False,
+                    "DeidentifyLogs": True,
+                },
+            ).start()
+            try:
+                started = time.perf_counter()
+                send(router.dicom_port, folder, "ROUTER")
+                wait_for(functools.partial(complete, scp, count), 900, "the router's copies", 0.05)
+                seconds = time.perf_counter() - started
+                rss = peak_rss_mb(router.proc.pid if router.proc else 0)
+                runs.setdefault(ROUTER, []).append(Row(ROUTER, seconds, count, size, rss))
+            finally:
+                router.stop()
+                scp.stop()
+        scp = research_pacs(here / "node-pacs")
+        node = NodeProcess(here / "node", destinations=[scp.destination()])
+        node.start()
+        try:
+            assert node.proc is not None
+            wait_listeners(node, node_listeners(node))
+            before = process_cpu(node.proc.pid)
+            started = time.perf_counter()
+            send(node.port, folder, "DICOMNODE")
+            wait_for(functools.partial(complete, scp, count), 900, "dicomnode's copies", 0.05)
+            seconds = time.perf_counter() - started
+            row = Row(NODE_E2E, seconds, count, size, peak_rss_mb(node.proc.pid))
+            runs.setdefault(NODE_E2E, []).append(row)
+            if row is best(runs[NODE_E2E]):
+                costs = {"cpu": node_costs(node, before, count)}
+        finally:
+            node.stop()
+            scp.stop()
+        for rows in runs.values():
+            print(
+                f"  {name} end-to-end round {round_ + 1}: {rows[-1].scenario} "
+                f"{rows[-1].rate:.0f}/s",
+                file=sys.stderr,
+            )
+    if lua is None:
+        print("  (no router-rest.lua: the router row is left out)", file=sys.stderr)
+    return [best(rows) for rows in runs.values()], costs.get("cpu", {})
+
+
+def node_listeners(node: NodeProcess) -> int:
+    from dicomnode.config import NodeConfig
+
+    return NodeConfig(**node.config["node"]).listener_processes
+
+
+def process_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of a process and its children, by pid, with a
+    role: node, listener, worker (the node's other children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float]] = {}
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    for p in [pid, *(int(c) for c in children.stdout.split())]:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if p == pid:
+            role = "node (forwarders, metrics)"
+        elif b"listener" in cmdline or _is_listener(p):
+            role = "listeners (receive)"
+        elif b"resource_tracker" in cmdline:
+            role = "other"
+        else:
+            role = "workers (scrub, pixels)"
+        found[p] = (role, seconds)
+    return found
+
+
+def _is_listener(pid: int) -> bool:
+    """A listener process holds a listening TCP socket (the node's, shared)."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        if any(r.split()[3] == "0A" and r.split()[9] in inodes for r in rows):
+            return True
+    return False
+
+
+def node_costs(
+    node: NodeProcess, before: dict[int, tuple[str, float]], count: int
+) -> dict[str, float]:
+    """Where one instance's time went: ms of CPU per instance by process role (from /proc,
+    over the run), and the mean ms per instance of each stage the node times
+    (``dicomnode_stage_seconds``: wall time inside the stage, on a machine this busy)."""
+    assert node.proc is not None
+    after = process_cpu(node.proc.pid)
+    costs: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        spent = seconds - before.get(pid, (role, 0.0))[1]
+        costs[f"CPU: {role}"] = costs.get(f"CPU: {role}", 0.0) + spent * 1000 / count
+    metrics = node.metrics()
+    for key, value in metrics.items():
+        if key.startswith("dicomnode_stage_seconds_sum{"):
+            stage = key.split('stage="', 1)[1].split('"', 1)[0]
+            total = metrics.get(key.replace("_sum{", "_count{"), 0.0)
+            if total:
+                costs[f"stage: {stage}"] = value * 1000 / total
+    return costs
+
+
+def balancer_rows(
+    folders: list[Path], count: int, size: int, work: Path, nodes: list[int], rounds: int
+) -> list[Row]:
+    """``len(folders)`` storescu at once through HAProxy (``mode tcp``, C-ECHO health check,
+    ``tests/haproxy.py``) to 1, 2, 3 nodes (own ports and spools, one secret), all forwarding
+    to one storescp; done when the last copy is complete there."""
+    from tests.haproxy import HAProxy
+
+    senders = len(folders)
+    runs: dict[str, list[Row]] = {}
+    for round_ in range(rounds):
+        for n in nodes:
+            scenario = f"{senders} senders -> HAProxy -> {n} node{'s' if n > 1 else ''}"
+            here = work / f"lb{n}-{round_}"
+            scp = research_pacs(here / "pacs")
+            started_nodes = [
+                NodeProcess(
+                    here / f"node{k}",
+                    destinations=[scp.destination()],
+                    # HAProxy's own address for every sender, and its health checks beside
+                    node={"max_connections_per_address": 16},
+                ).start()
+                for k in range(n)
+            ]
+            haproxy = None
+            try:
+                haproxy = HAProxy(
+                    here, {f"node{k}": node.port for k, node in enumerate(started_nodes)}
+                )
+                haproxy.start()
+                started = time.perf_counter()
+                send_parallel(haproxy.port, folders, "DICOMNODE")
+                wait_for(functools.partial(complete, scp, count), 900, "the copies", 0.05)
+                seconds = time.perf_counter() - started
+                rss = max(peak_rss_mb(node.proc.pid) for node in started_nodes if node.proc)
+                runs.setdefault(scenario, []).append(Row(scenario, seconds, count, size, rss))
+            finally:
+                if haproxy is not None:
+                    haproxy.stop()
+                for node in started_nodes:
+                    node.stop()
+                scp.stop()
+            print(
+                f"  balancer round {round_ + 1}: {scenario} {runs[scenario][-1].rate:.0f}/s",
+                file=sys.stderr,
+            )
+    return [best(rows) for rows in runs.values()]
 
 
 def listener_rows(
@@ -324,7 +518,8 @@ STORESCP = "storescu -> storescp"
 BARE = "storescu -> bare pynetdicom"
 NODE = "storescu -> dicomnode (folder)"
 ORTHANC = "storescu -> Orthanc"
-NODE_ORTHANC = "storescu -> dicomnode -> Orthanc"
+ROUTER = "storescu -> Orthanc router -> storescp"
+NODE_E2E = "storescu -> dicomnode -> storescp"
 
 
 def print_table(results: dict[str, list[Row]]) -> None:
@@ -346,8 +541,10 @@ def print_table(results: dict[str, list[Row]]) -> None:
                 versus_scp = f"{row.rate / by[STORESCP].rate:.2f}"
             if row.scenario == NODE and BARE in by:
                 versus_bare = f"{row.rate / by[BARE].rate:.2f}"
-            if row.scenario == NODE_ORTHANC and ORTHANC in by:
+            if row.scenario in (ROUTER, NODE_E2E) and ORTHANC in by:
                 versus_scp = f"{row.rate / by[ORTHANC].rate:.2f} (Orthanc)"
+            if row.scenario == NODE_E2E and ROUTER in by:
+                versus_bare = f"{row.rate / by[ROUTER].rate:.2f} (router)"
             if "senders -> dicomnode" in row.scenario and bare_parallel is not None:
                 versus_bare = f"{row.rate / bare_parallel.rate:.2f}"
             rss = f"{row.rss_mb:.0f}" if row.rss_mb is not None else "-"
@@ -372,18 +569,20 @@ def main() -> int:
     parser.add_argument(
         "--listeners", default="1,2,4", help="node.listeners values for the parallel rows"
     )
+    parser.add_argument("--nodes", default="1,2,3", help="nodes behind HAProxy, per row")
     parser.add_argument(
         "--only",
-        choices=("receive", "end-to-end", "listeners"),
+        choices=("receive", "end-to-end", "listeners", "balancer"),
         action="append",
         help="run only these parts (repeatable); default all",
     )
     args = parser.parse_args()
-    parts = set(args.only or ("receive", "end-to-end", "listeners"))
+    parts = set(args.only or ("receive", "end-to-end", "listeners", "balancer"))
     os.environ.setdefault("DICOMNODE_SECRET", "bench-secret-0123456789abcdef")
     work = Path(tempfile.mkdtemp(prefix="dicomnode-throughput-"))
     try:
         results: dict[str, list[Row]] = {}
+        costs: dict[str, dict[str, float]] = {}
         for name, size in (("CT 512x512", 512), ("small 64x64", 64)):
             if not parts & {"receive", "end-to-end"}:
                 break
@@ -395,7 +594,12 @@ def main() -> int:
                     name.split()[0], folder, args.count, total, work, args.rounds, not args.no_drain
                 )
             if "end-to-end" in parts:
-                rows += end_to_end_rows(name.split()[0], folder, args.count, total, work)
+                e2e, cost = end_to_end_rows(
+                    name.split()[0], folder, args.count, total, work, args.rounds
+                )
+                rows += e2e
+                if cost:
+                    costs[name] = cost
             results[name] = rows
             print(f"  measured {name}", file=sys.stderr)
         if "listeners" in parts:
@@ -405,6 +609,14 @@ def main() -> int:
             listeners = [int(n) for n in args.listeners.split(",")]
             results[f"CT x{args.senders}"] = listener_rows(
                 folders, per * args.senders, total, work, listeners, args.rounds
+            )
+        if "balancer" in parts:
+            per = max(1, args.count // args.senders)
+            folders = [work / "balanced" / f"s{n}" for n in range(args.senders)]
+            total = sum(make_series(f, per, 512) for f in folders)
+            nodes = [int(n) for n in args.nodes.split(",")]
+            results[f"CT x{args.senders} LB"] = balancer_rows(
+                folders, per * args.senders, total, work, nodes, args.rounds
             )
         print()
         print(
@@ -419,8 +631,19 @@ def main() -> int:
             "the same run (end to end: over storescu -> Orthanc). drain: seconds from the last "
             "acknowledgement until every instance was delivered (the pipeline keeping up). "
             f"CT x{args.senders}: {args.senders} storescu at once, each its own part of the "
-            "series; dicomnode xN: node.listeners N."
+            "series; dicomnode xN: node.listeners N. End to end (-> storescp): done when the "
+            "last clean copy is complete at a storescp +B 'research PACS'; dicomnode with its "
+            "default configuration (pixel stage on). LB: through HAProxy (tcp, C-ECHO health "
+            "check) to N nodes forwarding to one storescp."
         )
+        for name, cost in costs.items():
+            print()
+            print(f"Where one instance's time goes, {name}, dicomnode end to end (best round):")
+            print()
+            print("| part | ms per instance |")
+            print("|---|---:|")
+            for part, value in sorted(cost.items()):
+                print(f"| {part} | {value:.1f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

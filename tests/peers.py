@@ -236,8 +236,10 @@ class Storescp:
         accept_all: bool = True,
         tls: tuple[Path, Path] | None = None,
         peer_ca: Path | None = None,
+        bit_preserving: bool = False,
     ) -> None:
-        """``accept_all=False``: accept Implicit VR Little Endian only (a fussy PACS).
+        """``accept_all=False``: accept Implicit VR Little Endian only (a fussy PACS);
+        ``bit_preserving``: ``+B``, each instance written to disk as it arrives (fastest).
         ``tls=(key, certificate)``: DICOM over TLS; with ``peer_ca`` the caller must present
         a certificate from that CA, without it any client is accepted."""
         self.port = port or free_port()
@@ -245,6 +247,7 @@ class Storescp:
         self.accept_all = accept_all
         self.tls = tls
         self.peer_ca = peer_ca
+        self.bit_preserving = bit_preserving
         self.out = workdir / "storescp"
         self.out.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -263,6 +266,7 @@ class Storescp:
                 self.aet,
                 "-dhl",
                 "+xa" if self.accept_all else "+xi",
+                *(["+B"] if self.bit_preserving else []),
                 *tls,
                 "-od",
                 str(self.out),
@@ -300,10 +304,16 @@ class Orthanc:
     """Orthanc as the research PACS, headless, with its REST API on loopback."""
 
     def __init__(
-        self, workdir: Path, dicomweb: bool = False, users: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        dicomweb: bool = False,
+        users: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """``dicomweb``: load Debian's DICOMweb plugin (``/dicom-web/``); ``users``: HTTP
-        basic authentication with these users and passwords (the helpers use the first)."""
+        basic authentication with these users and passwords (the helpers use the first);
+        ``extra``: more configuration (e.g. Lua scripts and modalities for a router)."""
+        self.extra = dict(extra or {})
         self.dir = workdir / "orthanc"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dicom_port = free_port()
@@ -341,6 +351,7 @@ class Orthanc:
             "RegisteredUsers": self.users,
             "Plugins": plugins,
             "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
+            **self.extra,
         }
         path = self.dir / "orthanc.json"
         path.write_text(json.dumps(config))
