@@ -63,18 +63,19 @@ NODE_MAX_PDU = 262144  # the node's default node.max_pdu: the bare SCP offers th
 
 
 def make_series(folder: Path, count: int, size: int) -> int:
-    """Write ``count`` CT instances of ``size`` x ``size`` (a slice that looks like CT:
-    ``dicomnode.synth_anatomy``, so that a pixel stage sees what it would see); returns the
-    bytes written."""
+    """Write ``count`` CT instances of ``size`` x ``size``, each its own slice that looks like
+    CT (``dicomnode.synth_anatomy``: chest, abdomen or head), so that a pixel stage sees what
+    it would see in a real series, not one frame it may find easy or hard 200 times; returns
+    the bytes written."""
     folder.mkdir(parents=True, exist_ok=True)
     ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm", download=False)))
     rng = np.random.default_rng(size)
     ds.Rows = ds.Columns = size
-    hu = ct_slice(rng, size).astype(np.int32)  # stored = HU - RescaleIntercept (-1024)
-    ds.PixelData = (hu + 1024).astype("<i2").tobytes()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     total = 0
     for n in range(count):
+        hu = ct_slice(rng, size).astype(np.int32)  # stored = HU - RescaleIntercept (-1024)
+        ds.PixelData = (hu + 1024).astype("<i2").tobytes()
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = n + 1
