@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing as mp
 import os
@@ -53,14 +51,16 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from dicomnode.children import STOP_SIGNALS, die_with_parent, stop_signals_held
 from dicomnode.config import Config
 from dicomnode.gate import GatedServer, SharedCounts
 from dicomnode.ingest import Ingest
 from dicomnode.logs import setup_logging
 from dicomnode.projects import Router
+from dicomnode.signals import Signals
 from dicomnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ __all__ = ["ABORT_GRACE_S", "ListenerPool", "drain"]
 ABORT_GRACE_S = 10.0  # for aborted associations to end before "stopped" is logged
 _TICK_S = 0.5
 _START_TIMEOUT_S = 60.0
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def drain(listeners: list[GatedServer], deadline: float, timeout: float) -> bool:
@@ -114,24 +113,6 @@ def drain(listeners: list[GatedServer], deadline: float, timeout: float) -> bool
 # -- in the listener process ------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the node dies, even by ``kill -9``: stop accepting."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM blocked while a listener is spawned: it inherits the mask, so a
-    signal to the whole group while it starts waits for its handler."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class _Refusals:
     """The gate's connection refusals, summed per reason between two sends."""
 
@@ -159,11 +140,9 @@ def _listener_main(
     sock: socket.socket,
 ) -> None:
     """Entry point of listener process ``index`` (shared-count row ``row``)."""
-    stop = threading.Event()
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, lambda _signum, _frame: stop.set())
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the spawn
-    _die_with_parent()
+    signals = Signals(STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the spawn
+    die_with_parent(signal.SIGTERM)  # stop accepting
     if os.getppid() != parent:
         return
     setup_logging(config.logging.level, config.logging.format)
@@ -196,7 +175,7 @@ def _listener_main(
         if counts:
             events.put(("connections-refused", counts))
 
-    while not stop.wait(_TICK_S) and os.getppid() == parent:
+    while not signals.wait(_TICK_S) and os.getppid() == parent:
         flush()
     ingest.stop()  # no new connections; the open associations may finish
     sock.close()
@@ -307,6 +286,12 @@ class ListenerPool:
         for listener in everyone:
             listener.stopping = True
             _signal(listener.process, signal.SIGTERM)
+        # The node's copy of the socket goes now: once each listener has closed its own (at
+        # once, on SIGTERM), the port refuses new connections while open associations finish,
+        # as a single listener's does; none would be accepted from the queue any more.
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def join(self, deadline: float) -> bool:
         """Wait for the listeners to exit, up to ``deadline``; kill those still running
@@ -368,11 +353,13 @@ class ListenerPool:
             self._wait_ready(listener)
 
     def _spawn(self, index: int, row: int, config: Config) -> _Listener:
+        if self._socket is None:
+            raise OSError("the listeners are stopping: no new listener process")
         self.shared.forget(row)
         waiter: queue.Queue[str | None] = queue.Queue()
         with self._lock:
             self._ready[row] = waiter
-        with _stop_signals_held():
+        with stop_signals_held():
             process = self._ctx.Process(
                 target=_listener_main,
                 args=(
@@ -470,7 +457,10 @@ class ListenerPool:
                 process.pid,
                 process.exitcode,
             )
-            replacement = self._spawn(listener.index, listener.row, self.config)
+            try:
+                replacement = self._spawn(listener.index, listener.row, self.config)
+            except OSError:  # stopping meanwhile
+                continue
             with self._lock:
                 self._listeners = [replacement if ln is listener else ln for ln in self._listeners]
             self.on_restart()

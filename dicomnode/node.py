@@ -50,7 +50,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
@@ -68,6 +67,7 @@ from dicomnode.pipeline import Outcome, WorkerPool, build_projects
 from dicomnode.projects import Router
 from dicomnode.review.state import Activity, DestinationState, Event
 from dicomnode.scrub import load_profile
+from dicomnode.signals import Signals
 from dicomnode.spool import Spool, SpoolLock, calling_ae_of, project_of
 from dicomnode.validate import require_valid
 
@@ -159,8 +159,6 @@ class Node:
         except BaseException:
             self._release_spool()
             raise
-        self._stop = threading.Event()
-        self._reload = threading.Event()
         self._lock = threading.Lock()
         self._metrics_server: Any = None
         # Listeners replaced by a reload whose associations may still be open.
@@ -459,21 +457,16 @@ class Node:
     def run(self) -> int:
         """Start, serve until SIGTERM or SIGINT (reload on SIGHUP), stop; the exit code."""
 
-        def on_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s", signal.Signals(signum).name)
-            self._stop.set()
-
-        def on_reload(_signum: int, _frame: FrameType | None) -> None:
-            self._reload.set()
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_reload)
+        signals = Signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         self.start()
         last_janitor = time.monotonic()
-        while not self._stop.wait(0.5):
-            if self._reload.is_set():
-                self._reload.clear()
+        while True:
+            received = signals.wait(0.5)
+            stops = [s for s in received if s != signal.SIGHUP]
+            if stops:
+                log.info("received %s", signal.Signals(stops[0]).name)
+                break
+            if received:
                 self.reload()
             if time.monotonic() - last_janitor > 600:
                 last_janitor = time.monotonic()

@@ -31,8 +31,6 @@ project is ``none``, or no longer configured, is quarantined as ``no-project``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing as mp
 import os
@@ -41,7 +39,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -49,6 +47,7 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
+from dicomnode.children import STOP_SIGNALS, die_with_parent, stop_signals_held
 from dicomnode.config import Config, PixelConfig, ScrubConfig
 from dicomnode.dicomio import encode_chunks, read_instance
 from dicomnode.errors import InstanceError
@@ -499,31 +498,6 @@ def _gpu_usage() -> dict[str, float]:
     return usage
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when the node dies, even by ``kill -9``.
-
-    An orphaned worker finishing an item while a restarted node recovers the spool would
-    race with it; with PR_SET_PDEATHSIG the kernel ends the worker first.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in this thread while a worker is spawned: the child inherits
-    the mask, so a signal sent to the whole group while it starts waits for its handler."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class _StopRequest:
     """A worker's SIGINT/SIGTERM handler: the first asks it to stop after the item in hand,
     a second ends it at once (the item goes back to ``incoming/`` at the next start)."""
@@ -532,9 +506,9 @@ class _StopRequest:
         self.requested = False
 
     def install(self) -> None:
-        for signum in _STOP_SIGNALS:
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the spawn
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the spawn
 
     def __call__(self, signum: int, _frame: Any) -> None:
         if self.requested:
@@ -548,7 +522,9 @@ def _worker_main(
     """Entry point of a worker process; ``parent`` is the node's pid."""
     stop = _StopRequest()
     stop.install()
-    _die_with_parent()
+    # An orphaned worker finishing an item while a restarted node recovers the spool would
+    # race with it: the kernel ends the worker first.
+    die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:
         return  # the node died before we could ask to die with it
     setup_logging(config.logging.level, config.logging.format)
@@ -625,7 +601,7 @@ class WorkerPool:
                 name=f"dicomnode-worker-{index}",
                 daemon=True,
             )
-            with _stop_signals_held():
+            with stop_signals_held():
                 process.start()
             self._workers[index] = process
 
