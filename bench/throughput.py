@@ -210,6 +210,12 @@ def send_parallel(port: int, folders: list[Path], aec: str) -> float:
     return time.perf_counter() - started
 
 
+def progress(label: str, runs: dict[str, list[Row]]) -> None:
+    """The latest round of each scenario, on stderr while the run goes on."""
+    for rows in runs.values():
+        print(f"  {label}: {rows[-1].scenario} {rows[-1].rate:.0f}/s", file=sys.stderr)
+
+
 def best(rows: list[Row]) -> Row:
     return max(rows, key=lambda row: row.rate)
 
@@ -245,11 +251,7 @@ def receive_rows(
             runs.setdefault(NODE, []).append(Row(NODE, seconds, count, size, rss, drain))
         finally:
             node.stop()
-        for rows in runs.values():
-            print(
-                f"  {name} round {round_ + 1}: {rows[-1].scenario} {rows[-1].rate:.0f}/s",
-                file=sys.stderr,
-            )
+        progress(f"{name} round {round_ + 1}", runs)
     return [best(rows) for rows in runs.values()]
 
 
@@ -335,12 +337,7 @@ def end_to_end_rows(
         finally:
             node.stop()
             scp.stop()
-        for rows in runs.values():
-            print(
-                f"  {name} end-to-end round {round_ + 1}: {rows[-1].scenario} "
-                f"{rows[-1].rate:.0f}/s",
-                file=sys.stderr,
-            )
+        progress(f"{name} end-to-end round {round_ + 1}", runs)
     if lua is None:
         print("  (no router-rest.lua: the router row is left out)", file=sys.stderr)
     return [best(rows) for rows in runs.values()], costs.get("cpu", {})
@@ -495,11 +492,7 @@ def listener_rows(
                 runs.setdefault(scenario, []).append(Row(scenario, seconds, count, size, rss))
             finally:
                 node.stop()
-        for rows in runs.values():
-            print(
-                f"  parallel round {round_ + 1}: {rows[-1].scenario} {rows[-1].rate:.0f}/s",
-                file=sys.stderr,
-            )
+        progress(f"parallel round {round_ + 1}", runs)
     return [best(rows) for rows in runs.values()]
 
 
