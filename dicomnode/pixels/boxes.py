@@ -18,6 +18,9 @@ class Box:
     score: float = 1.0
     source: str = "ocr"  # "ocr", "region" (known device region), "presence"
     text: str | None = None
+    #: The height of the characters in it, where a presence check measured them (frame
+    #: pixels; 0: not known). The detector then looks at it at one size chosen for them.
+    glyph: float = 0.0
 
     @property
     def width(self) -> int:
@@ -40,6 +43,7 @@ class Box:
             y0=int(self.y0 * factor),
             x1=round(self.x1 * factor + 0.5),
             y1=round(self.y1 * factor + 0.5),
+            glyph=self.glyph * factor,
         )
 
     def padded(self, pad: int, width: int, height: int) -> Box:

@@ -218,33 +218,75 @@ def find_text(
     The detector sees text of 10 px and more; ultrasound and screen captures write 7-10 px
     fonts. So every crop is also looked at enlarged twice (on tiles of ``max_side / 2``, so
     that the detector does not shrink it back), and large crops at their own size as well
-    (large titles). Boxes are returned in the picture's own pixels: text lines only, or, with
+    (large titles). Where the presence check measured the characters of a region
+    (``Box.glyph``: the learned check does), its crops are looked at once, at the scale that
+    suits them (:func:`glyph_scale`): the anatomy the learned check sends costs one look, not
+    two of which one is four times the area. Boxes are returned in the picture's own pixels: text lines only, or, with
     ``tall``, also boxes taller than a text line (up to half the frame) for the caller to
     confirm by reading them (:func:`doubtful`).
     """
     height, width = picture.shape[:2]
-    crops = merge([r.padded(pad, width, height) for r in regions], gap=pad)
-    if sum(c.area for c in crops) > 0.5 * width * height:
-        crops = [Box(0, 0, width, height)]
     found: list[Box] = []
-    for crop in crops:
-        scales = [2.0] if crop.height <= 96 else [1.0, 2.0]
-        if crop.area > _ENLARGE_MAX_AREA:
-            scales = [1.0]  # a large frame: its fonts are large too, and four times the work
-        for scale in scales:
-            for tile in _tiles(crop, int(max_side / scale)):
-                view = np.ascontiguousarray(picture[tile.y0 : tile.y1, tile.x0 : tile.x1])
-                if scale != 1.0:
-                    view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-                boxes = detector.detect(view)
-                if tile.height > 1.5 * tile.width and tile.height >= 48:
-                    boxes += _turned(detector, view)  # a line written top to bottom?
-                for box in boxes:
-                    found.append(
-                        box.scaled(1 / scale).shifted(tile.x0, tile.y0).clipped(width, height)
-                    )
+    for sized, group in _by_size(regions).items():
+        crops = merge([r.padded(pad, width, height) for r in group], gap=pad)
+        if sum(c.area for c in crops) > 0.5 * width * height:
+            crops = [Box(0, 0, width, height)]
+        for crop in crops:
+            found += _detect_crop(detector, picture, crop, sized, max_side)
     limit = height // 2 if tall else line_height(height)
     return _distinct([b.padded(2, width, height) for b in found if b.area and _across(b) <= limit])
+
+
+def _by_size(regions: list[Box]) -> dict[float, list[Box]]:
+    """The regions by the one scale their characters are looked at (:func:`glyph_scale`;
+    0: not known, the crop's size decides)."""
+    groups: dict[float, list[Box]] = {}
+    for region in regions:
+        groups.setdefault(glyph_scale(region.glyph), []).append(region)
+    return groups
+
+
+def glyph_scale(glyph: float) -> float:
+    """The scale at which the detector sees characters ``glyph`` pixels high (the presence
+    check's measure: mean height of a line's marks, about 0.6 of the font size) as it sees
+    best, 0 when not known: small fonts enlarged twice, large ones halved (four times less
+    work, and well inside what it reads), the rest as they are."""
+    if glyph <= 0:
+        return 0.0
+    if glyph < 10:
+        return 2.0
+    if glyph < 48:
+        return 1.0
+    return 0.5
+
+
+def _detect_crop(
+    detector: TextDetector, picture: np.ndarray, crop: Box, sized: float, max_side: int
+) -> list[Box]:
+    """Boxes in one crop, in the picture's pixels: at the scale ``sized`` (the characters'
+    size is known), else twice enlarged (a small crop: small fonts), or at its own size and
+    enlarged (large titles too), or at its own size only (a crop too large to enlarge)."""
+    height, width = picture.shape[:2]
+    if sized:
+        scales = [sized]
+    elif crop.area > _ENLARGE_MAX_AREA:
+        scales = [1.0]  # a large frame: its fonts are large too, and four times the work
+    else:
+        scales = [2.0] if crop.height <= 96 else [1.0, 2.0]
+    found: list[Box] = []
+    for scale in scales:
+        for tile in _tiles(crop, int(max_side / scale)):
+            view = np.ascontiguousarray(picture[tile.y0 : tile.y1, tile.x0 : tile.x1])
+            if scale > 1:
+                view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            elif scale < 1:
+                view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            boxes = detector.detect(view)
+            if tile.height > 1.5 * tile.width and tile.height >= 48:
+                boxes += _turned(detector, view)  # a line written top to bottom?
+            for box in boxes:
+                found.append(box.scaled(1 / scale).shifted(tile.x0, tile.y0).clipped(width, height))
+    return found
 
 
 VERTICAL = "ocr-vertical"  # the source of a box found on a crop turned by 90 degrees

@@ -117,16 +117,28 @@ def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) ->
     found = []
     for k in keep:
         x0, y0, x1, y1 = (int(v) for v in lines.boxes[k])
-        found.append(Box(x0, y0, x1, y1, score=float(scores[k]), source="presence"))
+        found.append(
+            Box(
+                x0,
+                y0,
+                x1,
+                y1,
+                score=float(scores[k]),
+                source="presence",
+                glyph=float(lines.glyphs[k]),
+            )
+        )
     return found
 
 
 class Lines(NamedTuple):
-    """Candidate lines of one picture: their numbers (``FEATURES``, one row a line) and their
-    boxes ``x0, y0, x1, y1`` in the picture's pixels."""
+    """Candidate lines of one picture: their numbers (``FEATURES``, one row a line), their
+    boxes ``x0, y0, x1, y1`` and their marks' mean height (across the line), both in the
+    picture's pixels."""
 
     features: np.ndarray
     boxes: np.ndarray
+    glyphs: np.ndarray
 
 
 def describe(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> Lines:
@@ -408,7 +420,7 @@ def _describe_lines(parts: list[_Part]) -> Lines:
     factor = np.array([p.factor for p in parts])[part_of[first]][:, None]
     boxes[:, :2] = np.floor(boxes[:, :2] * factor)
     boxes[:, 2:] = np.ceil(boxes[:, 2:] * factor)
-    return Lines(row, boxes.astype(np.intp))
+    return Lines(row, boxes.astype(np.intp), size * factor[:, 0])
 
 
 def _cells(
@@ -430,7 +442,7 @@ def _cells(
     return total / np.maximum((r1 - r0) * (c1 - c0), 1)  # type: ignore[no-any-return]
 
 
-_NO_LINES = Lines(np.zeros((0, len(FEATURES)), np.float32), np.zeros((0, 4), np.intp))
+_NO_LINES = Lines(np.zeros((0, len(FEATURES)), np.float32), np.zeros((0, 4), np.intp), np.zeros(0))
 
 
 class Ensemble:
