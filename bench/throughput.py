@@ -241,6 +241,7 @@ def receive_rows(
         node = NodeProcess(work / f"{name}-node-folder{round_}")
         node.start()
         try:
+            wait_ready(node)
             seconds = send(node.port, folder, "DICOMNODE")
             ended = time.perf_counter()
             drain = None
@@ -324,7 +325,7 @@ def end_to_end_rows(
         node.start()
         try:
             assert node.proc is not None
-            wait_listeners(node, node_listeners(node))
+            wait_ready(node)
             before = process_cpu(node.proc.pid)
             started = time.perf_counter()
             send(node.port, folder, "DICOMNODE")
@@ -341,12 +342,6 @@ def end_to_end_rows(
     if lua is None:
         print("  (no router-rest.lua: the router row is left out)", file=sys.stderr)
     return [best(rows) for rows in runs.values()], costs.get("cpu", {})
-
-
-def node_listeners(node: NodeProcess) -> int:
-    from dicomnode.config import NodeConfig
-
-    return NodeConfig(**node.config["node"]).listener_processes
 
 
 def process_cpu(pid: int) -> dict[int, tuple[str, float]]:
@@ -443,6 +438,8 @@ def balancer_rows(
                 haproxy = HAProxy(
                     here, {f"node{k}": node.port for k, node in enumerate(started_nodes)}
                 )
+                for node in started_nodes:
+                    wait_ready(node)
                 haproxy.start()
                 started = time.perf_counter()
                 send_parallel(haproxy.port, folders, "DICOMNODE")
@@ -486,7 +483,7 @@ def listener_rows(
             )
             node.start()
             try:
-                wait_listeners(node, n)
+                wait_ready(node, n)
                 seconds = send_parallel(node.port, folders, "DICOMNODE")
                 rss = peak_rss_mb(node.proc.pid if node.proc else 0)
                 runs.setdefault(scenario, []).append(Row(scenario, seconds, count, size, rss))
@@ -496,16 +493,29 @@ def listener_rows(
     return [best(rows) for rows in runs.values()]
 
 
-def wait_listeners(node: NodeProcess, count: int) -> None:
-    """Until ``count`` listener processes are up (the node's ``dicomnode_listeners`` gauge)."""
+def wait_ready(node: NodeProcess, listeners: int | None = None) -> None:
+    """Until the node works at full speed: ``listeners`` listener processes up (default: what
+    its configuration says) and every worker's pipeline loaded (the ``dicomnode_listeners``
+    and ``dicomnode_workers_ready`` gauges). A worker loads its models for seconds after the
+    node starts; measured before that, a row would count a start-up, not a steady state
+    (Orthanc's rows start after its REST API answers)."""
+    from dicomnode.config import Config
+
+    config = Config(**node.config)
+    want_listeners = config.node.listener_processes if listeners is None else listeners
+    want_workers = config.pipeline.workers or os.cpu_count() or 1
 
     def up() -> bool:
         try:
-            return node.metrics().get("dicomnode_listeners", 1) >= count
+            metrics = node.metrics()
         except OSError:
             return False
+        return (
+            metrics.get("dicomnode_listeners", 1) >= want_listeners
+            and metrics.get("dicomnode_workers_ready", 0) >= want_workers
+        )
 
-    wait_for(up, 60, "the listener processes")
+    wait_for(up, 120, "the listener processes and the workers' pipelines")
 
 
 STORESCP = "storescu -> storescp"

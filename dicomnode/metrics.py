@@ -168,6 +168,11 @@ class Metrics:
             "Listener processes accepting on the DICOM port (node.listeners)",
             registry=r,
         )
+        self.workers_ready = Gauge(
+            "dicomnode_workers_ready",
+            "Worker processes whose pipeline (models included) is loaded (pipeline.workers)",
+            registry=r,
+        )
         self.listener_restarts = Counter(
             "dicomnode_listener_restarts",
             "Listener processes that ended unasked and were started again",

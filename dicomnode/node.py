@@ -307,6 +307,7 @@ class Node:
         self.metrics.listeners.set_function(
             lambda: float(self.ingest.alive if isinstance(self.ingest, ListenerPool) else 1)
         )
+        self.metrics.workers_ready.set_function(lambda: float(self.pool.ready))
         # Received items wait in incoming/ until the workers are up (they rescan it).
         self.pool.start()
         for forwarder in self.forwarders:

@@ -532,6 +532,7 @@ def _worker_main(
     apply_worker_limits(config)
     spool = Spool(config.spool.path)
     pipeline = Pipeline.from_config(config, spool, secret)
+    results.put((index, READY))  # its models are loaded: items now cost what they cost
     name = str(index)
     while not stop.requested:
         try:
@@ -553,8 +554,16 @@ def _worker_main(
         results.cancel_join_thread()
 
 
+#: What a worker sends once its pipeline is built (models loaded), before its first item.
+READY = "ready"
+
+
 class WorkerPool:
-    """Supervises the worker processes: feeds them, restarts them, never loses an item."""
+    """Supervises the worker processes: feeds them, restarts them, never loses an item.
+
+    ``ready`` counts the workers whose pipeline is built (the ``dicomnode_workers_ready``
+    gauge): a worker loads its models for seconds after it starts, and a benchmark or an
+    operator wanting to know when the node works at full speed reads it."""
 
     MAX_CRASHES = 3
 
@@ -574,6 +583,7 @@ class WorkerPool:
         self._tasks: Any = self._ctx.Queue()
         self._results: Any = self._ctx.Queue()
         self._workers: dict[int, BaseProcess] = {}
+        self._ready: set[int] = set()
         self._queued: set[str] = set()
         self._crashes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -604,6 +614,7 @@ class WorkerPool:
             with stop_signals_held():
                 process.start()
             self._workers[index] = process
+            self._ready.discard(index)
 
     def submit(self, item_id: str) -> None:
         if self._closing.is_set():
@@ -624,15 +635,25 @@ class WorkerPool:
         with self._lock:
             return len(self._queued)
 
+    @property
+    def ready(self) -> int:
+        """Workers alive whose pipeline is built."""
+        workers = dict(self._workers)
+        return sum(1 for i in set(self._ready) if i in workers and workers[i].is_alive())
+
     def _collect(self) -> None:
         while not self._stopping.is_set() or self.queued:
             try:
-                _index, outcome = self._results.get(timeout=0.5)
+                index, outcome = self._results.get(timeout=0.5)
             except queue.Empty:
                 if self._stopping.is_set() and not any(
                     p.is_alive() for p in self._workers.values()
                 ):
                     return
+                continue
+            if outcome == READY:
+                self._ready.add(index)
+                log.info("worker %d ready", index)
                 continue
             with self._lock:
                 self._queued.discard(outcome.id)

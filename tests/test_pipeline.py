@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,33 @@ def test_an_item_that_keeps_killing_workers_is_quarantined(spool: Spool) -> None
             pool._queued.clear()
     assert spool.pending() == []
     assert (spool.quarantine / "worker-crashed" / f"{item}.dcm").exists()
+
+
+def test_workers_say_when_their_models_are_loaded_and_a_dead_one_is_not_ready(
+    spool: Spool,
+) -> None:
+    """``ready`` (the dicomnode_workers_ready gauge) counts live workers whose pipeline is
+    built: none before, one after it loaded, none once it is killed, one again after the
+    pool restarted it."""
+    import os
+    import signal
+    import time
+
+    def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 90
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    pool = WorkerPool(Config(pipeline={"workers": 1}), SECRET, spool)
+    assert pool.ready == 0
+    pool.start()
+    try:
+        until(lambda: pool.ready == 1, "the worker to load its pipeline")
+        first = pool._workers[0].pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        until(lambda: pool.ready == 0, "the killed worker to count as not ready")
+        until(lambda: pool.ready == 1 and pool._workers[0].pid != first, "a restarted worker")
+    finally:
+        pool.stop(10)
