@@ -441,6 +441,15 @@ class DicomDestination(_Destination):
         description="associations in parallel to this destination (helps over slow links)",
     )
     timeout_s: float = Field(default=30, gt=0)
+    keep_open_s: float = Field(
+        default=1,
+        ge=0,
+        le=300,
+        description="keep an association open this long after a batch, for the next one "
+        "(objects come one or two at a time while a study streams in); 0: release after each "
+        "batch. Keep it short where the destination takes one association at a time (others "
+        "wait meanwhile) and below its idle timeout (Orthanc: 30 s)",
+    )
     retry: RetryConfig = RetryConfig()
 
 

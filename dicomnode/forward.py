@@ -363,16 +363,51 @@ class _DicomTLS:
         return _tls.probe(self._context, self.host, self.port, self.server_name, timeout)
 
 
-class DicomSender:
-    """C-STORE SCU: one association per batch (more when a batch needs more than 128
-    presentation contexts), the object's own transfer syntax first; DICOM over TLS when the
-    destination has ``tls``."""
+@dataclass
+class _Held:
+    """An association kept open after a batch: what it proposed, and when it was last used."""
 
-    def __init__(self, config: DicomDestination, calling_ae: str) -> None:
+    assoc: Any
+    pairs: frozenset[tuple[str, str]]  # (SOP class, transfer syntax) proposed
+    classes: frozenset[str]  # SOP classes proposed with the uncompressed syntaxes too
+    used: float  # time.monotonic()
+
+
+class DicomSender:
+    """C-STORE SCU: a batch over one association (more when it needs more than 128
+    presentation contexts), the object's own transfer syntax first; DICOM over TLS when the
+    destination has ``tls``.
+
+    With ``hold`` (a forwarder's sender, which calls :meth:`release_idle`), the association
+    is kept open for ``keep_open_s`` after a batch: while a study streams in, batches are one
+    or two objects, and an association per batch cost the node and the destination more than
+    the objects did. The next batch uses it when it proposed every context the batch needs;
+    if the destination closed it meanwhile, the batch goes over a new one. Without ``hold``
+    each batch's association is released at its end.
+    """
+
+    def __init__(self, config: DicomDestination, calling_ae: str, *, hold: bool = False) -> None:
         self.name = config.name
         self.config = config
         self.calling_ae = config.calling_ae_title or calling_ae
         self.tls = _DicomTLS(config.tls, config.host, config.port)
+        self.hold = hold and config.keep_open_s > 0
+        self._held: _Held | None = None
+
+    def release_idle(self) -> None:
+        """Release the held association once it has been idle ``keep_open_s``."""
+        held = self._held
+        if held is not None and time.monotonic() - held.used >= self.config.keep_open_s:
+            self.close()
+
+    def close(self) -> None:
+        """Release the held association (the forwarder stops)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        with contextlib.suppress(Exception):  # the peer may be gone: nothing to tell it
+            if held.assoc.is_established:
+                held.assoc.release()
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.calling_ae)
@@ -416,19 +451,61 @@ class DicomSender:
         metas: dict[int, _Meta],
         results: list[Result | None],
     ) -> Result | None:
-        """Send some objects over one association; a Result for all of them when it could
-        not be made, else None."""
+        """Send some objects over one association (the held one when it fits); a Result for
+        all of them when it could not be made, else None."""
+        pairs = frozenset(c for i in group for c in metas[i].contexts())
+        classes = frozenset(metas[i].sop_class for i in group)
+        held = self._held
+        if held is not None and not (
+            pairs <= held.pairs and classes <= held.classes and held.assoc.is_established
+        ):
+            self.close()  # another mix of contexts, or the destination closed it
+            held = None
+        if held is not None:
+            self._store_group(held.assoc, paths, group, metas, results)
+            first = results[group[0]]
+            done = first is not None and first.status in (Delivery.DELIVERED, Delivery.REJECTED)
+            if done or held.assoc.is_established:
+                self._keep(held)
+                return None
+            # Closed by the destination while it was idle (its own timeout), just as we
+            # sent: the group goes again over a new association.
+            self._held = None
+            for index in group:
+                results[index] = None
+        assoc, problem = self._associate(pairs, classes)
+        if assoc is None:
+            return problem
+        self._store_group(assoc, paths, group, metas, results)
+        self._keep(_Held(assoc, pairs, classes, 0.0))
+        return None
+
+    def _keep(self, held: _Held) -> None:
+        """Hold the association for the next batch, or release it (``keep_open_s`` 0)."""
+        if not held.assoc.is_established:
+            self._held = None
+            return
+        held.used = time.monotonic()
+        self._held = held
+        if not self.hold:
+            self.close()
+
+    def _associate(
+        self, pairs: frozenset[tuple[str, str]], classes: frozenset[str]
+    ) -> tuple[Any, Result | None]:
+        """A new association proposing ``pairs`` and each class in the uncompressed
+        syntaxes; (None, why) when it cannot be made."""
         ae = self._ae()
-        for sop_class, syntax in sorted({c for i in group for c in metas[i].contexts()}):
+        for sop_class, syntax in sorted(pairs):
             ae.add_requested_context(sop_class, [syntax])
-        for sop_class in sorted({metas[i].sop_class for i in group}):
+        for sop_class in sorted(classes):
             ae.add_requested_context(sop_class, list(UNCOMPRESSED))
         config = self.config
         where = f"{config.ae_title} at {config.host}:{config.port}"
         try:
             tls_args = self.tls.args()
         except (ssl.SSLError, OSError) as exc:
-            return Result(Delivery.RETRY, f"{where}: {_tls.load_error(exc)}")
+            return None, Result(Delivery.RETRY, f"{where}: {_tls.load_error(exc)}")
         assoc = ae.associate(
             config.host,
             config.port,
@@ -439,25 +516,30 @@ class DicomSender:
             ],
             tls_args=tls_args,
         )
-        if not assoc.is_established:
-            if assoc.is_rejected:
-                return Result(Delivery.RETRY, f"{where} rejected the association")
-            tls_problem = self.tls.why_not(min(config.timeout_s, 10))
-            if tls_problem:
-                return Result(Delivery.RETRY, f"{where}: {tls_problem}")
-            why = "could not be reached, or aborted the association"
-            return Result(Delivery.RETRY, f"{where} {why}")
-        try:
-            for index in group:
-                if not assoc.is_established:
-                    results[index] = Result(Delivery.RETRY, "association lost")
-                    continue
-                meta = metas[index]
-                results[index] = self._store(assoc, paths[index], meta.sop_class, meta.syntax)
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        return None
+        if assoc.is_established:
+            return assoc, None
+        if assoc.is_rejected:
+            return None, Result(Delivery.RETRY, f"{where} rejected the association")
+        tls_problem = self.tls.why_not(min(config.timeout_s, 10))
+        if tls_problem:
+            return None, Result(Delivery.RETRY, f"{where}: {tls_problem}")
+        why = "could not be reached, or aborted the association"
+        return None, Result(Delivery.RETRY, f"{where} {why}")
+
+    def _store_group(
+        self,
+        assoc: Any,
+        paths: list[Path],
+        group: list[int],
+        metas: dict[int, _Meta],
+        results: list[Result | None],
+    ) -> None:
+        for index in group:
+            if not assoc.is_established:
+                results[index] = Result(Delivery.RETRY, "association lost")
+                continue
+            meta = metas[index]
+            results[index] = self._store(assoc, paths[index], meta.sop_class, meta.syntax)
 
     def _store(self, assoc: Any, path: Path, sop_class: str, syntax: str) -> Result:
         ae_title = self.config.ae_title
@@ -536,15 +618,20 @@ def _groups(metas: dict[int, _Meta]) -> list[list[int]]:
 
 
 def sender_for(
-    destination: FolderDestination | DicomDestination | DicomwebDestination, calling_ae: str
+    destination: FolderDestination | DicomDestination | DicomwebDestination,
+    calling_ae: str,
+    *,
+    hold: bool = False,
 ) -> Sender:
+    """The sender for a destination; ``hold``: a ``dicom`` sender keeps its association
+    open between batches (for a :class:`Forwarder`, which releases it when idle)."""
     if isinstance(destination, FolderDestination):
         return FolderSender(destination)
     if isinstance(destination, DicomwebDestination):
         from dicomnode.stow import DicomwebSender  # an HTTP client, only where it is used
 
         return DicomwebSender(destination)
-    return DicomSender(destination, calling_ae)
+    return DicomSender(destination, calling_ae, hold=hold)
 
 
 # PS3.8 9.3.4, A-ASSOCIATE-RJ: (source, reason) -> what it means
@@ -728,7 +815,10 @@ class Forwarder(threading.Thread):
                 close()  # an HTTP sender's connections
 
     def _run(self) -> None:
+        release_idle = getattr(self.sender, "release_idle", None)  # a held association
         while not self._stop_event.is_set():
+            if release_idle is not None:
+                release_idle()
             wait = self._next_try - time.monotonic()
             if wait > 0:
                 self._wake.wait(min(wait, 1.0))

@@ -199,7 +199,7 @@ class Node:
                 forwarders.append(
                     Forwarder(
                         self.spool,
-                        sender_for(destination, config.node.ae_title),
+                        sender_for(destination, config.node.ae_title, hold=True),
                         retry=getattr(destination, "retry", None),
                         batch_size=getattr(destination, "batch_size", 100),
                         keep_days=config.spool.keep_forwarded_days,

@@ -157,9 +157,15 @@ class StoreSCP:
     """A pynetdicom Storage SCP in this process: refuses some SOP Instances with a status,
     or answers them never (``hang``); counts associations and keeps what it stored."""
 
-    def __init__(self, refuse: dict[str, int] | None = None, hang: set[str] | None = None):
+    def __init__(
+        self,
+        refuse: dict[str, int] | None = None,
+        hang: set[str] | None = None,
+        abort_once: set[str] | None = None,
+    ):
         self.refuse = refuse or {}
         self.hang = hang or set()
+        self.abort_once = abort_once or set()  # abort the association the first time
         self.stored: dict[str, Dataset] = {}
         self.associations = 0
         self.port = free_port()
@@ -172,6 +178,10 @@ class StoreSCP:
 
     def _store(self, event: evt.Event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
+        if uid in self.abort_once:
+            self.abort_once.discard(uid)
+            event.assoc.abort()
+            return 0xA700
         if uid in self.hang:
             self._release.wait(30)  # longer than the sender's timeout: no answer
             return 0xA700
@@ -312,6 +322,54 @@ def test_an_over_long_name_does_not_hold_back_the_folder_destination(tmp_path: P
 
 
 # -- DICOM destination ---------------------------------------------------------------------
+
+
+def test_a_forwarders_sender_keeps_its_association_between_batches(tmp_path: Path) -> None:
+    """With ``hold`` (a forwarder's sender), batches that follow each other share one
+    association; it is released once idle ``keep_open_s``; one the destination closed while
+    idle, or one that did not propose a batch's SOP class, is replaced by a new association,
+    and every object is delivered. Without ``hold``, each batch's association is released."""
+    files = [tmp_path / f"{n}.dcm" for n in range(8)]
+    uids = [clean_object(f) for f in files[:7]]
+    uids.append(clean_object(files[7], sop_class=MR))
+    delivered = [Delivery.DELIVERED] * 2
+    with StoreSCP() as scp:
+        sender = DicomSender(scp.destination(keep_open_s=0.5, timeout_s=3), "DICOMNODE", hold=True)
+        assert [r.status for r in sender.send(files[0:2])] == delivered
+        assert [r.status for r in sender.send(files[2:4])] == delivered
+        assert scp.associations == 1 and len(scp._server.active_associations) == 1
+        sender.release_idle()  # not idle long enough: kept
+        assert len(scp._server.active_associations) == 1
+
+        def released() -> bool:
+            sender.release_idle()
+            return not scp._server.active_associations
+
+        wait_for(released, 5, "the idle association to be released")
+        assert [r.status for r in sender.send(files[4:5])] == delivered[:1]
+        assert scp.associations == 2
+        for assoc in scp._server.active_associations:  # the destination's own idle timeout
+            assoc.abort()
+        wait_for(lambda: not scp._server.active_associations, 5, "the abort")
+        assert [r.status for r in sender.send(files[5:7])] == delivered
+        assert scp.associations == 3
+        assert [r.status for r in sender.send(files[7:8])] == delivered[:1]  # MR: not proposed
+        assert scp.associations == 4
+        # Gone just as the next batch starts on it (the destination's idle timeout racing the
+        # batch): the batch goes again over a new association.
+        assert [r.status for r in sender.send(files[2:3])] == delivered[:1]  # CT again
+        assert scp.associations == 5
+        scp.abort_once.add(uids[0])
+        assert [r.status for r in sender.send(files[0:2])] == delivered
+        assert scp.associations == 6
+        sender.close()
+        wait_for(lambda: not scp._server.active_associations, 5, "the release at close")
+        assert set(scp.stored) == set(uids)
+        unheld = DicomSender(scp.destination(keep_open_s=0.5), "DICOMNODE")
+        unheld.send(files[0:1])
+        unheld.send(files[1:2])
+        assert scp.associations == 8
+        wait_for(lambda: not scp._server.active_associations, 5, "released after each batch")
 
 
 def test_a_refused_object_does_not_stop_its_batch(tmp_path: Path) -> None:
