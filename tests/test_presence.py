@@ -515,3 +515,27 @@ def test_lines_of_every_font_size_are_found_through_the_learned_check(size: int)
         boxes = find_text(_detector(), np.dstack([picture] * 3), found)
         covered = _covered((line.x0, line.y0, line.x1, line.y1), boxes, picture.shape, pad=0)
         assert covered >= 0.5, (size, seed, found, boxes)
+
+
+def test_a_vertebra_the_detector_scores_as_text_is_read_and_left_alone() -> None:
+    """Slice 178 of bench/throughput.py's CT series: the detector boxed a vertebra (score
+    0.67, 85 x 54 px) as a line of text, and it was filled. A box under two heights long is
+    read first (``detect.doubtful``); nothing readable, nothing removed."""
+    import pydicom
+
+    from dicomnode.config import PixelConfig
+    from dicomnode.pipeline import header_snapshot
+    from dicomnode.pixels import PixelStage
+    from tests.conftest import PYDICOM_FILES
+
+    rng = np.random.default_rng(512)  # as bench/throughput.py's make_series draws them
+    for _ in range(178):
+        hu = ct_slice(rng, 512).astype(np.int32)
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    ds.Rows = ds.Columns = 512
+    ds.PixelData = (hu + 1024).astype("<i2").tobytes()
+    before = bytes(ds.PixelData)
+    stage = PixelStage(PixelConfig(), detector=_detector())
+    report = stage.clean(ds, header_snapshot(ds, stage.policy.fields))
+    assert report["presence"] == "learned" and report["frames_changed"] == 0, report
+    assert bytes(ds.PixelData) == before
