@@ -300,6 +300,13 @@ class SpoolConfig(_Frozen):
 
 class PipelineConfig(_Frozen):
     workers: int = Field(default=0, ge=0, le=256, description="worker processes; 0: one per core")
+    cpu_priority: Literal["idle", "nice"] = Field(
+        default="idle",
+        description="idle: the workers run on CPU time nothing else wants (Linux SCHED_IDLE): "
+        "a sender waits for receive, cleaning works through a backlog (receive +20% on 2 "
+        "busy cores); nice: they share the CPU, lowered by pipeline.nice (a host where other "
+        "busy services would leave them no idle time)",
+    )
     nice: int = Field(
         default=10,
         ge=0,

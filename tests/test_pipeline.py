@@ -127,8 +127,33 @@ def test_workers_say_when_their_models_are_loaded_and_a_dead_one_is_not_ready(
         until(lambda: pool.ready == 1, "the worker to load its pipeline")
         first = pool._workers[0].pid
         assert first is not None
+        # pipeline.cpu_priority idle (the default): every thread of it in the idle class
+        threads = [int(t) for t in os.listdir(f"/proc/{first}/task")]
+        assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}
         os.kill(first, signal.SIGKILL)
         until(lambda: pool.ready == 0, "the killed worker to count as not ready")
         until(lambda: pool.ready == 1 and pool._workers[0].pid != first, "a restarted worker")
+    finally:
+        pool.stop(10)
+
+
+def test_workers_share_the_cpu_when_told_to(spool: Spool) -> None:
+    """``pipeline.cpu_priority: nice``: the normal scheduling class, lowered by
+    ``pipeline.nice``."""
+    import os
+    import time
+
+    config = Config(pipeline={"workers": 1, "cpu_priority": "nice", "nice": 7})
+    pool = WorkerPool(config, SECRET, spool)
+    pool.start()
+    try:
+        deadline = time.monotonic() + 90
+        while pool.ready < 1:
+            assert time.monotonic() < deadline, "the worker to load its pipeline"
+            time.sleep(0.05)
+        pid = pool._workers[0].pid
+        assert pid is not None
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
     finally:
         pool.stop(10)
