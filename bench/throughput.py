@@ -85,6 +85,14 @@ def make_series(folder: Path, count: int, size: int) -> int:
     return total
 
 
+def split_series(folder: Path, count: int, senders: int) -> tuple[list[Path], int, int]:
+    """A CT series of about ``count`` instances in one folder per sender (each its own
+    slices): the folders, the instances and the bytes written."""
+    per = max(1, count // senders)
+    folders = [folder / f"s{n}" for n in range(senders)]
+    return folders, per * senders, sum(make_series(f, per, 512) for f in folders)
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of a process and its children (VmHWM), in MB."""
     pids = [pid]
@@ -607,20 +615,16 @@ def main() -> int:
             results[name] = rows
             print(f"  measured {name}", file=sys.stderr)
         if "listeners" in parts:
-            per = max(1, args.count // args.senders)
-            folders = [work / "parallel" / f"s{n}" for n in range(args.senders)]
-            total = sum(make_series(f, per, 512) for f in folders)
+            folders, count, total = split_series(work / "parallel", args.count, args.senders)
             listeners = [int(n) for n in args.listeners.split(",")]
             results[f"CT x{args.senders}"] = listener_rows(
-                folders, per * args.senders, total, work, listeners, args.rounds
+                folders, count, total, work, listeners, args.rounds
             )
         if "balancer" in parts:
-            per = max(1, args.count // args.senders)
-            folders = [work / "balanced" / f"s{n}" for n in range(args.senders)]
-            total = sum(make_series(f, per, 512) for f in folders)
+            folders, count, total = split_series(work / "balanced", args.count, args.senders)
             nodes = [int(n) for n in args.nodes.split(",")]
             results[f"CT x{args.senders} LB"] = balancer_rows(
-                folders, per * args.senders, total, work, nodes, args.rounds
+                folders, count, total, work, nodes, args.rounds
             )
         print()
         print(
