@@ -534,12 +534,21 @@ class DicomSender:
         metas: dict[int, _Meta],
         results: list[Result | None],
     ) -> None:
-        for index in group:
-            if not assoc.is_established:
-                results[index] = Result(Delivery.RETRY, "association lost")
-                continue
-            meta = metas[index]
-            results[index] = self._store(assoc, paths[index], meta.sop_class, meta.syntax)
+        """Each object of ``group`` over ``assoc``; on an unexpected error the association
+        is aborted (never held, never left open) and the error goes to the forwarder."""
+        try:
+            for index in group:
+                if not assoc.is_established:
+                    results[index] = Result(Delivery.RETRY, "association lost")
+                    continue
+                meta = metas[index]
+                results[index] = self._store(assoc, paths[index], meta.sop_class, meta.syntax)
+        except BaseException:
+            if self._held is not None and self._held.assoc is assoc:
+                self._held = None
+            with contextlib.suppress(Exception):
+                assoc.abort()
+            raise
 
     def _store(self, assoc: Any, path: Path, sop_class: str, syntax: str) -> Result:
         ae_title = self.config.ae_title

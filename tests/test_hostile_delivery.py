@@ -372,6 +372,28 @@ def test_a_forwarders_sender_keeps_its_association_between_batches(tmp_path: Pat
         wait_for(lambda: not scp._server.active_associations, 5, "released after each batch")
 
 
+def test_an_unexpected_error_mid_batch_leaves_no_association_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that one object triggers while its batch is sent reaches the forwarder (which
+    then sends the objects one by one); the association is aborted, not held or leaked."""
+    files = [tmp_path / f"{n}.dcm" for n in range(2)]
+    for f in files:
+        clean_object(f)
+    with StoreSCP() as scp:
+        sender = DicomSender(scp.destination(keep_open_s=30), "DICOMNODE", hold=True)
+        assert [r.status for r in sender.send(files[:1])] == [Delivery.DELIVERED]
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(sender, "_store", broken)
+        with pytest.raises(RuntimeError):
+            sender.send(files[1:])
+        assert sender._held is None
+        wait_for(lambda: not scp._server.active_associations, 5, "the abort")
+
+
 def test_a_refused_object_does_not_stop_its_batch(tmp_path: Path) -> None:
     files = [tmp_path / f"{n}.dcm" for n in range(10)]
     uids = [clean_object(f) for f in files]
