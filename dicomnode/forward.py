@@ -591,6 +591,10 @@ class DicomSender:
                 Delivery.FAILED, f"sending failed ({type(exc).__name__}); association aborted"
             )
         if not status or "Status" not in status:
+            # Aborted by the peer, or timed out: this association takes nothing more (a
+            # second C-STORE on one that just died would wait out the DIMSE timeout too).
+            with contextlib.suppress(Exception):
+                assoc.abort()
             return Result(
                 Delivery.FAILED,
                 f"no response from {ae_title} to this C-STORE (timeout after "

@@ -394,6 +394,19 @@ def test_an_unexpected_error_mid_batch_leaves_no_association_open(
         wait_for(lambda: not scp._server.active_associations, 5, "the abort")
 
 
+def test_a_peer_that_drops_the_association_mid_batch_is_not_waited_for(tmp_path: Path) -> None:
+    """The destination aborts while an object is being stored: that object failed, and the
+    rest of the batch is "association lost" at once (to be retried), not each sent over the
+    dead association to wait out the DIMSE timeout ("no response")."""
+    files = [tmp_path / f"{n}.dcm" for n in range(3)]
+    uids = [clean_object(f) for f in files]
+    with StoreSCP(abort_once={uids[0]}) as scp:
+        results = DicomSender(scp.destination(timeout_s=20), "DICOMNODE").send(files)
+    assert [r.status for r in results] == [Delivery.FAILED, Delivery.RETRY, Delivery.RETRY]
+    assert "no response" in results[0].reason
+    assert [r.reason for r in results[1:]] == ["association lost"] * 2
+
+
 def test_a_refused_object_does_not_stop_its_batch(tmp_path: Path) -> None:
     files = [tmp_path / f"{n}.dcm" for n in range(10)]
     uids = [clean_object(f) for f in files]
