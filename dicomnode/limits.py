@@ -86,9 +86,9 @@ def apply_worker_limits(config: Config) -> None:
     """Put this worker process under the configured limits; called once at its start.
 
     Lowers its CPU priority by ``pipeline.nice`` and, with ``pipeline.cpu_priority: idle``,
-    puts it in the idle scheduling class, sets the instance limit that ``read_instance`` enforces (``node.max_instance_mb``, the
-    size ingest accepts, applied here to what is spooled and to inflated datasets) and the
-    process's data limit (``pipeline.worker_memory_mb``; 0 leaves it as it is). A
+    puts it in the idle scheduling class, sets the instance limit that ``read_instance``
+    enforces (``node.max_instance_mb``, the size ingest accepts, applied here to what is
+    spooled and to inflated datasets) and the process's data limit (``pipeline.worker_memory_mb``; 0 leaves it as it is). A
     hard limit already lower than the setting (systemd ``LimitDATA=``, ``ulimit -d``) wins,
     and the log says so.
     """

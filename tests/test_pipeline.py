@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from dicomnode.config import Config
 from dicomnode.pipeline import Item, Pipeline, WorkerPool
 from dicomnode.spool import Spool
 from tests.conftest import SECRET
+from tests.peers import wait_for
 from tests.phi import leaks, planted_dataset, to_bytes
 
 
@@ -112,27 +112,25 @@ def test_workers_say_when_their_models_are_loaded_and_a_dead_one_is_not_ready(
     pool restarted it."""
     import os
     import signal
-    import time
-
-    def until(condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 90
-        while not condition():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
 
     pool = WorkerPool(Config(pipeline={"workers": 1}), SECRET, spool)
     assert pool.ready == 0
     pool.start()
     try:
-        until(lambda: pool.ready == 1, "the worker to load its pipeline")
+        wait_for(lambda: pool.ready == 1, 90, "the worker to load its pipeline", 0.05)
         first = pool._workers[0].pid
         assert first is not None
         # pipeline.cpu_priority idle (the default): every thread of it in the idle class
         threads = [int(t) for t in os.listdir(f"/proc/{first}/task")]
         assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}
         os.kill(first, signal.SIGKILL)
-        until(lambda: pool.ready == 0, "the killed worker to count as not ready")
-        until(lambda: pool.ready == 1 and pool._workers[0].pid != first, "a restarted worker")
+        wait_for(lambda: pool.ready == 0, 90, "the killed worker to count as not ready", 0.05)
+        wait_for(
+            lambda: pool.ready == 1 and pool._workers[0].pid != first,
+            90,
+            "a restarted worker",
+            0.05,
+        )
     finally:
         pool.stop(10)
 
@@ -141,16 +139,12 @@ def test_workers_share_the_cpu_when_told_to(spool: Spool) -> None:
     """``pipeline.cpu_priority: nice``: the normal scheduling class, lowered by
     ``pipeline.nice``."""
     import os
-    import time
 
     config = Config(pipeline={"workers": 1, "cpu_priority": "nice", "nice": 7})
     pool = WorkerPool(config, SECRET, spool)
     pool.start()
     try:
-        deadline = time.monotonic() + 90
-        while pool.ready < 1:
-            assert time.monotonic() < deadline, "the worker to load its pipeline"
-            time.sleep(0.05)
+        wait_for(lambda: pool.ready == 1, 90, "the worker to load its pipeline", 0.05)
         pid = pool._workers[0].pid
         assert pid is not None
         assert os.sched_getscheduler(pid) == os.SCHED_OTHER

@@ -499,6 +499,17 @@ def test_the_detector_looks_once_at_the_scale_the_characters_need() -> None:
     looking = Looking()
     find_text(looking, picture, [replace(region, glyph=6.0), replace(region, glyph=60.0)])
     assert sorted(looking.views) == [(54, 124), (216, 496)]
+    # Pieces of one line measured differently are seen in one crop, at every scale they
+    # need up to their own size (a line cut between two crops was not found); the enlarged
+    # look is on the small characters' own crop only.
+    from dicomnode.pixels.detect import _looks
+
+    left, right = Box(100, 100, 200, 160, glyph=20.0), Box(210, 100, 300, 160, glyph=60.0)
+    small = Box(320, 120, 340, 130, glyph=5.0)
+    assert _looks([left, right, small], 24, 512, 512) == [
+        (Box(76, 76, 364, 184, score=1.0, source="ocr"), (0.5, 1.0)),
+        (Box(296, 96, 364, 154, glyph=5.0), (2.0,)),
+    ]
 
 
 @pytest.mark.parametrize("size", [8, 9, 12, 16, 24, 34, 48, 64])

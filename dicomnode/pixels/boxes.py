@@ -19,7 +19,7 @@ class Box:
     source: str = "ocr"  # "ocr", "region" (known device region), "presence"
     text: str | None = None
     #: The height of the characters in it, where a presence check measured them (frame
-    #: pixels; 0: not known). The detector then looks at it at one size chosen for them.
+    #: pixels; 0: not known). The detector then looks at it at a size chosen for them.
     glyph: float = 0.0
 
     @property

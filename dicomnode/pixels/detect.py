@@ -218,32 +218,54 @@ def find_text(
     The detector sees text of 10 px and more; ultrasound and screen captures write 7-10 px
     fonts. So every crop is also looked at enlarged twice (on tiles of ``max_side / 2``, so
     that the detector does not shrink it back), and large crops at their own size as well
-    (large titles). Where the presence check measured the characters of a region
-    (``Box.glyph``: the learned check does), its crops are looked at once, at the scale that
-    suits them (:func:`glyph_scale`): the anatomy the learned check sends costs one look, not
-    two of which one is four times the area. Boxes are returned in the picture's own pixels: text lines only, or, with
-    ``tall``, also boxes taller than a text line (up to half the frame) for the caller to
-    confirm by reading them (:func:`doubtful`).
+    (large titles). Where the presence check measured the characters of the regions
+    (``Box.glyph``: the learned check does), a crop is looked at at the scales they need
+    (:func:`_looks`): the anatomy the learned check sends mostly costs one look, not two of
+    which one is four times the area. Boxes are returned in the picture's own pixels: text
+    lines only, or, with ``tall``, also boxes taller than a text line (up to half the frame)
+    for the caller to confirm by reading them (:func:`doubtful`).
     """
     height, width = picture.shape[:2]
     found: list[Box] = []
-    for sized, group in _by_size(regions).items():
-        crops = merge([r.padded(pad, width, height) for r in group], gap=pad)
-        if sum(c.area for c in crops) > 0.5 * width * height:
-            crops = [Box(0, 0, width, height)]
-        for crop in crops:
-            found += _detect_crop(detector, picture, crop, sized, max_side)
+    for crop, scales in _looks(regions, pad, width, height):
+        found += _detect_crop(detector, picture, crop, scales, max_side)
     limit = height // 2 if tall else line_height(height)
     return _distinct([b.padded(2, width, height) for b in found if b.area and _across(b) <= limit])
 
 
-def _by_size(regions: list[Box]) -> dict[float, list[Box]]:
-    """The regions by the one scale their characters are looked at (:func:`glyph_scale`;
-    0: not known, the crop's size decides)."""
-    groups: dict[float, list[Box]] = {}
-    for region in regions:
-        groups.setdefault(glyph_scale(region.glyph), []).append(region)
-    return groups
+def _looks(
+    regions: list[Box], pad: int, width: int, height: int
+) -> list[tuple[Box, tuple[float, ...]]]:
+    """The crops to look at and the scales of each (empty: the crop's size decides).
+
+    All regions are padded and merged into crops, so that every piece of a line is seen in
+    one crop; each crop is looked at at the scales of its regions' characters
+    (:func:`glyph_scale`) up to its own size, or as before where one region's characters are
+    not known (the thorough check's). The enlarged look is on crops of the regions with small
+    characters only: enlarging a whole crop for them is what cost four times the area."""
+    padded = [r.padded(pad, width, height) for r in regions]
+    looks: list[tuple[Box, tuple[float, ...]]] = []
+    for crop in _crops(padded, pad, width, height):
+        scales = {
+            glyph_scale(r.glyph)
+            for r, p in zip(regions, padded, strict=True)
+            if p.intersection(crop)
+        }
+        if 0.0 in scales:
+            looks.append((crop, ()))
+        elif scales - {2.0}:
+            looks.append((crop, tuple(sorted(scales - {2.0}))))
+    small = [p for r, p in zip(regions, padded, strict=True) if glyph_scale(r.glyph) == 2.0]
+    looks += [(crop, (2.0,)) for crop in _crops(small, pad, width, height)]
+    return looks
+
+
+def _crops(padded: list[Box], gap: int, width: int, height: int) -> list[Box]:
+    """Padded regions merged; the whole picture once they cover most of it."""
+    crops = merge(padded, gap=gap)
+    if sum(c.area for c in crops) > 0.5 * width * height:
+        return [Box(0, 0, width, height)]
+    return crops
 
 
 def glyph_scale(glyph: float) -> float:
@@ -261,14 +283,18 @@ def glyph_scale(glyph: float) -> float:
 
 
 def _detect_crop(
-    detector: TextDetector, picture: np.ndarray, crop: Box, sized: float, max_side: int
+    detector: TextDetector,
+    picture: np.ndarray,
+    crop: Box,
+    sized: tuple[float, ...],
+    max_side: int,
 ) -> list[Box]:
-    """Boxes in one crop, in the picture's pixels: at the scale ``sized`` (the characters'
+    """Boxes in one crop, in the picture's pixels: at the scales ``sized`` (the characters'
     size is known), else twice enlarged (a small crop: small fonts), or at its own size and
     enlarged (large titles too), or at its own size only (a crop too large to enlarge)."""
     height, width = picture.shape[:2]
     if sized:
-        scales = [sized]
+        scales = list(sized)
     elif crop.area > _ENLARGE_MAX_AREA:
         scales = [1.0]  # a large frame: its fonts are large too, and four times the work
     else:
