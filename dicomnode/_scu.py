@@ -56,15 +56,30 @@ might send anyway is taken by the waiting sender as an invalid response: pynetdi
 aborts (``_check_received_status``), and the object is tried again, never lost.
 
 tests/test_forward_stall.py pins the pynetdicom source this relies on.
+
+A second race is in the association request itself. ``ACSE._negotiate_as_requestor`` sends
+the A-ASSOCIATE-RQ primitive, waits for the socket's ``_ready`` event (set once the TCP
+connect returns) and then reads ``socket._is_connected`` to tell a connection that failed.
+Meanwhile the DUL thread sends the request; a peer that rejects at once (our own gate, a
+busy PACS) answers with an A-ASSOCIATE-RJ, and the DUL queues the rejection for the user and
+closes the socket (``fsm.AE_4``), which sets ``_is_connected`` to False. When that happens
+before the ACSE thread looks, pynetdicom takes the rejection for a failed connection: it
+calls ``abort()`` ("Aborting Association") and never reads the queued A-ASSOCIATE-RJ, so the
+association is neither established nor rejected. :func:`unread_rejection` finds that
+rejection, so the node reports "rejected (transient): local limit exceeded" rather than
+"could not be reached" or "no answer".
 """
 
 from __future__ import annotations
 
+import queue
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-__all__ = ["responses_to_sender"]
+__all__ = ["responses_to_sender", "unread_rejection"]
 
 
 def responses_to_sender(event: evt.Event) -> None:
@@ -80,3 +95,15 @@ def responses_to_sender(event: evt.Event) -> None:
         return take(block=True)
 
     dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE-RJ when pynetdicom queued it but never read it (the request
+    race in the module docstring); None when there is none."""
+    answers: queue.Queue[Any] = assoc.dul.to_user_queue
+    with answers.mutex:
+        queued = list(answers.queue)
+    for primitive in queued:
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            return primitive
+    return None

@@ -60,7 +60,7 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
 from dicomnode import _tls
 from dicomnode._net import set_nodelay
-from dicomnode._scu import responses_to_sender
+from dicomnode._scu import responses_to_sender, unread_rejection
 from dicomnode.batch import output_path
 from dicomnode.config import (
     ClientTLSConfig,
@@ -518,7 +518,7 @@ class DicomSender:
         )
         if assoc.is_established:
             return assoc, None
-        if assoc.is_rejected:
+        if assoc.is_rejected or unread_rejection(assoc) is not None:
             return None, Result(Delivery.RETRY, f"{where} rejected the association")
         tls_problem = self.tls.why_not(min(config.timeout_s, 10))
         if tls_problem:
@@ -691,8 +691,8 @@ def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> 
     )
     where = f"{destination.ae_title} at {destination.host}:{destination.port}"
     if not assoc.is_established:
-        answer = seen.get("answer")
-        if assoc.is_rejected and isinstance(answer, A_ASSOCIATE):
+        answer = seen.get("answer") or unread_rejection(assoc)
+        if isinstance(answer, A_ASSOCIATE) and answer.result in (0x01, 0x02):
             return _rejected(where, answer, calling, destination.ae_title)
         if not seen.get("open"):
             # a connection that took the whole timeout timed out: no second wait to say so

@@ -22,6 +22,7 @@ import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from dicomnode._scu import unread_rejection
 from tests.conftest import SECRET, require_tool, unavailable
 from tests.phi import PHI, planted_dataset, to_bytes
 
@@ -53,6 +54,14 @@ def wait_for(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def rejection_of(assoc: Any) -> Any:
+    """The A-ASSOCIATE-RJ primitive an association got, whether pynetdicom read it or, losing
+    the request race described in dicomnode/_scu.py, left it queued; None if none came."""
+    if assoc.is_rejected:
+        return assoc.acceptor.primitive
+    return unread_rejection(assoc)
 
 
 def port_open(port: int) -> bool:

@@ -9,6 +9,8 @@ import hashlib
 import inspect
 import logging
 import queue
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -21,7 +23,7 @@ import pynetdicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import ae, association, dimse, evt, transport
+from pynetdicom import acse, ae, association, dimse, evt, fsm, transport
 
 from dicomnode import _scu, forward
 from dicomnode.config import DicomDestination
@@ -245,6 +247,81 @@ def test_echo_guards_its_association_too(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (evt.EVT_CONN_OPEN, _scu.responses_to_sender) in seen
 
 
+# -- the request race: a rejection that arrives before pynetdicom looks -------------------------
+
+
+@contextlib.contextmanager
+def _fast_rejecter() -> Iterator[int]:
+    """A peer that answers every A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (transient, local
+    limit exceeded) and closes at once, as the node's gate does when its slots are full."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                header = conn.recv(6, socket.MSG_WAITALL)
+                length = struct.unpack(">L", header[2:6])[0]
+                conn.recv(length, socket.MSG_WAITALL)
+                conn.sendall(bytes([0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02]))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+
+
+def _late_acse(event: evt.Event) -> None:
+    """EVT_REQUESTED runs in the requesting thread just before it looks at the socket: a late
+    look lets the DUL thread take the rejection and close the socket first."""
+    time.sleep(0.3)
+
+
+def test_pynetdicom_reads_a_fast_rejection_as_an_abort_and_leaves_it_queued() -> None:
+    """Pins the race (dicomnode/_scu.py): the A-ASSOCIATE-RJ is in the DUL's queue, unread."""
+    requestor = ae.ApplicationEntity(ae_title="LATE")
+    requestor.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    with _fast_rejecter() as port:
+        assoc = requestor.associate(
+            "127.0.0.1", port, ae_title="ANY", evt_handlers=[(evt.EVT_REQUESTED, _late_acse)]
+        )
+    assert not assoc.is_established and not assoc.is_rejected and assoc.is_aborted
+    rejection = _scu.unread_rejection(assoc)
+    assert rejection is not None
+    assert (rejection.result, rejection.result_source, rejection.diagnostic) == (2, 3, 2)
+
+
+def test_a_fast_rejection_is_told_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """echo() and the sender say "rejected", whichever thread wins the race."""
+    associate = ae.ApplicationEntity.associate
+
+    def late(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["evt_handlers"] = [*kwargs.get("evt_handlers", []), (evt.EVT_REQUESTED, _late_acse)]
+        return associate(self, *args, **kwargs)
+
+    monkeypatch.setattr(ae.ApplicationEntity, "associate", late)
+    with _fast_rejecter() as port:
+        config = DicomDestination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port)
+        assert forward.echo(config, "DICOMNODE") == (
+            f"PACS at 127.0.0.1:{port} rejected the association (transient): local limit "
+            "exceeded: all its association slots are busy, try again later"
+        )
+        sender = DicomSender(config, "DICOMNODE")
+        assoc, why = sender._associate(frozenset(), frozenset({str(CTImageStorage)}))
+        assert assoc is None and why is not None
+        assert why.reason == f"PACS at 127.0.0.1:{port} rejected the association"
+
+
 # -- what this relies on in pynetdicom ----------------------------------------------------------
 
 # dicomnode._scu makes DIMSEServiceProvider.get_msg(block=False) answer "nothing" on the
@@ -259,8 +336,19 @@ PINNED = {
     "dimse.DIMSEServiceProvider.get_msg": "890e3e04283f5aeb",
     "ae.ApplicationEntity.associate": "dbc8cf47090386b2",
     "transport.AssociationSocket.connect": "aeeeae413bd339dc",
+    # dicomnode._scu.unread_rejection: the rejection is queued for the user before the socket
+    # is closed, and a requestor that finds the socket closed aborts without reading it
+    "fsm.AE_4": "9174bacb68ff4db4",
+    "acse.ACSE._negotiate_as_requestor": "507959152c5896c6",
 }
-_MODULES = {"association": association, "dimse": dimse, "ae": ae, "transport": transport}
+_MODULES = {
+    "association": association,
+    "dimse": dimse,
+    "ae": ae,
+    "transport": transport,
+    "fsm": fsm,
+    "acse": acse,
+}
 
 
 def _source_hash(dotted: str) -> str:

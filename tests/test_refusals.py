@@ -50,6 +50,7 @@ from tests.peers import (
     acknowledged,
     free_port,
     make_study,
+    rejection_of,
     running,
     storescu,
     wait_for,
@@ -379,13 +380,12 @@ def test_the_loopback_c_echo_cannot_store(guarded: NodeProcess, tmp_path: Path) 
     assoc = elsewhere.associate(
         "127.0.0.1", node.port, ae_title="DICOMNODE", bind_address=("127.0.0.2", 0)
     )
-    assert assoc.is_rejected
-    assert assoc.acceptor.primitive.diagnostic == 0x03  # calling AE title not recognised
+    assert rejection_of(assoc).diagnostic == 0x03  # calling AE title not recognised
     ae = AE(ae_title="INTRUDER")
     ae.add_requested_context(VERIFICATION)
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
-    assert assoc.is_rejected
+    assert rejection_of(assoc) is not None
     ae = AE(ae_title="INTRUDER")
     ae.add_requested_context(VERIFICATION, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
