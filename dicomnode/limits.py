@@ -134,12 +134,30 @@ def apply_worker_limits(config: Config) -> None:
     _worker_memory_mb = limit // MB
 
 
-def _threads() -> list[int]:
-    """This process's threads (Linux), or just the calling one (0)."""
+def _threads(pid: int | str = "self") -> list[int]:
+    """The threads of process ``pid`` (Linux), or just the calling one (0)."""
     try:
-        return [int(t) for t in os.listdir("/proc/self/task")]
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        return [0]
+        return [0] if pid == "self" else []
+
+
+def lift_from_idle(pid: int) -> bool:
+    """Put a worker that runs in the idle CPU class back in the normal one (its nice value
+    kept), so that it finishes the item in hand when the node stops even on a host whose
+    other work would leave it no idle time. Linux allows this to a process with
+    CAP_SYS_NICE, or whose RLIMIT_NICE covers the worker's nice value (systemd
+    ``LimitNICE=``); False where it is not allowed (the worker then finishes on idle time, or
+    is stopped after ``node.stop_timeout_s``)."""
+    lifted = False
+    for thread in _threads(pid):
+        try:
+            if os.sched_getscheduler(thread) == os.SCHED_IDLE:
+                os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
+                lifted = True
+        except (AttributeError, OSError):
+            return False
+    return lifted
 
 
 def out_of_memory(doing: str) -> TooLargeError:

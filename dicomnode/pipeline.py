@@ -52,7 +52,7 @@ from dicomnode.config import Config, PixelConfig, ScrubConfig
 from dicomnode.dicomio import encode_chunks, read_instance
 from dicomnode.errors import InstanceError
 from dicomnode.filters import FilterAction, Filters
-from dicomnode.limits import apply_worker_limits, out_of_memory
+from dicomnode.limits import apply_worker_limits, lift_from_idle, out_of_memory
 from dicomnode.logs import setup_logging
 from dicomnode.scrub import Scrubber, scrubber_for
 from dicomnode.spool import DEFAULT_PROJECT, NO_PROJECT, SUFFIX, Spool, calling_ae_of, project_of
@@ -687,6 +687,10 @@ class WorkerPool:
                 last_scan = time.monotonic()
                 self.rescan()
 
+    def _holds_item(self, index: int) -> bool:
+        folder = self.spool.work / str(index)
+        return folder.is_dir() and any(folder.glob("*" + SUFFIX))
+
     def _recover_worker(self, index: int) -> None:
         folder = self.spool.work / str(index)
         if not folder.is_dir():
@@ -741,6 +745,15 @@ class WorkerPool:
                         self._queued.discard(item_id)
         for _ in self._workers:
             self._tasks.put(None)
+        for index, process in list(self._workers.items()):
+            if index not in self._ready and not self._holds_item(index):
+                # Still loading its models: it has taken no item, so it is ended now rather
+                # than after seconds of loading (longer on a loaded host, on idle CPU time).
+                # Should it have just taken one, that item goes back to incoming/ at the
+                # next start, as after any crash.
+                process.kill()
+            elif process.pid is not None:
+                lift_from_idle(process.pid)  # the item in hand is finished at normal speed
         deadline = time.monotonic() + timeout
         clean = True
         for index, process in list(self._workers.items()):

@@ -113,14 +113,14 @@ def test_workers_say_when_their_models_are_loaded_and_a_dead_one_is_not_ready(
     import os
     import signal
 
-    pool = WorkerPool(Config(pipeline={"workers": 1}), SECRET, spool)
+    pool = WorkerPool(Config(pipeline={"workers": 1, "cpu_priority": "idle"}), SECRET, spool)
     assert pool.ready == 0
     pool.start()
     try:
         wait_for(lambda: pool.ready == 1, 90, "the worker to load its pipeline", 0.05)
         first = pool._workers[0].pid
         assert first is not None
-        # pipeline.cpu_priority idle (the default): every thread of it in the idle class
+        # pipeline.cpu_priority idle: every thread of it in the idle class
         threads = [int(t) for t in os.listdir(f"/proc/{first}/task")]
         assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}
         os.kill(first, signal.SIGKILL)
@@ -135,10 +135,12 @@ def test_workers_say_when_their_models_are_loaded_and_a_dead_one_is_not_ready(
         pool.stop(10)
 
 
-def test_workers_share_the_cpu_when_told_to(spool: Spool) -> None:
-    """``pipeline.cpu_priority: nice``: the normal scheduling class, lowered by
+def test_workers_share_the_cpu_by_default(spool: Spool) -> None:
+    """``pipeline.cpu_priority: nice`` (the default): the normal scheduling class, lowered by
     ``pipeline.nice``."""
     import os
+
+    assert Config().pipeline.cpu_priority == "nice"
 
     config = Config(pipeline={"workers": 1, "cpu_priority": "nice", "nice": 7})
     pool = WorkerPool(config, SECRET, spool)
@@ -151,3 +153,44 @@ def test_workers_share_the_cpu_when_told_to(spool: Spool) -> None:
         assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
     finally:
         pool.stop(10)
+
+
+def test_a_stop_ends_a_worker_still_loading_its_models_at_once(spool: Spool) -> None:
+    """A worker that has not said READY holds no item: the stop kills it instead of waiting
+    for its models to load (minutes on a busy host for a worker on idle CPU time)."""
+    import signal
+
+    pool = WorkerPool(Config(pipeline={"workers": 1, "cpu_priority": "idle"}), SECRET, spool)
+    pool.start()
+    process = pool._workers[0]
+    assert pool.ready == 0
+    assert pool.stop(30)
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_a_worker_on_idle_time_is_lifted_to_the_normal_class() -> None:
+    """What the stop does to a worker that may hold an item: back to the normal class (nice
+    value kept) where Linux allows it, so the item is finished at normal speed."""
+    import os
+    import subprocess
+    import sys
+
+    from dicomnode.limits import lift_from_idle
+
+    code = (
+        "import os, sys, time; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
+        "print(flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"\n"
+        assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+        lifted = lift_from_idle(child.pid)
+        after = os.sched_getscheduler(child.pid)
+        assert lifted == (after == os.SCHED_OTHER)
+        if os.geteuid() == 0:  # CAP_SYS_NICE: always allowed
+            assert lifted
+        assert not lift_from_idle(child.pid)  # nothing left in the idle class
+    finally:
+        child.kill()
+        child.wait()
