@@ -549,8 +549,8 @@ def scrubbed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     src.mkdir()
     names = ["gdcm-US-ALOKA-16.dcm", *OTHERS]
     for name in names:
-        path = get_testdata_file(name)
-        assert path is not None, name
+        path = get_testdata_file(name, download=False)  # pydicom-data (the dev extra)
+        assert path is not None, f"{name}: not installed (pip install pydicom-data)"
         shutil.copy(path, src / name)
     out = root / "out"
     result = dicomnode("scrub", str(src), "-o", str(out), "--demo", "-j", "1")
