@@ -65,7 +65,7 @@ from dicomnode.pixels import PixelStage  # noqa: E402
 from dicomnode.pixels.detect import RapidOCRDetector  # noqa: E402
 from dicomnode.synth import make_set  # noqa: E402
 
-cv2.setNumThreads(1)
+cv2.setNumThreads(0)  # no OpenCV thread pool, as PixelStage sets it (pixels.detector.threads: 1)
 
 
 def presence_table(frames: int, detector: Any) -> None:

@@ -560,7 +560,13 @@ Destination = Annotated[
 class DetectorConfig(_Frozen):
     backend: Literal["rapidocr", "paddleocr"] = "rapidocr"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(default=1, ge=1, le=64, description="CPU threads per worker process")
+    threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="CPU threads per worker process, for the detector and OpenCV (1: none "
+        "besides the worker's own; the node already runs a worker per core)",
+    )
     max_side: int = Field(default=1024, ge=256, le=4096, description="detector input size")
     det_model_dir: Path | None = None  # paddleocr backend: local PaddleX model folders
     rec_model_dir: Path | None = None

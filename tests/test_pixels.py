@@ -221,6 +221,22 @@ def test_text_removed_in_every_encoding(
         assert out.LossyImageCompression == "01" and after.photometric == "RGB"
 
 
+def test_opencv_gets_the_detector_s_threads() -> None:
+    """pixels.detector.threads sets OpenCV's pool too: 1 (the default) runs OpenCV in the
+    worker's own thread, as a worker per core already uses every core."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        PixelStage(PixelConfig())
+        assert cv2.getNumThreads() == 1
+        PixelStage(PixelConfig(detector={"threads": 3}))
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_text_free_ct_keeps_its_pixel_data_byte_for_byte(stage: PixelStage) -> None:
     ds = read_instance(PYDICOM_FILES / "CT_small.dcm")
     original = bytes(ds.PixelData)

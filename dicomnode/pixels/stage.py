@@ -23,6 +23,7 @@ import logging
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
@@ -121,6 +122,12 @@ class PixelStage:
         remover: Remover | None = None,
     ) -> None:
         self.settings = settings
+        # OpenCV's own thread pool too gets pixels.detector.threads (the process's setting):
+        # the node runs a worker process per core, and splitting each operation over a pool
+        # of threads only adds CPU time (the learned presence check of a 512 x 512 CT slice
+        # took about 1.6 times the CPU with OpenCV's default 2 threads here; same boxes).
+        threads = settings.detector.threads
+        cv2.setNumThreads(0 if threads == 1 else threads)
         self.policy = policy or load_policy(settings.policy, settings.site_regions)
         self.detector = detector or make_detector(
             settings.detector.backend,
