@@ -55,7 +55,7 @@ from dicomnode.filters import FilterAction, Filters
 from dicomnode.limits import apply_worker_limits, lift_from_idle, out_of_memory
 from dicomnode.logs import setup_logging
 from dicomnode.scrub import Scrubber, scrubber_for
-from dicomnode.spool import DEFAULT_PROJECT, NO_PROJECT, SUFFIX, Spool, calling_ae_of, project_of
+from dicomnode.spool import DEFAULT_PROJECT, NO_PROJECT, Spool, calling_ae_of, project_of
 
 log = logging.getLogger(__name__)
 
@@ -687,15 +687,8 @@ class WorkerPool:
                 last_scan = time.monotonic()
                 self.rescan()
 
-    def _holds_item(self, index: int) -> bool:
-        folder = self.spool.work / str(index)
-        return folder.is_dir() and any(folder.glob("*" + SUFFIX))
-
     def _recover_worker(self, index: int) -> None:
-        folder = self.spool.work / str(index)
-        if not folder.is_dir():
-            return
-        for path in folder.glob("*" + SUFFIX):
+        for path in self.spool.held_by(str(index)):
             item_id = path.stem
             with self._lock:
                 self._crashes[item_id] = self._crashes.get(item_id, 0) + 1
@@ -746,7 +739,7 @@ class WorkerPool:
         for _ in self._workers:
             self._tasks.put(None)
         for index, process in list(self._workers.items()):
-            if index not in self._ready and not self._holds_item(index):
+            if index not in self._ready and not self.spool.held_by(str(index)):
                 # Still loading its models: it has taken no item, so it is ended now rather
                 # than after seconds of loading (longer on a loaded host, on idle CPU time).
                 # Should it have just taken one, that item goes back to incoming/ at the

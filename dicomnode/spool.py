@@ -589,6 +589,10 @@ class Spool:
             return None
         return record if isinstance(record, dict) else None
 
+    def held_by(self, worker: str) -> list[Path]:
+        """The items in one worker's hands (``work/<worker>/``)."""
+        return list(_files(self.work / worker))
+
     def work_ids(self) -> list[str]:
         """Ids in a worker's hands (before :meth:`recover` after a crash: the items whose
         clean copy and audit line may exist already)."""
