@@ -550,3 +550,75 @@ def test_a_vertebra_the_detector_scores_as_text_is_read_and_left_alone() -> None
     report = stage.clean(ds, header_snapshot(ds, stage.policy.fields))
     assert report["presence"] == "learned" and report["frames_changed"] == 0, report
     assert bytes(ds.PixelData) == before
+
+
+def _engine_boxes(detector: Any, picture: np.ndarray) -> tuple[list[tuple[int, ...]], list[float]]:
+    """What rapidocr's whole engine finds: its boxes (sorted) and its scores (sorted)."""
+    from dicomnode.pixels.detect import _quad_to_box
+
+    result = detector.engine(picture, use_det=True, use_cls=False, use_rec=False)
+    if result.boxes is None:
+        return [], []
+    boxes = [_quad_to_box(quad, 0.0) for quad in result.boxes]
+    return sorted((b.x0, b.y0, b.x1, b.y1) for b in boxes), sorted(result.scores)
+
+
+def test_detection_finds_what_rapidocr_s_engine_finds() -> None:
+    """The detector runs rapidocr's model without the engine around it (cheaper per crop):
+    on crops of every shape the stage makes (whole frames, text lines, crops the engine
+    pads because they are low or long, crops under its least side that it enlarges) it
+    finds the engine's boxes with the engine's scores. Fails when a rapidocr release
+    prepares pictures or finds boxes differently."""
+    detector = _detector()
+    rng = np.random.default_rng(91)
+    checked = found = 0
+    for n in range(14):
+        modality = list(FRAMES)[n % len(FRAMES)]
+        picture, _ = burn(_shown(FRAMES[modality](rng)), TEXT_KINDS[n % len(TEXT_KINDS)], rng)
+        height, width = picture.shape[:2]
+        for rows, cols in ((height, width), (140, 150), (60, 500), (28, 300), (20, 200), (25, 25)):
+            rows, cols = min(rows, height), min(cols, width)
+            y, x = int(rng.integers(0, height - rows + 1)), int(rng.integers(0, width - cols + 1))
+            crop = np.ascontiguousarray(picture[y : y + rows, x : x + cols])
+            ours = detector.detect(crop)
+            assert _engine_boxes(detector, crop) == (
+                sorted((b.x0, b.y0, b.x1, b.y1) for b in ours),
+                sorted(b.score for b in ours),
+            ), (modality, crop.shape)
+            checked += 1
+            found += len(ours)
+    assert checked == 84 and found >= 40, found  # the crops held text to find
+
+
+def test_each_detected_box_keeps_its_own_score() -> None:
+    """A faint line above a clear one: the clear line's box scores higher, as the model's
+    text probability inside the boxes says. (rapidocr's engine sorts its boxes top to bottom
+    but not their scores: it gave the faint line the clear one's score, and ``doubtful``
+    decides from the score which boxes are read before they are filled.)"""
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = Path("/usr/share/fonts/truetype/dejavu")
+    image = Image.new("L", (360, 200), 0)
+    draw = ImageDraw.Draw(image)
+    draw.text(
+        (20, 20), "1958-04-17", font=ImageFont.truetype(str(fonts / "DejaVuSerif.ttf"), 11), fill=90
+    )
+    draw.text(
+        (20, 140),
+        "MRN 0048291",
+        font=ImageFont.truetype(str(fonts / "DejaVuSans.ttf"), 20),
+        fill=200,
+    )
+    picture = np.dstack([np.array(image)] * 3)
+    detector = _detector()
+    boxes = sorted(detector.detect(picture), key=lambda b: b.y0)
+    assert len(boxes) == 2 and boxes[0].y1 < 60 < 120 < boxes[1].y0, boxes
+    detection = detector._detection
+    resized = detection.prepare.resize(picture)
+    planes = np.stack([detection.table[c][resized[:, :, c]] for c in range(3)])[None]
+    probability = cv2.resize(detection.model.session(planes)[0, 0], picture.shape[1::-1])
+    inside = []
+    for box in boxes:
+        values = probability[box.y0 : box.y1, box.x0 : box.x1]
+        inside.append(float(values[values > 0.3].mean()))
+    assert inside[0] < inside[1] and boxes[0].score < boxes[1].score, (inside, boxes)
