@@ -191,9 +191,10 @@ def test_the_model_file_loads_with_the_version_and_shape_the_code_reads() -> Non
     assert all(len(row) == 2**depth - 1 for row in data["feature"])
     assert all(len(row) == 2**depth for row in data["leaf"])
     assert all(0 <= f < len(data["features"]) for row in data["feature"] for f in row)
-    assert 0 <= data["threshold"] < 1
+    assert 0 <= data["threshold"] <= data["coarse_threshold"] < 1
     model = lines.load_model()
     assert model.threshold == data["threshold"] and len(model.feature) == len(data["feature"])
+    assert model.coarse_threshold == data["coarse_threshold"]
     scores = model.score(np.zeros((3, len(lines.FEATURES)), np.float32))
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
 
@@ -204,6 +205,7 @@ def test_the_model_file_loads_with_the_version_and_shape_the_code_reads() -> Non
         ({"version": 2}, "version 2"),
         ({"features": ["marks"]}, "other features"),
         ({"threshold": 1.5}, "shape"),
+        ({"coarse_threshold": 0.01}, "shape"),  # below the first threshold
         ({"leaf": [[0.0]]}, "shape"),
     ],
 )
@@ -233,7 +235,26 @@ def test_training_the_learned_model_is_deterministic(tmp_path: Path) -> None:
     assert written[0] == written[1]
     made = json.loads(written[0])
     assert made["version"] == lines.MODEL_VERSION
+    assert 0 <= made["threshold"] <= made["coarse_threshold"] < 1
     assert made["features"] == json.loads(lines.MODEL.read_text())["features"]
+
+
+def test_lines_of_the_reduced_copy_have_a_threshold_of_their_own(tmp_path: Path) -> None:
+    """A line seen on the copy reduced four times goes to the detector only at the model's
+    ``coarse_threshold``; a line seen at full size at ``threshold``. A model file without a
+    coarse threshold uses the first for both (files written before it)."""
+    features = np.zeros((4, len(lines.FEATURES)), np.float32)
+    features[2:, lines.FEATURES.index("coarse")] = 1
+    scores = np.array([0.2, 0.9, 0.2, 0.9])
+    assert lines.sends(features, scores, 0.127, 0.567).tolist() == [True, True, False, True]
+    assert lines.sends(features, scores, 0.127, 0.127).tolist() == [True] * 4
+    data = json.loads(lines.MODEL.read_text())
+    del data["coarse_threshold"]
+    path = tmp_path / "older.json"
+    path.write_text(json.dumps(data))
+    older = lines.load_model(path)
+    assert older.coarse_threshold == older.threshold == data["threshold"]
+    assert older.sends(features, scores).tolist() == [True] * 4
 
 
 @pytest.mark.parametrize(
@@ -324,14 +345,16 @@ def _sent_share(found: list[Box], shape: tuple[int, ...]) -> float:
     return min(1.0, sum(c.area for c in crops) / (width * height))
 
 
-@pytest.mark.parametrize("modality", ["CT", "PT"])
+@pytest.mark.parametrize("modality", ["CT", "CR", "PT"])
 def test_text_free_frames_of_held_out_seeds_are_mostly_not_sent_by_the_learned_check(
     modality: str,
 ) -> None:
     """The point of the learned check: the thorough one sends every one of these frames to
-    the detector, on crops covering 30-70% of it. The learned one sends no PET frame; of CT
-    frames it still sends most (8 of these 12: a line or two of bone or vessel ends that look
-    like text to it), but on crops a few times smaller, so detection costs a fraction."""
+    the detector, on crops covering 30-100% of it. The learned one sends no PET frame; of CT
+    and CR frames 4 of these 12 (a line or two of bone or vessel ends that look like text to
+    it), on crops many times smaller, so detection costs a fraction. (Before lines of the
+    reduced copy had a threshold of their own: 8 CT and 10 CR frames, on 4-5 times the
+    area.)"""
     sent = thorough = 0
     area = thorough_area = 0.0
     for seed in HELD_OUT:
@@ -345,7 +368,7 @@ def test_text_free_frames_of_held_out_seeds_are_mostly_not_sent_by_the_learned_c
     if modality == "PT":
         assert sent == 0
     else:
-        assert sent <= 0.75 * len(HELD_OUT) and area < thorough_area / 3, (sent, area)
+        assert sent <= 0.5 * len(HELD_OUT) and area < thorough_area / 8, (sent, area)
 
 
 @pytest.mark.parametrize("kind", ["plain", "small", "inverted", "coloured", "dense", "vertical"])

@@ -25,7 +25,8 @@ on one 8-bit picture:
 4. boosted trees (``lines_model.json`` beside this module, fitted in numpy by
    ``tools/train_presence.py`` on ``dicomnode.synth_anatomy`` frames with every kind of
    burned-in text and lines in every system font) score each line; lines at or above the
-   model's threshold (chosen on held-out frames for recall) are the candidates. Inference is
+   model's threshold (chosen on held-out frames for recall) are the candidates, those seen
+   on the reduced copy only at a higher threshold of their own (:func:`sends`). Inference is
    numpy only.
 
 Large fonts are looked for on a copy reduced four times (frames of 384 px and more), frames
@@ -57,6 +58,7 @@ __all__ = [
     "candidates",
     "describe",
     "load_model",
+    "sends",
 ]
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (7, 7))
@@ -105,6 +107,9 @@ FEATURES = (
 )
 
 
+_COARSE_FEATURE = FEATURES.index("coarse")
+
+
 def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> list[Box]:
     """Boxes around every line of text-like marks in an 8-bit RGB (or grey) picture, in its
     own pixels (``source="presence"``, the model's score as ``score``)."""
@@ -113,7 +118,7 @@ def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) ->
         return []
     model = _model()
     scores = model.score(lines.features)
-    keep = np.nonzero(scores >= model.threshold)[0]
+    keep = np.nonzero(model.sends(lines.features, scores))[0]
     found = []
     for k in keep:
         x0, y0, x1, y1 = (int(v) for v in lines.boxes[k])
@@ -460,6 +465,9 @@ class Ensemble:
             raise ValueError("trained on other features than this code computes")
         self.version = int(version)
         self.threshold = float(data["threshold"])
+        # Lines found on the copy reduced four times: a threshold of their own (a model file
+        # without one uses the first for every line).
+        self.coarse_threshold = float(data.get("coarse_threshold", self.threshold))
         self.base = float(data["base"])
         self.depth = int(data["depth"])
         self.feature = np.asarray(data["feature"], np.intp)
@@ -472,7 +480,7 @@ class Ensemble:
             and self.leaf.shape == (trees, 2**self.depth)
             and self.feature.min() >= 0
             and self.feature.max() < len(FEATURES)
-            and 0 <= self.threshold < 1
+            and 0 <= self.threshold <= self.coarse_threshold < 1
         ):
             raise ValueError("its trees, features or threshold are not of the expected shape")
 
@@ -487,6 +495,25 @@ class Ensemble:
         inner = 2**self.depth - 1
         margin = self.base + self.leaf[trees, node - inner].sum(axis=1)
         return 1 / (1 + np.exp(-margin))  # type: ignore[no-any-return]
+
+    def sends(self, features: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Which lines go to the detector (:func:`sends`, with this model's thresholds)."""
+        return sends(features, scores, self.threshold, self.coarse_threshold)
+
+
+def sends(
+    features: np.ndarray, scores: np.ndarray, threshold: float, coarse_threshold: float
+) -> np.ndarray:
+    """Which lines go to the detector: a score at ``threshold`` or above, and for a line
+    found on the copy reduced four times at ``coarse_threshold`` or above.
+
+    Why two: the reduced copy is there for large fonts, and text large enough to be seen
+    there scores near 1 (fonts of 8 to 64 px over CT: 0.92-1.0, and nearly always also seen
+    at full size), while anatomy seen there (organ outlines, ribs, vessels as marks of 20-40
+    px) sent most of the text-free CT and CR frames that went to the detector.
+    ``tools/train_presence.py`` chooses both on held-out frames."""
+    coarse = features[:, _COARSE_FEATURE] > 0.5
+    return (scores >= threshold) & (~coarse | (scores >= coarse_threshold))
 
 
 def load_model(path: Path = MODEL) -> Ensemble:
