@@ -330,11 +330,7 @@ def main() -> int:
     found_all = _recall(held, scores, 0.0)
     threshold = 0.0
     for t in grid:
-        free_sent = sum(
-            bool((s >= t).any())
-            for s, (_, _, truths, _) in zip(scores, held, strict=True)
-            if not truths
-        )
+        free_sent = _free_sent(held, scores, t)
         hits = _recall(held, scores, t)
         print(
             f"threshold {t:.3f}: lines {hits[0]}/{hits[1]} (all sent: {found_all[0]}); text-free sent {free_sent}",
@@ -349,11 +345,7 @@ def main() -> int:
     kept = _recall(held, scores, threshold)
     for t in (v for v in grid if v >= threshold):
         hits = _recall(held, scores, threshold, t)
-        free_sent = sum(
-            bool(sends(f, s, threshold, t).any())
-            for s, (f, _, truths, _) in zip(scores, held, strict=True)
-            if not truths and len(s)
-        )
+        free_sent = _free_sent(held, scores, threshold, t)
         print(
             f"coarse threshold {t:.3f}: lines {hits[0]}/{hits[1]}; text-free sent {free_sent}",
             file=sys.stderr,
@@ -368,6 +360,17 @@ def main() -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _free_sent(
+    held: list[Any], scores: list[np.ndarray], threshold: float, coarse: float = 0.0
+) -> int:
+    """Held-out text-free frames that would go to the detector."""
+    return sum(
+        bool(sends(features, s, threshold, coarse).any())
+        for s, (features, _, truths, _) in zip(scores, held, strict=True)
+        if not truths and len(s)
+    )
 
 
 def _recall(
