@@ -65,8 +65,9 @@ busy PACS) answers with an A-ASSOCIATE-RJ, and the DUL queues the rejection for 
 closes the socket (``fsm.AE_4``), which sets ``_is_connected`` to False. When that happens
 before the ACSE thread looks, pynetdicom takes the rejection for a failed connection: it
 calls ``abort()`` ("Aborting Association") and never reads the queued A-ASSOCIATE-RJ, so the
-association is neither established nor rejected. :func:`unread_rejection` finds that
-rejection, so the node reports "rejected (transient): local limit exceeded" rather than
+association is neither established nor rejected. A peer that answers with an A-ABORT (or
+closes the connection) at once loses its answer the same way. :func:`unread_answer` finds
+that answer, so the node reports "rejected (transient): local limit exceeded" rather than
 "could not be reached" or "no answer".
 """
 
@@ -77,9 +78,9 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
-__all__ = ["responses_to_sender", "unread_rejection"]
+__all__ = ["responses_to_sender", "unread_answer", "unread_rejection"]
 
 
 def responses_to_sender(event: evt.Event) -> None:
@@ -97,13 +98,24 @@ def responses_to_sender(event: evt.Event) -> None:
     dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
-def unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
-    """The peer's A-ASSOCIATE-RJ when pynetdicom queued it but never read it (the request
-    race in the module docstring); None when there is none."""
+def unread_answer(assoc: Association) -> A_ASSOCIATE | A_ABORT | A_P_ABORT | None:
+    """The peer's answer to our association request when pynetdicom queued it but never read
+    it (the request race in the module docstring): an A-ASSOCIATE-RJ, or an A-ABORT (or the
+    A-P-ABORT of a closed connection), which the DUL queues and closes the socket on just
+    the same; None when there is none."""
     answers: queue.Queue[Any] = assoc.dul.to_user_queue
     with answers.mutex:
         queued = list(answers.queue)
     for primitive in queued:
         if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
             return primitive
+        if isinstance(primitive, (A_ABORT, A_P_ABORT)):
+            return primitive
     return None
+
+
+def unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE-RJ when pynetdicom queued it but never read it; None when
+    there is none."""
+    answer = unread_answer(assoc)
+    return answer if isinstance(answer, A_ASSOCIATE) else None

@@ -60,7 +60,7 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
 from dicomnode import _tls
 from dicomnode._net import set_nodelay
-from dicomnode._scu import responses_to_sender, unread_rejection
+from dicomnode._scu import responses_to_sender, unread_answer, unread_rejection
 from dicomnode.batch import output_path
 from dicomnode.config import (
     ClientTLSConfig,
@@ -691,7 +691,7 @@ def echo(destination: DicomDestination, calling_ae: str, timeout: float = 5) -> 
     )
     where = f"{destination.ae_title} at {destination.host}:{destination.port}"
     if not assoc.is_established:
-        answer = seen.get("answer") or unread_rejection(assoc)
+        answer = seen.get("answer") or unread_answer(assoc)
         if isinstance(answer, A_ASSOCIATE) and answer.result in (0x01, 0x02):
             return _rejected(where, answer, calling, destination.ae_title)
         if not seen.get("open"):

@@ -250,10 +250,14 @@ def test_echo_guards_its_association_too(monkeypatch: pytest.MonkeyPatch) -> Non
 # -- the request race: a rejection that arrives before pynetdicom looks -------------------------
 
 
+_REJECT = bytes([0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02])  # transient, local limit exceeded
+_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # A-ABORT, service user
+
+
 @contextlib.contextmanager
-def _fast_rejecter() -> Iterator[int]:
-    """A peer that answers every A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (transient, local
-    limit exceeded) and closes at once, as the node's gate does when its slots are full."""
+def _fast_rejecter(answer: bytes = _REJECT) -> Iterator[int]:
+    """A peer that answers every A-ASSOCIATE-RQ at once with ``answer`` (an A-ASSOCIATE-RJ,
+    as the node's gate does when its slots are full, or an A-ABORT) and closes."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
     done = threading.Event()
@@ -269,7 +273,7 @@ def _fast_rejecter() -> Iterator[int]:
                 header = conn.recv(6, socket.MSG_WAITALL)
                 length = struct.unpack(">L", header[2:6])[0]
                 conn.recv(length, socket.MSG_WAITALL)
-                conn.sendall(bytes([0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02]))
+                conn.sendall(answer)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -320,6 +324,24 @@ def test_a_fast_rejection_is_told_as_one(monkeypatch: pytest.MonkeyPatch) -> Non
         assoc, why = sender._associate(frozenset(), frozenset({str(CTImageStorage)}))
         assert assoc is None and why is not None
         assert why.reason == f"PACS at 127.0.0.1:{port} rejected the association"
+
+
+def test_a_fast_abort_is_told_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race with a peer that aborts the request at once: its A-ABORT is queued for
+    the user and the socket closed before pynetdicom looks; echo() says "aborted", not "no
+    answer" (a CI run failed so in tests/test_refusals.py)."""
+    associate = ae.ApplicationEntity.associate
+
+    def late(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["evt_handlers"] = [*kwargs.get("evt_handlers", []), (evt.EVT_REQUESTED, _late_acse)]
+        return associate(self, *args, **kwargs)
+
+    monkeypatch.setattr(ae.ApplicationEntity, "associate", late)
+    with _fast_rejecter(_ABORT) as port:
+        config = DicomDestination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port)
+        assert forward.echo(config, "DICOMNODE", timeout=2) == (
+            f"PACS at 127.0.0.1:{port} aborted the association request (A-ABORT)"
+        )
 
 
 # -- what this relies on in pynetdicom ----------------------------------------------------------
