@@ -169,11 +169,12 @@ def test_a_missing_screen_model_is_a_config_error(
     assert RapidOCRDetector(screen="off").screen == "off"
 
 
-def test_the_screen_is_on_by_default_and_can_be_turned_off() -> None:
+def test_the_screen_is_off_by_default_and_can_be_turned_on() -> None:
     from dicomnode.config import PixelConfig
 
-    assert PixelConfig().detector.screen == "int8"
-    off = PixelConfig.model_validate({"detector": {"screen": "off"}})
-    assert off.detector.screen == "off"
+    assert PixelConfig().detector.screen == "off"
+    assert RapidOCRDetector().screen == "off"
+    on = PixelConfig.model_validate({"detector": {"screen": "int8"}})
+    assert on.detector.screen == "int8"
     with pytest.raises(ValueError):
         PixelConfig.model_validate({"detector": {"screen": "fp16"}})

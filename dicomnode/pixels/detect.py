@@ -3,9 +3,12 @@
 - ``rapidocr`` (default): the PP-OCRv6 models that ship inside the rapidocr wheel, run by ONNX
   Runtime: offline, on the CPU, or on the GPU through ONNX Runtime's CUDA provider. On a CPU
   an 8-bit copy of the detection model (``models/det_int8.onnx``, made from the wheel's by
-  ``tools/quantize_detector.py``, about four times faster) screens each picture first: the
-  float32 model then looks only around what the screen sees, and not at all where it sees
-  nothing (:class:`_Screen`).
+  ``tools/quantize_detector.py``, about four times faster) can screen each picture first
+  (``pixels.detector.screen: int8``, experimental, off by default): the float32 model then
+  looks only around what the screen sees, and not at all where it sees nothing
+  (:class:`_Screen`). Not the default because the float32 model on a crop around the
+  screen's boxes is not the float32 model on the whole picture: on a real ALOKA ultrasound
+  the stage run again on its own output found and filled one more box with the screen.
 - ``paddleocr``: the PaddleOCR package with models from local folders (PaddleX format), for
   sites that run Paddle.
 
@@ -98,7 +101,7 @@ class RapidOCRDetector:
         device: str = "auto",
         max_side: int = 1024,
         box_threshold: float = 0.5,
-        screen: str = "int8",
+        screen: str = "off",
     ) -> None:
         try:
             import onnxruntime
@@ -370,7 +373,7 @@ def make_detector(backend: str, **options: Any) -> TextDetector:
             threads=options.get("threads", 1),
             device=options.get("device", "auto"),
             max_side=options.get("max_side", 1024),
-            screen=options.get("screen", "int8"),
+            screen=options.get("screen", "off"),
         )
     if backend == "paddleocr":
         return PaddleOCRDetector(
