@@ -14,7 +14,7 @@ with lines in every font), prepared exactly as the node prepares them.
 It then measures, on the frames of the next ``--held-out`` seeds, the screen as the node uses
 it: detector inputs in which the float32 model finds a box and the screen finds none (must be
 0), box-free inputs the screen spares, planted lines found by ``find_text`` with and without
-the screen, and the time of each model. Needs the ``onnx`` package (``pip install onnx``).
+the screen, and the time of each model. Uses the ``onnx`` package (a dependency of dicomnode).
 
     .venv/bin/python tools/quantize_detector.py [--frames 100] [--held-out 100] [--seed 0]
 """

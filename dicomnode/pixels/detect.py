@@ -33,6 +33,7 @@ import numpy as np
 
 from dicomnode.errors import ConfigError
 from dicomnode.pixels.boxes import Box, merge
+from dicomnode.pixels.subnormal import without_subnormals
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,13 @@ class RapidOCRDetector:
         screen: str = "off",
     ) -> None:
         try:
+            import onnx  # noqa: F401  (subnormal.py, at load)
             import onnxruntime
             from rapidocr import RapidOCR
         except ImportError as exc:
             raise ConfigError(
-                f"the pixel stage needs rapidocr and onnxruntime ({exc.name} is missing): "
-                "pip install 'dicomnode[pixels]'"
+                f"the pixel stage needs rapidocr, onnxruntime and onnx ({exc.name} is "
+                "missing): reinstall dicomnode (pip install dicomnode)"
             ) from None
         cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         if device == "cuda" and not cuda:
@@ -131,6 +133,7 @@ class RapidOCRDetector:
         self.engine = RapidOCR(params=params)
         self.device = "cuda" if use_cuda else "cpu"
         self._detection = _Detection(self.engine)
+        self._rec_ready = False
         # The 8-bit screen is for CPUs (VNNI/AMX or AVX2 integer kernels); on a GPU the
         # float32 model is as fast alone.
         self._screen = (
@@ -166,6 +169,10 @@ class RapidOCRDetector:
         return [_quad_to_box(quad, score) for quad, score in zip(quads, scores, strict=True)]
 
     def recognize(self, picture: np.ndarray, boxes: list[Box]) -> list[Box]:
+        if not self._rec_ready:  # loaded by rapidocr on first use
+            rec = self.engine._load_rec_model().session
+            _drop_subnormals(rec, _model_file(rec))
+            self._rec_ready = True
         out = []
         height, width = picture.shape[:2]
         for box in boxes:
@@ -206,6 +213,8 @@ class _Detection:
 
         self.engine = engine
         self.model = engine._load_det_model()
+        self.source = _model_file(self.model.session)
+        _drop_subnormals(self.model.session, self.source)
         glob = engine.cfg.Global
         self.padding = bool(glob.use_vertical_padding)
         self.min_height = float(glob.min_height)
@@ -244,12 +253,24 @@ class _Detection:
         return self.map_back(np.asarray(quads, np.float32), record, height, width), list(scores)
 
 
+def _model_file(wrapper: Any) -> Path:
+    """The file a rapidocr model wrapper's ONNX Runtime session was loaded from."""
+    return Path(str(getattr(wrapper.session, "_model_path", None) or ""))
+
+
+def _drop_subnormals(wrapper: Any, source: Path) -> None:
+    """The wrapper's session again with its subnormal weights zero (``subnormal.py``: the
+    same output, 2.9x faster detection on x86)."""
+    if source.is_file():
+        wrapper.session = without_subnormals(wrapper.session, str(source))
+
+
 def _screen_matches(detection: _Detection) -> bool:
     """Whether the shipped screen was made from the float32 model rapidocr loads here (the
     screen's measured agreement holds for that model only). Another one (a rapidocr release
     with new weights): the float32 model runs alone, slower but as sure, and the log says how
     to make a screen for it."""
-    source = Path(str(detection.model.session.session._model_path or ""))
+    source = detection.source
     record = int8_model().with_suffix(".json")
     try:
         made_from = str(json.loads(record.read_text())["source_sha256"])

@@ -1,0 +1,100 @@
+"""Subnormal model weights set to zero at load (pixels/subnormal.py): counted, zeroed wherever
+a model stores tensors, and the detector's output unchanged by it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image, ImageDraw
+
+from dicomnode.pixels.detect import RapidOCRDetector, _model_file
+from dicomnode.pixels.subnormal import SMALLEST_NORMAL, flush_subnormals, without_subnormals
+
+SUBNORMAL = SMALLEST_NORMAL / 8
+
+
+def _model(path: Path, weight: np.ndarray, constant: np.ndarray) -> None:
+    """y = (x @ weight) + constant, the weight an initializer, the constant a Constant node."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Constant", [], ["c"], value=numpy_helper.from_array(constant, "c_value")
+            ),
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "c"], ["y"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _session(path: Path) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_subnormals_in_initializers_and_constants_are_zeroed_and_counted(tmp_path: Path) -> None:
+    weight = np.full((4, 3), 0.5, np.float32)
+    weight[0, 0] = weight[2, 1] = SUBNORMAL
+    weight[3, 2] = -SUBNORMAL
+    constant = np.array([[1.0, SUBNORMAL, 0.0]], np.float32)
+    path = tmp_path / "tiny.onnx"
+    _model(path, weight, constant)
+
+    model = onnx.load(str(path))
+    assert flush_subnormals(model) == 4
+    stored = numpy_helper.to_array(model.graph.initializer[0])
+    expected = weight.copy()
+    expected[np.abs(expected) < SMALLEST_NORMAL] = 0
+    assert np.array_equal(stored, expected)  # normal values untouched
+    assert np.array_equal(
+        numpy_helper.to_array(model.graph.node[0].attribute[0].t), [[1.0, 0.0, 0.0]]
+    )
+    assert flush_subnormals(model) == 0  # nothing left
+
+    original = _session(path)
+    rebuilt = without_subnormals(original, str(path))
+    assert rebuilt is not original
+    assert rebuilt.get_providers() == original.get_providers()
+    assert rebuilt.get_session_options().intra_op_num_threads == 1
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    name = original.get_inputs()[0].name
+    assert np.array_equal(rebuilt.run(None, {name: x})[0], original.run(None, {name: x})[0])
+
+
+def test_a_model_without_subnormals_keeps_its_session(tmp_path: Path) -> None:
+    path = tmp_path / "plain.onnx"
+    _model(path, np.full((4, 3), 0.5, np.float32), np.zeros((1, 3), np.float32))
+    session = _session(path)
+    assert without_subnormals(session, str(path)) is session
+
+
+def test_the_detector_runs_rapidocr_s_model_without_subnormals_and_the_same_output() -> None:
+    detector = RapidOCRDetector()
+    wrapper = detector._detection.model.session
+    source = detector._detection.source
+    assert source.is_file() and source.suffix == ".onnx"
+    assert flush_subnormals(onnx.load(str(source))) > 0  # else there is nothing to prove here
+    assert _model_file(wrapper) != source  # ours: built from the flushed bytes
+    original = _session(source)
+    name = original.get_inputs()[0].name
+
+    image = Image.new("L", (640, 320), 20)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((200, 20, 600, 300), fill=110)  # a body
+    draw.text((12, 12), "DOE^JANE 1962-04-11", fill=230)
+    draw.text((12, 290), "ACC 88213", fill=140)
+    planes = np.asarray(image, np.float32)[None, None].repeat(3, axis=1) / 127.5 - 1
+    rng = np.random.default_rng(0)
+    for x in (planes, rng.uniform(-1, 1, (1, 3, 96, 160)).astype(np.float32)):
+        assert np.array_equal(wrapper(x), original.run(None, {name: x})[0])
