@@ -438,9 +438,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         config.pixels.detector.backend,
         threads=config.pixels.detector.threads,
         device=config.pixels.detector.device,
-        # The judge reads the cleaned frames with the full-precision model, whatever the
-        # node ran.
-        screen="off",
         det_model_dir=config.pixels.detector.det_model_dir,
         rec_model_dir=config.pixels.detector.rec_model_dir,
     )

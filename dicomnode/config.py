@@ -568,13 +568,6 @@ class DetectorConfig(_Frozen):
         "besides the worker's own; the node already runs a worker per core)",
     )
     max_side: int = Field(default=1024, ge=256, le=4096, description="detector input size")
-    screen: Literal["int8", "off"] = Field(
-        default="off",
-        description="rapidocr on a CPU, experimental: int8 lets an 8-bit copy of the detection "
-        "model (shipped in the package, ~4x faster) look first, and the float32 model only "
-        "around what it sees; off (default): the float32 model looks at everything, as a "
-        "GPU always does",
-    )
     det_model_dir: Path | None = None  # paddleocr backend: local PaddleX model folders
     rec_model_dir: Path | None = None
 

@@ -195,7 +195,6 @@ def _stages(
             threads=d.threads,
             device=d.device,
             max_side=d.max_side,
-            screen=d.screen,
             det_model_dir=d.det_model_dir,
             rec_model_dir=d.rec_model_dir,
         )

@@ -144,14 +144,6 @@ def _detector() -> Any:
     return RapidOCRDetector()
 
 
-@lru_cache(maxsize=1)
-def _float32_detector() -> Any:
-    """The float32 model alone (no 8-bit screen): what rapidocr's engine runs."""
-    from dicomnode.pixels.detect import RapidOCRDetector
-
-    return RapidOCRDetector(screen="off")
-
-
 @pytest.fixture(scope="module")
 def stage() -> object:
     from dicomnode.config import PixelConfig
@@ -600,7 +592,7 @@ def test_detection_finds_what_rapidocr_s_engine_finds() -> None:
     pads because they are low or long, crops under its least side that it enlarges) it
     finds the engine's boxes with the engine's scores. Fails when a rapidocr release
     prepares pictures or finds boxes differently."""
-    detector = _float32_detector()
+    detector = _detector()
     rng = np.random.default_rng(91)
     checked = found = 0
     for n in range(14):
@@ -641,7 +633,7 @@ def test_each_detected_box_keeps_its_own_score() -> None:
         fill=200,
     )
     picture = np.dstack([np.array(image)] * 3)
-    detector = _float32_detector()
+    detector = _detector()
     boxes = sorted(detector.detect(picture), key=lambda b: b.y0)
     assert len(boxes) == 2 and boxes[0].y1 < 60 < 120 < boxes[1].y0, boxes
     detection = detector._detection

@@ -1,14 +1,7 @@
 """Text detection and recognition: PaddleOCR's PP-OCR models behind one small interface.
 
 - ``rapidocr`` (default): the PP-OCRv6 models that ship inside the rapidocr wheel, run by ONNX
-  Runtime: offline, on the CPU, or on the GPU through ONNX Runtime's CUDA provider. On a CPU
-  an 8-bit copy of the detection model (``models/det_int8.onnx``, made from the wheel's by
-  ``tools/quantize_detector.py``, about four times faster) can screen each picture first
-  (``pixels.detector.screen: int8``, experimental, off by default): the float32 model then
-  looks only around what the screen sees, and not at all where it sees nothing
-  (:class:`_Screen`). Not the default because the float32 model on a crop around the
-  screen's boxes is not the float32 model on the whole picture: on a real ALOKA ultrasound
-  the stage run again on its own output found and filled one more box with the screen.
+  Runtime: offline, on the CPU, or on the GPU through ONNX Runtime's CUDA provider.
 - ``paddleocr``: the PaddleOCR package with models from local folders (PaddleX format), for
   sites that run Paddle.
 
@@ -22,8 +15,6 @@ is and turned both ways (the best reading counts).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,17 +27,6 @@ from dicomnode.pixels.boxes import Box, merge
 from dicomnode.pixels.subnormal import without_subnormals
 
 log = logging.getLogger(__name__)
-
-MODELS = Path(__file__).parent / "models"
-#: The 8-bit detection model of the screen: rapidocr's PP-OCRv6 detection model quantized
-#: (static, per channel, calibrated on the detector's own inputs from synthetic frames);
-#: ``det_int8.json`` beside it says from which file and how.
-INT8_MODEL = MODELS / "det_int8.onnx"
-#: The screen's thresholds on its probability map (pixel, box score): rapidocr's are 0.3 and
-#: 0.5 (the node's box threshold).
-SCREEN_THRESHOLDS = (0.2, 0.3)
-#: Pixels around each screen box that the float32 model sees too (at least the box's height).
-SCREEN_PAD = 32
 
 __all__ = [
     "PaddleOCRDetector",
@@ -71,18 +51,6 @@ class TextDetector(Protocol):
         ...
 
 
-def int8_model() -> Path:
-    """The 8-bit detection model of the screen, shipped in the package.
-
-    Raises :class:`~dicomnode.errors.ConfigError` when it is missing (a broken install)."""
-    if not (INT8_MODEL.is_file() and INT8_MODEL.with_suffix(".json").is_file()):
-        raise ConfigError(
-            f"the 8-bit screen of the text detector ({INT8_MODEL} and its .json) is "
-            "missing: reinstall dicomnode, or set pixels.detector.screen: off"
-        )
-    return INT8_MODEL
-
-
 def _quad_to_box(points: Any, score: float) -> Box:
     quad = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     x0, y0 = np.floor(quad.min(axis=0)).astype(int)
@@ -102,7 +70,6 @@ class RapidOCRDetector:
         device: str = "auto",
         max_side: int = 1024,
         box_threshold: float = 0.5,
-        screen: str = "off",
     ) -> None:
         try:
             import onnx  # noqa: F401  (subnormal.py, at load)
@@ -134,37 +101,8 @@ class RapidOCRDetector:
         self.device = "cuda" if use_cuda else "cpu"
         self._detection = _Detection(self.engine)
         self._rec_ready = False
-        # The 8-bit screen is for CPUs (VNNI/AMX or AVX2 integer kernels); on a GPU the
-        # float32 model is as fast alone.
-        self._screen = (
-            _Screen(self._detection, threads)
-            if screen == "int8" and not use_cuda and _screen_matches(self._detection)
-            else None
-        )
-        self.screen = "int8" if self._screen is not None else "off"
 
     def detect(self, picture: np.ndarray) -> list[Box]:
-        """The float32 model's boxes; with the 8-bit screen, the float32 model looks only
-        where the 8-bit one sees anything at all (padded crops of what it finds with lower
-        thresholds), and not at all where it sees nothing."""
-        if self._screen is None:
-            return self._float32(picture)
-        where = self._screen(picture)
-        if not where:
-            return []
-        height, width = picture.shape[:2]
-        crops = merge(
-            [b.padded(max(SCREEN_PAD, b.height), width, height) for b in where], gap=SCREEN_PAD
-        )
-        if sum(c.area for c in crops) > 0.5 * width * height:
-            return self._float32(picture)
-        found: list[Box] = []
-        for c in crops:
-            view = np.ascontiguousarray(picture[c.y0 : c.y1, c.x0 : c.x1])
-            found += [b.shifted(c.x0, c.y0).clipped(width, height) for b in self._float32(view)]
-        return found
-
-    def _float32(self, picture: np.ndarray) -> list[Box]:
         quads, scores = self._detection(picture)
         return [_quad_to_box(quad, score) for quad, score in zip(quads, scores, strict=True)]
 
@@ -231,11 +169,6 @@ class _Detection:
 
     def __call__(self, picture: np.ndarray) -> tuple[np.ndarray, list[float]]:
         """Quads (n x 4 x 2) and their scores, in the picture's pixels."""
-        return self.run(picture, self.model.session, self.model.postprocess_op)
-
-    def run(self, picture: np.ndarray, session: Any, find: Any) -> tuple[np.ndarray, list[float]]:
-        """The picture prepared as rapidocr prepares it, through ``session`` (a model taking
-        the same input) and ``find`` (rapidocr's box finding, or one with other thresholds)."""
         height, width = picture.shape[:2]
         image = self.engine.load_img(picture)
         image, record = self.engine.preprocess_img(image)
@@ -247,7 +180,7 @@ class _Detection:
         planes = np.empty((1, 3, *resized.shape[:2]), np.float32)
         for channel in range(3):
             np.take(self.table[channel], resized[:, :, channel], out=planes[0, channel])
-        quads, scores = find(session(planes), image.shape[:2])
+        quads, scores = self.model.postprocess_op(self.model.session(planes), image.shape[:2])
         if len(quads) < 1:
             return np.zeros((0, 4, 2), np.float32), []
         return self.map_back(np.asarray(quads, np.float32), record, height, width), list(scores)
@@ -263,69 +196,6 @@ def _drop_subnormals(wrapper: Any, source: Path) -> None:
     same output, 2.9x faster detection on x86)."""
     if source.is_file():
         wrapper.session = without_subnormals(wrapper.session, str(source))
-
-
-def _screen_matches(detection: _Detection) -> bool:
-    """Whether the shipped screen was made from the float32 model rapidocr loads here (the
-    screen's measured agreement holds for that model only). Another one (a rapidocr release
-    with new weights): the float32 model runs alone, slower but as sure, and the log says how
-    to make a screen for it."""
-    source = detection.source
-    record = int8_model().with_suffix(".json")
-    try:
-        made_from = str(json.loads(record.read_text())["source_sha256"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{record} cannot be read ({type(exc).__name__}): reinstall dicomnode, or set "
-            "pixels.detector.screen: off"
-        ) from None
-    try:
-        if hashlib.sha256(source.read_bytes()).hexdigest() == made_from:
-            return True
-    except OSError:
-        pass
-    log.warning(
-        "the 8-bit screen of the text detector was made from another detection model than "
-        "%s; detecting without it (slower, as sure). Run tools/quantize_detector.py to make "
-        "one for this model, or set pixels.detector.screen: off to silence this",
-        source,
-    )
-    return False
-
-
-class _Screen:
-    """Where the 8-bit model sees anything like text: its boxes found with lower thresholds
-    than the float32 model's (``SCREEN_THRESHOLDS``), in the picture's pixels.
-
-    Its probabilities are not the float32 model's (its boxes come out thinner, and its scores
-    differ, which would move :func:`doubtful`'s decisions), so it never decides what is
-    text: it only spares the float32 model the crops in which it sees nothing. Measured by
-    ``tools/quantize_detector.py`` on the detector inputs of 100 held-out frames (figures in
-    ``det_int8.json``): 68 of the 90 inputs without a float32 box were spared; of the 432
-    with one, the screen saw nothing in 9, each a box of anatomy as large as the whole input
-    (which ``find_text`` drops as taller than a text line), and the stage found the same 181
-    of 192 planted lines with the screen as without it."""
-
-    def __init__(self, detection: _Detection, threads: int, model: Path | None = None) -> None:
-        import copy
-
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(
-            str(model or int8_model()), options, providers=["CPUExecutionProvider"]
-        )
-        name = session.get_inputs()[0].name
-        self.session = lambda planes: session.run(None, {name: planes})[0]
-        self.find = copy.copy(detection.model.postprocess_op)
-        self.find.thresh, self.find.box_thresh = SCREEN_THRESHOLDS
-        self.detection = detection
-
-    def __call__(self, picture: np.ndarray) -> list[Box]:
-        quads, scores = self.detection.run(picture, self.session, self.find)
-        return [_quad_to_box(quad, score) for quad, score in zip(quads, scores, strict=True)]
 
 
 class PaddleOCRDetector:
@@ -394,7 +264,6 @@ def make_detector(backend: str, **options: Any) -> TextDetector:
             threads=options.get("threads", 1),
             device=options.get("device", "auto"),
             max_side=options.get("max_side", 1024),
-            screen=options.get("screen", "off"),
         )
     if backend == "paddleocr":
         return PaddleOCRDetector(

@@ -134,7 +134,6 @@ class PixelStage:
             threads=settings.detector.threads,
             device=settings.detector.device,
             max_side=settings.detector.max_side,
-            screen=settings.detector.screen,
             det_model_dir=settings.detector.det_model_dir,
             rec_model_dir=settings.detector.rec_model_dir,
         )
