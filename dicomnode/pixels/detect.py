@@ -195,7 +195,7 @@ def _drop_subnormals(wrapper: Any, source: Path) -> None:
     """The wrapper's session again with its subnormal weights zero (``subnormal.py``: the
     same output, 2.9x faster detection on x86)."""
     if source.is_file():
-        wrapper.session = without_subnormals(wrapper.session, str(source))
+        without_subnormals(wrapper, str(source))
 
 
 class PaddleOCRDetector:

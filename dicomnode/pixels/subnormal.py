@@ -55,23 +55,31 @@ def flush_subnormals(model: Any) -> int:
     return walk(model.graph)
 
 
-def without_subnormals(session: Any, path: str) -> Any:
-    """An ONNX Runtime session like ``session`` (same options and providers) of the model at
-    ``path`` with its subnormal weights set to zero; ``session`` itself if it has none."""
+def without_subnormals(holder: Any, path: str) -> int:
+    """Replace ``holder.session`` (an ONNX Runtime session of the model at ``path``, as in
+    rapidocr's model wrappers) by one with the same options and providers of that model with
+    its subnormal weights set to zero; returns how many there were (0: left as it was).
+
+    The old session is let go before the new one is built, and the model's copies read here
+    as soon as it is: a worker's peak memory grows by the model's size, not by a session."""
     import onnx
     import onnxruntime
 
     model = onnx.load(path)
     count = flush_subnormals(model)
     if not count:
-        return session
-    providers = session.get_providers()
-    options = session.get_provider_options()
-    rebuilt = onnxruntime.InferenceSession(
-        model.SerializeToString(),
-        sess_options=session.get_session_options(),
-        providers=providers,
-        provider_options=[options.get(p, {}) for p in providers],
-    )
+        return 0
+    data = model.SerializeToString()
+    del model
+    old = holder.session
+    providers = old.get_providers()
+    options = old.get_provider_options()
+    settings = {
+        "sess_options": old.get_session_options(),
+        "providers": providers,
+        "provider_options": [options.get(p, {}) for p in providers],
+    }
+    holder.session = old = None
+    holder.session = onnxruntime.InferenceSession(data, **settings)
     log.info("%s: %d subnormal weights set to zero (same output, faster on x86)", path, count)
-    return rebuilt
+    return count
