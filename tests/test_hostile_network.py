@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 import random
 import re
 import select
@@ -541,10 +542,14 @@ def test_a_sender_stores_within_seconds_while_100_hostile_sockets_are_open(
 ) -> None:
     study = make_study(tmp_path / "study", series=1, per_series=5)
     log = Log(node)
+    began = time.monotonic()
     with Hostile(node.port) as hostile:
         seconds, output, status = send(node.port, tmp_path / "study")
         open_during = hostile.open_now()
         time.sleep(REQUEST_TIMEOUT_S + 1)  # every kind refused at least once
+    # the node's 10 s windows do not start with this test; the last slow refusals come up to
+    # a request deadline after the sockets close
+    windows = math.ceil((time.monotonic() - began + REQUEST_TIMEOUT_S) / 10) + 1
     assert status == 0, output
     assert sorted(acknowledged(output)) == sorted(str(ds.SOPInstanceUID) for ds in study)
     assert seconds < 5, f"storescu took {seconds:.1f} s"
@@ -565,10 +570,11 @@ def test_a_sender_stores_within_seconds_while_100_hostile_sockets_are_open(
     assert re.search(
         r"no complete A-ASSOCIATE-RQ \([1-9]\d* bytes of one received\) within 2", text
     )
-    # not flooded: at most 10 lines per reason per 10 s, and summaries; nothing from pynetdicom
+    # not flooded: at most 10 lines per reason (6 here) per 10 s window and one summary per
+    # window; nothing from pynetdicom
     refused = sum(hostile.refused.values())
     assert refused > 2 * len(lines), (refused, len(lines))
-    assert len(lines) <= 2 * 10 * 6 + 4, f"{len(lines)} lines from the gate"
+    assert len(lines) <= windows * (10 * 6 + 1), f"{len(lines)} lines in {windows} windows"
     assert not [line for line in log.lines() if "pynetdicom" in line]
     assert_memory_bounded(node)
 
