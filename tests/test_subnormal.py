@@ -12,8 +12,13 @@ import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw
 
-from dicomnode.pixels.detect import RapidOCRDetector, _model_file
-from dicomnode.pixels.subnormal import SMALLEST_NORMAL, flush_subnormals, without_subnormals
+from dicomnode.pixels.detect import RapidOCRDetector
+from dicomnode.pixels.subnormal import (
+    SMALLEST_NORMAL,
+    flush_subnormals,
+    session_without_subnormals,
+    sessions_without_subnormals,
+)
 
 SUBNORMAL = SMALLEST_NORMAL / 8
 
@@ -38,10 +43,14 @@ def _model(path: Path, weight: np.ndarray, constant: np.ndarray) -> None:
     onnx.save(model, str(path))
 
 
-def _session(path: Path) -> onnxruntime.InferenceSession:
+def _options() -> onnxruntime.SessionOptions:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def _session(path: Path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(str(path), _options(), providers=["CPUExecutionProvider"])
 
 
 def test_subnormals_in_initializers_and_constants_are_zeroed_and_counted(tmp_path: Path) -> None:
@@ -64,10 +73,9 @@ def test_subnormals_in_initializers_and_constants_are_zeroed_and_counted(tmp_pat
     assert flush_subnormals(model) == 0  # nothing left
 
     original = _session(path)
-    holder = SimpleNamespace(session=_session(path))
-    assert without_subnormals(holder, str(path)) == 4
-    rebuilt = holder.session
+    rebuilt = session_without_subnormals(path, _options(), providers=["CPUExecutionProvider"])
     assert isinstance(rebuilt, onnxruntime.InferenceSession)
+    assert not rebuilt._model_path  # built from the flushed bytes, not from the file
     assert rebuilt.get_providers() == original.get_providers()
     assert rebuilt.get_session_options().intra_op_num_threads == 1
     x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
@@ -75,22 +83,38 @@ def test_subnormals_in_initializers_and_constants_are_zeroed_and_counted(tmp_pat
     assert np.array_equal(rebuilt.run(None, {name: x})[0], original.run(None, {name: x})[0])
 
 
-def test_a_model_without_subnormals_keeps_its_session(tmp_path: Path) -> None:
+def test_a_model_without_subnormals_is_loaded_from_its_file(tmp_path: Path) -> None:
     path = tmp_path / "plain.onnx"
     _model(path, np.full((4, 3), 0.5, np.float32), np.zeros((1, 3), np.float32))
-    session = _session(path)
-    holder = SimpleNamespace(session=session)
-    assert without_subnormals(holder, str(path)) == 0
-    assert holder.session is session
+    session = session_without_subnormals(path, _options(), ["CPUExecutionProvider"])
+    assert session._model_path == str(path)
+
+
+def test_a_wrapper_module_builds_its_sessions_without_subnormals_only_inside(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tiny.onnx"
+    weight = np.full((4, 3), 0.5, np.float32)
+    weight[1, 1] = SUBNORMAL
+    _model(path, weight, np.zeros((1, 3), np.float32))
+    module = SimpleNamespace(InferenceSession=onnxruntime.InferenceSession)
+    with sessions_without_subnormals(module) as built:
+        inside = module.InferenceSession(str(path), _options(), providers=["CPUExecutionProvider"])
+    assert built == [path]
+    assert not inside._model_path  # flushed
+    assert module.InferenceSession is onnxruntime.InferenceSession  # given back
+    outside = module.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert outside._model_path == str(path)
 
 
 def test_the_detector_runs_rapidocr_s_model_without_subnormals_and_the_same_output() -> None:
     detector = RapidOCRDetector()
     wrapper = detector._detection.model.session
-    source = detector._detection.source
-    assert source.is_file() and source.suffix == ".onnx"
+    source, recogniser = detector.models  # both loaded at start-up
+    assert source.is_file() and source.suffix == ".onnx" and recogniser != source
     assert flush_subnormals(onnx.load(str(source))) > 0  # else there is nothing to prove here
-    assert _model_file(wrapper) != source  # ours: built from the flushed bytes
+    assert not wrapper.session._model_path  # ours: built from the flushed bytes
+    assert not detector.engine.text_rec.session.session._model_path
     original = _session(source)
     name = original.get_inputs()[0].name
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from dicomnode.errors import ConfigError
 from dicomnode.pixels.boxes import Box, merge
-from dicomnode.pixels.subnormal import without_subnormals
+from dicomnode.pixels.subnormal import sessions_without_subnormals
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +97,25 @@ class RapidOCRDetector:
             "Det.limit_side_len": max_side,
             "Det.box_thresh": box_threshold,
         }
+        from rapidocr.inference_engine.onnxruntime import main as engine_sessions
+
         self.engine = RapidOCR(params=params)
         self.device = "cuda" if use_cuda else "cpu"
-        self._detection = _Detection(self.engine)
-        self._rec_ready = False
+        # Both models are loaded now, their subnormal weights set to zero as they are
+        # (``subnormal.py``: the same output, 2.9x faster detection on x86). The recogniser
+        # too, not by rapidocr on first use: that cost each worker ~0.5 s of CPU in the
+        # middle of a series (7% of a 200-instance CT run), and a broken model should stop
+        # the node at start-up.
+        with sessions_without_subnormals(engine_sessions) as models:
+            self._detection = _Detection(self.engine)
+            self.engine._load_rec_model()
+        self.models = tuple(models)  # the model files, detection first
 
     def detect(self, picture: np.ndarray) -> list[Box]:
         quads, scores = self._detection(picture)
         return [_quad_to_box(quad, score) for quad, score in zip(quads, scores, strict=True)]
 
     def recognize(self, picture: np.ndarray, boxes: list[Box]) -> list[Box]:
-        if not self._rec_ready:  # loaded by rapidocr on first use
-            rec = self.engine._load_rec_model().session
-            _drop_subnormals(rec, _model_file(rec))
-            self._rec_ready = True
         out = []
         height, width = picture.shape[:2]
         for box in boxes:
@@ -151,8 +156,6 @@ class _Detection:
 
         self.engine = engine
         self.model = engine._load_det_model()
-        self.source = _model_file(self.model.session)
-        _drop_subnormals(self.model.session, self.source)
         glob = engine.cfg.Global
         self.padding = bool(glob.use_vertical_padding)
         self.min_height = float(glob.min_height)
@@ -184,18 +187,6 @@ class _Detection:
         if len(quads) < 1:
             return np.zeros((0, 4, 2), np.float32), []
         return self.map_back(np.asarray(quads, np.float32), record, height, width), list(scores)
-
-
-def _model_file(wrapper: Any) -> Path:
-    """The file a rapidocr model wrapper's ONNX Runtime session was loaded from."""
-    return Path(str(getattr(wrapper.session, "_model_path", None) or ""))
-
-
-def _drop_subnormals(wrapper: Any, source: Path) -> None:
-    """The wrapper's session again with its subnormal weights zero (``subnormal.py``: the
-    same output, 2.9x faster detection on x86)."""
-    if source.is_file():
-        without_subnormals(wrapper, str(source))
 
 
 class PaddleOCRDetector:
