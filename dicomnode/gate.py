@@ -49,26 +49,23 @@ pinned by a test in tests/test_hostile_network.py that fails when its source cha
   tests/test_refusals.py);
 - the ``pynetdicom.dul`` logger drops its per-PDU read errors (one line per connection here);
 - the two polling loops of an accepted association wait for work instead of sleeping 1 ms
-  between looks (``_Wakeup``): the DUL thread (``DULServiceProvider.run_reactor``, with
+  between looks (``dicomnode._wakeup``): the DUL thread (``DULServiceProvider.run_reactor``, with
   ``_run_loop_delay`` 0) blocks in ``_FramedSocket.ready`` on the socket and a wake-up socket
   that the association's ``to_provider_queue``, ``event_queue``, ``stop_dul`` and ``kill_dul``
-  ring; the association thread runs ``_acceptor_reactor`` (pynetdicom's
+  ring; the association thread runs ``woken_reactor`` (pynetdicom's
   ``Association._run_reactor`` with the sleep replaced by a wait on an event that its DIMSE
   ``msg_queue`` and the DUL's ``to_user_queue`` set). Both still look at least every
-  ``REACTOR_TICK_S`` (timers, a DUL thread that ended). pynetdicom's own loops are untouched
-  for its other users (the forwarders' associations).
+  ``REACTOR_TICK_S`` (timers, a DUL thread that ended). The forwarders' associations are
+  woken the same way (``dicomnode._scu.woken``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import gc
 import logging
 import os
-import queue
-import select
 import selectors
 import socket
 import ssl
@@ -82,8 +79,6 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, NamedTuple
 
-from pynetdicom import association as _association
-from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -91,6 +86,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from dicomnode._wakeup import Wakeup, wait_for_data
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +118,6 @@ _P_DATA_TF = 0x04
 _RQ_FIXED_LENGTH = 68  # PS3.8 9.3.2: version, reserved, called, calling, reserved
 _PRESENTATION_CONTEXT_RQ = 0x20
 _ABSTRACT_SYNTAX = 0x30
-# The longest an accepted association's threads wait without a wake-up: the granularity of
-# pynetdicom's timers (ARTIM, the idle timeout) and of noticing the other thread has ended.
-REACTOR_TICK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -887,14 +881,14 @@ class _GatedHandler(RequestHandler):
 
     server: GatedServer
     _association: Association | None = None
-    _wakeup: _Wakeup | None = None
+    _wakeup: Wakeup | None = None
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         plain = assoc.dul.socket
         assert plain is not None
         replay = self.server._take_replay(self.request)
-        self._wakeup = _Wakeup.install(assoc)
+        self._wakeup = Wakeup.install(assoc)
         assoc.dul.socket = _FramedSocket.adopt(
             plain, replay, self.server, self.remote.address, self._wakeup
         )
@@ -915,152 +909,6 @@ class _GatedHandler(RequestHandler):
             if self._wakeup is not None:
                 self._wakeup.close()
             self.server._count_out(str(self.client_address[0]), association=True)
-
-
-class _Wakeup:
-    """Wakes an accepted association's two threads when there is work, instead of their
-    1 ms polling (see the module docstring).
-
-    The DUL thread blocks in ``_FramedSocket.ready`` on the socket and on this object (a
-    socket pair: a wake-up that comes before the wait is not lost); the association thread
-    waits on :attr:`reactor`."""
-
-    def __init__(self, assoc: Association) -> None:
-        self._dul = assoc.dul
-        self._recv, self._send = socket.socketpair()
-        self._recv.setblocking(False)
-        self._send.setblocking(False)
-        self._lock = threading.Lock()
-        self._closed = False
-        self.reactor = threading.Event()
-
-    @classmethod
-    def install(cls, assoc: Association) -> _Wakeup:
-        """Ring on everything that gives either thread work; both threads start later."""
-        wakeup = cls(assoc)
-        dul = assoc.dul
-        dul._run_loop_delay = 0  # ready() waits instead (REACTOR_TICK_S at most)
-        _ring_on_put(dul.to_provider_queue, wakeup.wake, unless=dul)  # a PDU to send
-        _ring_on_put(dul.event_queue, wakeup.wake, unless=dul)  # an event from elsewhere
-        _ring_on_put(assoc.dimse.msg_queue, wakeup.reactor.set)  # a whole DIMSE message
-        _ring_on_put(dul.to_user_queue, wakeup.reactor.set)  # A-RELEASE, A-ABORT...
-        stop_dul, kill_dul = dul.stop_dul, dul.kill_dul
-
-        def _stop_dul() -> bool:
-            if dul.state_machine.current_state == "Sta1":
-                dul._kill_thread = True
-                wakeup.wake()
-            return bool(stop_dul())
-
-        def _kill_dul() -> None:
-            kill_dul()
-            wakeup.wake()
-
-        setattr(dul, "stop_dul", _stop_dul)  # noqa: B010 - a method, per instance
-        setattr(dul, "kill_dul", _kill_dul)  # noqa: B010
-        setattr(  # noqa: B010
-            assoc, "_run_reactor", functools.partial(_acceptor_reactor, assoc, wakeup.reactor)
-        )
-        return wakeup
-
-    def fileno(self) -> int:
-        return self._recv.fileno()
-
-    def busy(self) -> bool:
-        """The DUL has something to do besides reading: no waiting."""
-        dul = self._dul
-        return bool(
-            dul._kill_thread or not dul.event_queue.empty() or not dul.to_provider_queue.empty()
-        )
-
-    def wake(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            with contextlib.suppress(OSError):  # a wake-up already pending (buffer full)
-                self._send.send(b"\0")
-
-    def drain(self) -> None:
-        with contextlib.suppress(OSError):
-            self._recv.recv(4096)
-
-    def close(self) -> None:
-        self.reactor.set()
-        with self._lock:
-            self._closed = True
-            self._send.close()
-            self._recv.close()
-
-
-def _ring_on_put(
-    target: queue.Queue[Any], ring: Callable[[], None], unless: threading.Thread | None = None
-) -> None:
-    """``target.put`` (and so ``put_nowait``) also calls ``ring``, after the item is in;
-    not when the thread ``unless`` puts it (the DUL looks at its own queues before waiting)."""
-    put = target.put
-
-    def _put(*args: Any, **kwargs: Any) -> None:
-        put(*args, **kwargs)
-        if unless is None or threading.current_thread() is not unless:
-            ring()
-
-    setattr(target, "put", _put)  # noqa: B010 - a method, per instance
-
-
-def _acceptor_reactor(assoc: Association, wake: threading.Event) -> None:
-    """pynetdicom 3.0.4's ``Association._run_reactor`` (pinned), waiting on ``wake`` (set
-    when a DIMSE message or an ACSE primitive arrives) instead of sleeping 1 ms per loop."""
-    logger = _association.LOGGER
-    assoc._is_paused = False
-    while not assoc._kill:
-        wake.wait(REACTOR_TICK_S)
-        wake.clear()  # before looking: what arrives from now on sets it again
-
-        assoc._is_paused = True
-        assoc._reactor_checkpoint.wait()
-        assoc._is_paused = False
-
-        context_id, msg = assoc.dimse.get_msg(block=False)
-        if msg:
-            wake.set()  # another message may be queued behind this one
-            assoc._serve_request(msg, int(context_id or 0))
-
-        if assoc.is_established and assoc.acse.is_release_requested():
-            assoc.acse.send_release(is_response=True)
-            logger.info("Association Released")
-            assoc.is_released = True
-            assoc.is_established = False
-            evt.trigger(assoc, evt.EVT_RELEASED, {})
-            assoc.kill()
-            return
-
-        if assoc.acse.is_aborted():
-            log_msg = "Association Aborted"
-            if assoc.acse.is_aborted("a-p-abort"):
-                log_msg += " (A-P-ABORT)"
-            logger.info(log_msg)
-            assoc.dul.receive_pdu(wait=False)
-            assoc.is_aborted = True
-            assoc.is_established = False
-            evt.trigger(assoc, evt.EVT_ABORTED, {})
-            assoc.kill()
-            return
-
-        if not assoc.dul.is_alive():
-            assoc.kill()
-            return
-
-        if assoc.dul.idle_timer_expired():
-            logger.error("Network timeout reached")
-            if assoc.network_timeout_response == "A-RELEASE":
-                assoc._is_paused = True
-                assoc._reactor_checkpoint.wait()
-                assoc.release()
-                assoc._is_paused = False
-            else:
-                assoc.abort()
-            assoc.kill()
-            return
 
 
 def _discard_partial(assoc: Association) -> None:
@@ -1090,7 +938,7 @@ class _FramedSocket(AssociationSocket):
     _server: GatedServer
     _peer: str
     _aborted: bool
-    _wakeup: _Wakeup | None
+    _wakeup: Wakeup | None
 
     @classmethod
     def adopt(
@@ -1099,7 +947,7 @@ class _FramedSocket(AssociationSocket):
         replay: bytes,
         server: GatedServer,
         peer: str,
-        wakeup: _Wakeup | None = None,
+        wakeup: Wakeup | None = None,
     ) -> _FramedSocket:
         """The same socket state under this class (a new instance would queue a second Evt5)."""
         framed = cls.__new__(cls)
@@ -1121,18 +969,7 @@ class _FramedSocket(AssociationSocket):
             return False
         if self._replay or super().ready:
             return True
-        wakeup = self._wakeup
-        sock = self.socket
-        if wakeup is None or sock is None or not self._is_connected or wakeup.busy():
-            return False
-        try:
-            ring = wakeup.fileno()
-            readable, _, _ = select.select([sock.fileno(), ring], [], [], REACTOR_TICK_S)
-        except (OSError, ValueError):
-            return super().ready  # pynetdicom's own answer to a closed socket (Evt17)
-        if ring in readable:
-            wakeup.drain()
-        return bool(readable) and not self._aborted and super().ready
+        return wait_for_data(self, self._wakeup) and not self._aborted and super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes <= 0:

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import acse, ae, association, dimse, evt, fsm, transport
 
-from dicomnode import _scu, forward
+from dicomnode import _scu, _wakeup, forward
 from dicomnode.config import DicomDestination
 from dicomnode.forward import Delivery, DicomSender, Result
 from tests.conftest import require_tool
@@ -362,6 +362,11 @@ PINNED = {
     # is closed, and a requestor that finds the socket closed aborts without reading it
     "fsm.AE_4": "9174bacb68ff4db4",
     "acse.ACSE._negotiate_as_requestor": "507959152c5896c6",
+    # dicomnode._scu.woken (dicomnode._wakeup): send_* and release pause the reactor by
+    # clearing _reactor_checkpoint and spinning until it is paused; request starts the DUL
+    # thread, which fires EVT_CONN_OPEN, before the association thread exists
+    "association.Association.release": "c7d713502b77d702",
+    "association.Association.request": "928cd0e3013c9ab9",
 }
 _MODULES = {
     "association": association,
@@ -386,6 +391,65 @@ def test_the_pynetdicom_code_the_sender_relies_on_is_unchanged() -> None:
     now = {name: _source_hash(name) for name in PINNED}
     changed = sorted(name for name, digest in now.items() if digest != PINNED[name])
     assert not changed, f"pynetdicom changed under dicomnode._scu: {changed} (now {now})"
+
+
+@pytest.mark.peers
+def test_an_open_forward_association_waits_for_work_instead_of_polling(tmp_path: Path) -> None:
+    """With ``_scu.woken`` the forwarder's association neither sleeps 1 ms between looks in
+    its DUL thread nor in its reactor: open and idle, both look about every REACTOR_TICK_S
+    (pynetdicom's own loops look ~1,000 times a second), and sending still works."""
+    instances = _Instances(tmp_path / "objects", 20)
+    uids = instances.write(1)
+    with _fast_storescp(tmp_path) as (port, out):
+        looks: dict[str, int] = {}
+        idle = 0.5
+
+        def count(event: evt.Event) -> None:
+            assoc = event.assoc
+            transport_: Any = assoc.dul.socket
+            cls: Any = type(transport_)
+            ready = cls.ready.fget
+            get_msg = assoc.dimse.get_msg
+
+            class Counted(cls):  # type: ignore[misc]
+                @property
+                def ready(self) -> bool:
+                    looks["dul"] = looks.get("dul", 0) + 1
+                    return bool(ready(self))
+
+            def counted_get_msg(block: bool = False) -> Any:
+                if not block:
+                    looks["reactor"] = looks.get("reactor", 0) + 1
+                return get_msg(block=block)
+
+            transport_.__class__ = Counted
+            assoc.dimse.get_msg = counted_get_msg  # type: ignore[method-assign]
+
+        results: list[Any] = []
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, _scu.responses_to_sender),
+            (evt.EVT_CONN_OPEN, _scu.woken),
+            (evt.EVT_CONN_OPEN, count),
+        ]
+        local = ae.ApplicationEntity("DICOMNODE")
+        local.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = local.associate("127.0.0.1", port, ae_title="STORESCP", evt_handlers=handlers)
+        try:
+            assert assoc.is_established
+            assert assoc.dul._run_loop_delay == 0
+            looks.clear()
+            time.sleep(idle)
+            quiet = dict(looks)
+            for path in instances.paths:
+                results.append(assoc.send_c_store(path))
+        finally:
+            assoc.release()
+    assert [r.Status for r in results] == [0] * len(instances.paths)
+    assert _received(out) == uids
+    tick = _wakeup.REACTOR_TICK_S
+    for thread in ("dul", "reactor"):
+        # a look per tick, and a few more for the wake-ups; polling would be ~500 here
+        assert 0 < quiet.get(thread, 0) <= 3 * idle / tick + 10, (thread, quiet)
 
 
 def test_only_the_reactor_polls_the_dimse_queue() -> None:

@@ -690,7 +690,7 @@ PINNED = {
     "dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
     "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
     "acse.ACSE._negotiate_as_acceptor": "fffd360957c42a8e",
-    # the wake-ups that replace the 1 ms polling (gate._Wakeup, gate._acceptor_reactor)
+    # the wake-ups that replace the 1 ms polling (dicomnode._wakeup)
     "association.Association._run_reactor": "f28838c5559e462a",
     "association.Association.kill": "8f9713666a7f4cff",
     "dul.DULServiceProvider.__init__": "c82dafa9438ddf70",
