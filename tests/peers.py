@@ -132,6 +132,21 @@ def acknowledged(output: str) -> list[str]:
     return uids
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (from /proc), children before grandchildren."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'
+            fields = stat.read_text().rpartition(")")[2].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
 class NodeProcess:
     """``python -m dicomnode serve`` with a configuration written for the test."""
 
@@ -199,6 +214,18 @@ class NodeProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._log.close()
+
+    def kill_all(self) -> None:
+        """``kill -9`` of the whole node, as when its machine or container dies: the node's
+        process and all it started (listener processes, pipeline workers). The node alone is
+        not enough since ``node.listeners``: its listeners then let open associations finish
+        (and a test that meant to cut a transfer off would see every instance stored)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)  # no listener or worker restarted meanwhile
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.kill()
 
     def stop(self, timeout: float = 60) -> int:
         assert self.proc is not None

@@ -68,13 +68,14 @@ def test_kill_9_while_receiving_loses_nothing(tmp_path: Path) -> None:
                 break
             time.sleep(0.02)
         time.sleep(rng.uniform(0, 0.05))  # mid-transfer or mid-write, not on a boundary
-        node.kill()
+        node.kill_all()  # the listener processes too: they would let the association finish
         sender.wait(120)
         reader.join(10)
         got = set(acknowledged("".join(lines)))
         assert got <= originals
         acked |= got
         print(f"round {round_ + 1}: {len(got)} acknowledged before kill -9")
+        assert len(got) < len(originals), "the kill came after the whole study was stored"
     assert acked, "no C-STORE was acknowledged before the kills: the test proves nothing"
     # A last start without a kill: the node recovers its spool and drains it.
     node.start()

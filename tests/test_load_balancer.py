@@ -20,8 +20,6 @@ import datetime
 import functools
 import io
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -211,33 +209,6 @@ def _started(node: NodeProcess) -> bool:
     return False
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process under ``pid`` (from /proc), children before grandchildren."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'
-            fields = stat.read_text().rpartition(")")[2].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
-
-
-def kill_node(node: NodeProcess) -> None:
-    """``kill -9`` of the whole node, as when its machine or container dies: the node's
-    process and all it started (listener processes, pipeline workers). The node alone is not
-    enough since ``node.listeners``: its listeners then let open associations finish."""
-    assert node.proc is not None
-    os.kill(node.proc.pid, signal.SIGSTOP)  # no listener or worker restarted meanwhile
-    for pid in descendants(node.proc.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    node.kill()
-
-
 def _stop(node: NodeProcess) -> None:
     if node.proc is not None and node.proc.poll() is None:
         node.stop()
@@ -334,7 +305,7 @@ def test_three_nodes_behind_haproxy(tmp_path: Path) -> None:
             "a quarter of the second study acknowledged",
             0.02,
         )
-        kill_node(victim)
+        victim.kill_all()  # as when its machine or container dies
         killed = time.monotonic()
         wait_for(
             lambda: haproxy.status().get("node1", "").startswith("DOWN"), 10, "node1 down", 0.05
