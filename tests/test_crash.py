@@ -20,11 +20,11 @@ from tests.peers import PEER_ENV, NodeProcess, acknowledged, make_study, wait_fo
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 ROUNDS = 4
-TARGETS = [25, 300, 650, 950]  # acknowledgements before each kill: early, middle, late
+TARGETS = [25, 150, 300, 425]  # acknowledgements before each kill: early, middle, late
 
 
 def test_kill_9_while_receiving_loses_nothing(tmp_path: Path) -> None:
-    study = make_study(tmp_path / "study", series=10, per_series=100)
+    study = make_study(tmp_path / "study", series=5, per_series=100)
     originals = {str(ds.SOPInstanceUID) for ds in study}
     node = NodeProcess(tmp_path)
     exe = require_tool("storescu")
