@@ -117,7 +117,7 @@ class _WokenSocket(AssociationSocket):
 def woken(event: evt.Event) -> None:
     """``EVT_CONN_OPEN`` handler for associations this node requests: their two threads wait
     for work instead of polling every millisecond (``dicomnode._wakeup``; an open, idle
-    association cost ~8% of a core, and each C-STORE waited for the reactor's next look).
+    association cost 8-11% of a core, and each C-STORE waited for the reactor's next look).
     Fired on the DUL thread before ``AE.associate`` starts the association's own."""
     assoc = event.assoc
     transport = assoc.dul.socket

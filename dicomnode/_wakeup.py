@@ -3,7 +3,7 @@
 pynetdicom 3.0.4 runs two loops per association: the DUL thread
 (``DULServiceProvider.run_reactor``) sleeps ``_run_loop_delay`` (1 ms) whenever it found
 nothing to do, and the association thread (``Association._run_reactor``) sleeps 1 ms per
-loop. An open association that carries nothing so costs ~8% of a core here (measured with a
+loop. An open association that carries nothing so costs 8-11% of a core here (measured with a
 requestor associated with storescp and idle for 5 s), and each message waits for the next
 look. :meth:`Wakeup.install` replaces both sleeps by waits that the association's own queues
 end: the DUL thread (``_run_loop_delay`` 0) blocks in its socket's ``ready`` on the socket and

@@ -332,10 +332,16 @@ class MemoryWatch:
 _watches: dict[int, MemoryWatch] = {}
 
 
-def watch_memory(node: NodeProcess) -> None:
-    """Start sampling the node's memory (call right after it starts)."""
+@contextlib.contextmanager
+def watch_memory(node: NodeProcess) -> Iterator[MemoryWatch]:
+    """Sample the node's memory while inside (enter right after it starts)."""
     assert node.proc is not None
-    _watches[node.proc.pid] = MemoryWatch(node.proc.pid)
+    watch = _watches[node.proc.pid] = MemoryWatch(node.proc.pid)
+    try:
+        yield watch
+    finally:
+        watch.stop()
+        del _watches[node.proc.pid]
 
 
 def assert_memory_bounded(node: NodeProcess) -> None:
@@ -379,9 +385,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         },
     )
     process.start()
-    watch_memory(process)
     try:
-        yield process
+        with watch_memory(process):
+            yield process
     finally:
         process.stop()
 
@@ -663,8 +669,7 @@ def test_an_idle_tls_connection_does_not_stall_mutual_tls(tmp_path: Path) -> Non
         "require_client_certificate": True,
     }
     node = NodeProcess(tmp_path / "node", node={"request_timeout_s": REQUEST_TIMEOUT_S, "tls": tls})
-    with running(node):
-        watch_memory(node)
+    with running(node), watch_memory(node):
         log = Log(node)
         idle = [connect(node.port, f"127.0.0.{30 + n}") for n in range(3)]
         half = connect(node.port, "127.0.0.40")
