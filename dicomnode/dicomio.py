@@ -44,6 +44,7 @@ __all__ = [
     "encode_chunks",
     "encode_instance",
     "encode_items",
+    "header_of_data_set",
     "raw",
     "read_header",
     "read_instance",
@@ -287,13 +288,9 @@ def read_header(
     header attribute. None when the values cannot be known: not DICOM, malformed, or the data
     set goes on past ``max_bytes`` before reaching that point.
     """
-    from dicomnode.conditions import header_values
-
-    wanted = list(keywords)
-    tags = sorted(t for t in (tag_for_keyword(k) for k in wanted) if t is not None)
-    if not tags:
+    keywords = list(keywords)
+    if not any(tag_for_keyword(k) is not None for k in keywords):
         return {}
-    last = tags[-1]
     try:
         with open(path, "rb") as fp:
             read_preamble(fp, False)
@@ -307,13 +304,50 @@ def read_header(
                 data = data[:max_bytes]
             else:
                 return None
-        passed = False
+    except Exception:  # whatever a sender wrote: the decision is "cannot tell", never an error
+        return None
+    return _header_values(data, whole, syntax, keywords)
 
-        def stop(tag: int, _vr: str | None, _length: int) -> bool:
-            nonlocal passed
-            passed = tag > last
-            return passed
 
+def header_of_data_set(
+    head: bytes, whole: bool, syntax: str, keywords: Iterable[str], *, max_bytes: int
+) -> dict[str, tuple[str, ...]] | None:
+    """:func:`read_header` for the first bytes of a data set as received (``head``, in
+    transfer syntax ``syntax``: deflated when that is deflated; ``whole`` when it is all of
+    the data set), with no file to open: the listener keeps them as they arrive."""
+    uid = UID(syntax)
+    try:
+        if uid == DeflatedExplicitVRLittleEndian:
+            data, inflated_whole = _inflate_prefix(io.BytesIO(head), max_bytes)
+            whole = whole and inflated_whole
+        elif uid.is_transfer_syntax:
+            data = head[:max_bytes]
+            whole = whole and len(head) <= max_bytes
+        else:
+            return None
+    except Exception:  # a deflate stream that is not one: "cannot tell"
+        return None
+    return _header_values(data, whole, uid, keywords)
+
+
+def _header_values(
+    data: bytes, whole: bool, syntax: UID, keywords: Iterable[str]
+) -> dict[str, tuple[str, ...]] | None:
+    from dicomnode.conditions import header_values
+
+    wanted = list(keywords)
+    tags = sorted(t for t in (tag_for_keyword(k) for k in wanted) if t is not None)
+    if not tags:
+        return {}
+    last = tags[-1]
+    passed = False
+
+    def stop(tag: int, _vr: str | None, _length: int) -> bool:
+        nonlocal passed
+        passed = tag > last
+        return passed
+
+    try:
         ds = read_dataset(
             cast(BinaryIO, DicomBytesIO(data)),
             syntax.is_implicit_VR,

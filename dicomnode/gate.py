@@ -88,10 +88,12 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicomnode._wakeup import Wakeup, wait_for_data
+from dicomnode.durable import start_writeback
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "HEAD_BYTES",
     "MAX_REQUEST_PDU",
     "MAX_WAITING",
     "PDATA_SLACK",
@@ -101,6 +103,7 @@ __all__ = [
     "RefusalLog",
     "Rejection",
     "SharedCounts",
+    "data_set_head",
     "refused_instance",
 ]
 
@@ -111,6 +114,9 @@ MAX_WAITING = 256  # connections waiting for their A-ASSOCIATE-RQ at once
 MAX_COMMAND_SET = 64 * 1024
 MAX_IN_MEMORY_DATA_SET = MIB  # data sets pynetdicom keeps in memory (not a C-STORE's)
 MAX_DISCARDED = 4096 * MIB  # read and dropped past max_instance_bytes before aborting
+HEAD_BYTES = 64 * 1024  # of each C-STORE data set kept for the handler (data_set_head)
+WRITEBACK_BYTES = 128 * 1024  # a received file's write-out is started this often
+_HEADS_KEPT = 8  # heads not taken by a handler (an association that ended) are dropped
 _GC_EVERY_S = 30.0
 _PDU_TYPES = range(0x01, 0x08)
 _A_ASSOCIATE_RQ = 0x01
@@ -285,6 +291,17 @@ def refused_instance(path: Path | str) -> bool:
         except KeyError:
             return False
         return True
+
+
+def data_set_head(assoc: Association, path: Path | str) -> tuple[bytes, bool] | None:
+    """The first ``HEAD_BYTES`` of the C-STORE data set ``assoc`` received into ``path``, as
+    sent (deflated if its transfer syntax is), and whether that is the whole data set; taken
+    while the bytes went by, so that the handler reads no file for it. None when the gate did
+    not receive it (then read the file)."""
+    guard = assoc.dimse.receive_primitive
+    if not isinstance(guard, _MessageGuard):
+        return None
+    return guard.head(str(path))
 
 
 class SharedCounts:
@@ -1058,6 +1075,11 @@ class _MessageGuard:
         self._data = 0
         self._discarding = False
         self._dead = False
+        self._head = bytearray()  # the start of the C-STORE data set being received
+        self._unsynced = 0  # bytes of it written since its write-out was last started
+        # data set file -> (its first HEAD_BYTES, whether that is all of it), until the
+        # handler takes it (data_set_head)
+        self._heads: collections.OrderedDict[str, tuple[bytes, bool]] = collections.OrderedDict()
 
     @classmethod
     def install(cls, assoc: Association, server: GatedServer) -> None:
@@ -1072,10 +1094,49 @@ class _MessageGuard:
                 return
             single = P_DATA()
             single.presentation_data_value_list.append((context_id, fragment))
+            # (pynetdicom forgets the message's file once the last fragment completes it)
+            message = self._assoc.dimse.message
+            target = getattr(message, "_data_set_file", None)
+            path = getattr(message, "_data_set_path", None)
+            stored = target is not None and path is not None and fragment and not fragment[0] & 1
+            if stored and not self._discarding:
+                # before the handler can run: the last fragment wakes its thread
+                self._keep_head(str(path), fragment)
             self._deliver(single)
-            if self._assoc.dimse.message is None:  # that fragment completed the message
+            done = self._assoc.dimse.message is None  # that fragment completed the message
+            if stored and not self._discarding:
+                self._write_out(target, len(fragment) - 1, done)
+            if done:
                 self._command = self._data = 0
                 self._discarding = False
+                self._head = bytearray()
+                self._unsynced = 0
+
+    def _keep_head(self, path: str, fragment: bytes) -> None:
+        """Keep the first ``HEAD_BYTES`` of a C-STORE's data set as its fragments go by, for
+        its handler (:func:`data_set_head`): published with the last fragment."""
+        if len(self._head) < HEAD_BYTES:
+            self._head += fragment[1 : 1 + HEAD_BYTES - len(self._head)]
+        if fragment[0] & 2:  # the last fragment
+            heads = self._heads
+            heads[path] = (bytes(self._head), self._data <= HEAD_BYTES)
+            while len(heads) > _HEADS_KEPT:
+                heads.popitem(last=False)
+
+    def _write_out(self, target: Any, size: int, done: bool) -> None:
+        """After ``size`` bytes went into a C-STORE's file: start writing the file out
+        (``start_writeback``) every ``WRITEBACK_BYTES`` and at its end, so that the fdatasync
+        which acknowledges it waits for little more than the journal commit."""
+        self._unsynced += size
+        if done or self._unsynced >= WRITEBACK_BYTES:
+            self._unsynced = 0
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                start_writeback(target.fileno())
+
+    def head(self, path: str) -> tuple[bytes, bool] | None:
+        """The first ``HEAD_BYTES`` of the data set received into ``path`` and whether that
+        is all of it; once (None after, or for a file this association did not receive)."""
+        return self._heads.pop(path, None)
 
     def _check(self, data: bytes) -> bytes | None:
         if not data:

@@ -102,14 +102,16 @@ from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ign
 
 from dicomnode._net import set_nodelay
 from dicomnode.config import NodeConfig
-from dicomnode.dicomio import read_header
+from dicomnode.dicomio import header_of_data_set, read_header
 from dicomnode.gate import (
+    HEAD_BYTES,
     AssociationRequest,
     GatedServer,
     Limits,
     RefusalLog,
     Rejection,
     SharedCounts,
+    data_set_head,
     refused_instance,
 )
 from dicomnode.projects import HEADER_BYTES, Router
@@ -142,7 +144,7 @@ STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.x "Refused: SOP Class not s
 STATUS_DATA_SET_MISMATCH = 0xA900  # PS3.4 B.2.3 "Error: Data Set does not match SOP Class"
 
 STORAGE_CLASSES = frozenset(str(c.abstract_syntax) for c in AllStoragePresentationContexts)
-_SOP_CLASS_BYTES = 64 * 1024  # the data set's SOP Class UID comes within its first elements
+_SOP_CLASS_BYTES = HEAD_BYTES  # the data set's SOP Class UID comes within its first elements
 _UID_TEXT = re.compile(r"[0-9.]{1,64}")
 
 # Received datasets go to a file as they arrive; identifiers are never logged.
@@ -390,7 +392,16 @@ class Ingest:
                 f"the command's SOP class ({_describe_class(command)}) is not its presentation "
                 f"context's ({_describe_class(context)})",
             )
-        header = read_header(received, ["SOPClassUID"], max_bytes=_SOP_CLASS_BYTES) or {}
+        head = data_set_head(event.assoc, received)
+        if head is None:
+            header = read_header(received, ["SOPClassUID"], max_bytes=_SOP_CLASS_BYTES)
+        else:
+            syntax = str(event.context.transfer_syntax or "")
+            data, whole = head
+            header = header_of_data_set(
+                data, whole, syntax, ["SOPClassUID"], max_bytes=_SOP_CLASS_BYTES
+            )
+        header = header or {}
         in_data_set = header.get("SOPClassUID") or ()
         if in_data_set and in_data_set[0] != command:
             return (

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -33,13 +34,15 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, association
 from pynetdicom.dimse_primitives import C_STORE
 
+from dicomnode import gate as gate_module
+from dicomnode import ingest as ingest_module
 from dicomnode.config import DicomDestination, NodeConfig
 from dicomnode.forward import echo
-from dicomnode.gate import _abstract_syntaxes
+from dicomnode.gate import HEAD_BYTES, WRITEBACK_BYTES, _abstract_syntaxes
 from dicomnode.ingest import ACCEPTED_TRANSFER_SYNTAXES, Ingest
 from dicomnode.spool import Spool
 from tests.conftest import require_tool
@@ -266,6 +269,72 @@ def test_a_c_store_of_the_wrong_class_is_refused_and_the_association_goes_on(
         "sop-class-not-negotiated",
     ]
     assert list(ingest.spool.tmp.iterdir()) == []
+
+
+def _deflated(ds: Dataset) -> bytes:
+    squeeze = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return squeeze.compress(_encoded(ds)) + squeeze.flush()
+
+
+def test_the_data_set_s_class_is_read_from_the_bytes_as_they_went_by(
+    listener: tuple[Ingest, list[str], list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler checks the data set's SOP Class UID in the first 64 KiB the gate kept while
+    they arrived (no file read), deflated or not; past those 64 KiB it cannot tell and leaves it
+    to the workers. Each received file has its write-out started as it grows (so the fdatasync
+    that acknowledges it has little left to wait for)."""
+    ingest, received, refused = listener
+    heads: list[tuple[int, bool] | None] = []
+    real_head = ingest_module.data_set_head
+
+    def head(assoc: Any, path: Path | str) -> tuple[bytes, bool] | None:
+        got = real_head(assoc, path)
+        heads.append(None if got is None else (len(got[0]), got[1]))
+        return got
+
+    writebacks: list[int] = []
+    real_writeback = gate_module.start_writeback
+
+    def writeback(fd: int) -> None:
+        writebacks.append(os.fstat(fd).st_size)
+        real_writeback(fd)
+
+    monkeypatch.setattr(ingest_module, "data_set_head", head)
+    monkeypatch.setattr(gate_module, "start_writeback", writeback)
+    monkeypatch.setattr(ingest_module, "read_header", None)  # never the file's
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    ae.add_requested_context(MR, DeflatedExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", ingest.port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    big = _ct()
+    big.BitsAllocated = 8
+    big.PixelData = os.urandom(600_000)  # after the class: 64 KiB of it are kept
+    hidden = _ct(MR)
+    hidden.add_new(0x00070010, "LO", "SENDER")  # a private block before group 0008
+    hidden.add_new(0x00071000, "OB", bytes(70_000))  # pushes the class past 64 KiB
+    try:
+        ct, mr = _context_id(assoc, CT), _context_id(assoc, MR)
+        cases = [
+            (ct, CT, _encoded(_ct(MR)), 0xA900),  # small: the whole data set is the head
+            (ct, CT, _encoded(big), 0x0000),
+            (mr, MR, _deflated(_ct(CT)), 0xA900),  # deflated: inflated from the head
+            (mr, MR, _deflated(_ct(MR)), 0x0000),
+            (ct, CT, _encoded(hidden), 0x0000),  # cannot tell at receive: the workers will
+        ]
+        statuses = [_raw_store(assoc, cx, cls, data) for cx, cls, data, _ in cases]
+        assert statuses == [expected for *_, expected in cases]
+    finally:
+        assoc.release()
+    assert [reason for reason, _ in refused] == ["sop-class-mismatch", "sop-class-mismatch"]
+    assert len(received) == 3
+    sizes = [len(data) for _, _, data, _ in cases]
+    assert heads == [(min(size, HEAD_BYTES), size <= HEAD_BYTES) for size in sizes]
+    # every data set's at its end, and the 600 KB one's on the way too (once per fragment
+    # of 128 KiB or more: pynetdicom sends it in PDUs of the 256 KiB the node offers)
+    assert len(writebacks) >= len(cases) + 600_000 // (2 * WRITEBACK_BYTES)
+    assert max(writebacks) > 600_000
 
 
 # -- 3-5. misconfiguration: a node whose allow-list leaves out ECHOSCU --------------------------
