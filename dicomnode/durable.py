@@ -14,8 +14,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import queue
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -83,15 +85,57 @@ _SYNC_RANGE = _sync_file_range()
 
 
 def start_writeback(fd: int) -> None:
-    """Have the kernel start writing ``fd``'s dirty pages to disk now, without waiting.
+    """Have the kernel start writing ``fd``'s dirty pages to disk soon, without waiting.
 
     A file that arrives over the network is written while it arrives: starting its write-out
     as it grows leaves the fdatasync that makes it durable only the tail and the journal commit
     to wait for (0.98 -> 0.21 ms for a 0.5 MB file on the CI disk). This only starts I/O and
-    proves nothing: durability is still that fdatasync's, which follows. A no-op where the
-    call does not exist or fails (the fdatasync then does it all, as before)."""
+    proves nothing: durability is still that fdatasync's, which follows. The call is made on
+    a thread of its own (a duplicate of ``fd``, closed after it): submitting the I/O costs the
+    caller's CPU (~0.1-0.3 ms per 256 KiB here), and the caller is the thread that receives.
+    A no-op where the call does not exist or fails (the fdatasync then does it all)."""
     if _SYNC_RANGE is not None:
-        _SYNC_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+        _WRITEBACK.submit(fd)
+
+
+class _Writeback:
+    """The thread that starts write-outs (:func:`start_writeback`), one per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._pid = 0  # the process whose thread runs (a fork has none)
+
+    def submit(self, fd: int) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._queue = queue.SimpleQueue()
+                    threading.Thread(
+                        target=self._run,
+                        args=(self._queue,),
+                        name="dicomnode-writeback",
+                        daemon=True,
+                    ).start()
+                    self._pid = os.getpid()
+        try:
+            duplicate = os.dup(fd)
+        except OSError:
+            return
+        self._queue.put(duplicate)
+
+    @staticmethod
+    def _run(fds: queue.SimpleQueue[int]) -> None:
+        assert _SYNC_RANGE is not None
+        while True:
+            fd = fds.get()
+            try:
+                _SYNC_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+            finally:
+                os.close(fd)
+
+
+_WRITEBACK = _Writeback()
 
 
 def _read_umask() -> int:

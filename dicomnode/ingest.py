@@ -101,6 +101,7 @@ from pynetdicom.service_class import ServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ignore[attr-defined]
 
 from dicomnode._net import set_nodelay
+from dicomnode._received import install as install_received_files
 from dicomnode.config import NodeConfig
 from dicomnode.dicomio import header_of_data_set, read_header
 from dicomnode.gate import (
@@ -147,8 +148,10 @@ STORAGE_CLASSES = frozenset(str(c.abstract_syntax) for c in AllStoragePresentati
 _SOP_CLASS_BYTES = HEAD_BYTES  # the data set's SOP Class UID comes within its first elements
 _UID_TEXT = re.compile(r"[0-9.]{1,64}")
 
-# Received datasets go to a file as they arrive; identifiers are never logged.
+# Received datasets go to a file as they arrive (opened cheaply: dicomnode._received);
+# identifiers are never logged.
 _config.STORE_RECV_CHUNKED_DATASET = True
+install_received_files()
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
