@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +97,39 @@ def test_retention_of_sent_objects(tmp_path: Path) -> None:
     assert spool.expire_sent(1) == 0
     os.utime(kept, (time.time() - 2 * 86400,) * 2)
     assert spool.expire_sent(1) == 1 and not kept.exists()
+
+
+def test_start_writeback_closes_what_it_opens_and_changes_no_data(tmp_path: Path) -> None:
+    """The write-out is started on a thread of its own, on a duplicate of the descriptor: the
+    caller may close its own at once, the duplicates are closed once used, the data is as
+    written; and a forked child (the pipeline's workers are started by fork on some setups)
+    starts its own thread rather than queueing to its parent's."""
+    from dicomnode import durable
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    data = os.urandom(1 << 20)
+    path = tmp_path / "received.dcm"
+    durable.start_writeback(os.open(os.devnull, os.O_RDONLY))  # the thread is up
+    time.sleep(0.1)
+    before = open_fds()
+    for _ in range(20):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, data)
+        durable.start_writeback(fd)
+        os.close(fd)
+    deadline = time.monotonic() + 10
+    while open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert open_fds() == before
+    assert path.read_bytes() == data
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's exit status is the assertion
+        fd = os.open(path, os.O_RDONLY)
+        durable.start_writeback(fd)
+        os.close(fd)
+        alive = any(t.name == "dicomnode-writeback" for t in threading.enumerate())
+        os._exit(0 if alive else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
