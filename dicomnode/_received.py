@@ -80,14 +80,9 @@ def create_file_meta(**kwargs: Any) -> Any:
         kwargs.get("sop_instance_uid"),
         kwargs.get("transfer_syntax"),
     )
-    implementation = (
-        kwargs.get("implementation_uid", PYNETDICOM_IMPLEMENTATION_UID),
-        kwargs.get("implementation_version", PYNETDICOM_IMPLEMENTATION_VERSION),
-    )
     plain = all(isinstance(u, str) and _PLAIN_UID.fullmatch(u) for u in uids)
     if not plain or set(kwargs) - {"sop_class_uid", "sop_instance_uid", "transfer_syntax"}:
-        return _pynetdicom_create_file_meta(**kwargs)
-    assert implementation == (PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION)
+        return _pynetdicom_create_file_meta(**kwargs)  # (or another implementation's UID)
     sop_class, sop_instance, syntax = (str(u) for u in uids)
     body = b"".join(
         (

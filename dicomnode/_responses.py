@@ -42,6 +42,8 @@ def encode_store_response(primitive: Any) -> bytes | None:
     answered, status = primitive.MessageIDBeingRespondedTo, primitive.Status
     if not isinstance(answered, int) or not isinstance(status, int):
         return None
+    if not (0 <= answered <= 0xFFFF and 0 <= status <= 0xFFFF):
+        return None  # pynetdicom's own checks say what is wrong
     if primitive.OffendingElement is not None or primitive.ErrorComment is not None:
         return None
     if primitive.DataSet is not None:

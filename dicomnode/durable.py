@@ -66,6 +66,7 @@ class Access(StrEnum):
 
 
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writing dirty pages out, do not wait
+_WRITEBACK_WAITING = 64  # write-outs queued at most (a disk that falls behind skips the rest)
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -118,6 +119,8 @@ class _Writeback:
                         daemon=True,
                     ).start()
                     self._pid = os.getpid()
+        if self._queue.qsize() >= _WRITEBACK_WAITING:
+            return  # the disk is behind: the fdatasync will do it (no descriptors piled up)
         try:
             duplicate = os.dup(fd)
         except OSError:

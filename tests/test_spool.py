@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from dicomnode.spool import Spool, calling_ae_of, new_id
 
 
@@ -133,3 +135,39 @@ def test_start_writeback_closes_what_it_opens_and_changes_no_data(tmp_path: Path
         os._exit(0 if alive else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_start_writeback_piles_up_no_descriptors_behind_a_slow_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that falls behind (the call blocks) costs at most a bounded queue of
+    duplicated descriptors: the rest are skipped (the fdatasync does their work)."""
+    from dicomnode import durable
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    released = threading.Event()
+    real = durable._SYNC_RANGE
+    assert real is not None
+
+    def slow(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        released.wait(10)
+        return real(fd, offset, nbytes, flags)
+
+    durable.start_writeback(os.open(os.devnull, os.O_RDONLY))  # the thread is up
+    time.sleep(0.1)
+    before = open_fds()
+    monkeypatch.setattr(durable, "_SYNC_RANGE", slow)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(1000):
+            durable.start_writeback(fd)
+        assert open_fds() <= before + 1 + durable._WRITEBACK_WAITING + 1
+    finally:
+        released.set()
+        os.close(fd)
+    deadline = time.monotonic() + 10
+    while open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert open_fds() == before
