@@ -81,9 +81,16 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
+from dicomnode._commands import Requests
 from dicomnode._wakeup import Wakeup, wait_for_data
 
-__all__ = ["responses_to_sender", "unread_answer", "unread_rejection", "woken"]
+__all__ = [
+    "direct_requests",
+    "responses_to_sender",
+    "unread_answer",
+    "unread_rejection",
+    "woken",
+]
 
 
 def responses_to_sender(event: evt.Event) -> None:
@@ -128,6 +135,13 @@ def woken(event: evt.Event) -> None:
     transport.__class__ = _WokenSocket
     cast(_WokenSocket, transport)._wakeup = wakeup
     assoc.bind(evt.EVT_CONN_CLOSE, lambda _event: wakeup.close())
+
+
+def direct_requests(event: evt.Event) -> None:
+    """``EVT_CONN_OPEN`` handler for associations this node requests: C-STORE requests of a
+    file have their command set encoded directly, not through pydicom
+    (``dicomnode._commands``: ~0.8 ms of the forwarder's CPU per instance)."""
+    Requests.install(event.assoc)
 
 
 def unread_answer(assoc: Association) -> A_ASSOCIATE | A_ABORT | A_P_ABORT | None:

@@ -60,7 +60,13 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
 from dicomnode import _tls
 from dicomnode._net import set_nodelay
-from dicomnode._scu import responses_to_sender, unread_answer, unread_rejection, woken
+from dicomnode._scu import (
+    direct_requests,
+    responses_to_sender,
+    unread_answer,
+    unread_rejection,
+    woken,
+)
 from dicomnode.batch import output_path
 from dicomnode.config import (
     ClientTLSConfig,
@@ -518,6 +524,7 @@ class DicomSender:
                 (evt.EVT_CONN_OPEN, set_nodelay),
                 (evt.EVT_CONN_OPEN, responses_to_sender),  # see dicomnode._scu
                 (evt.EVT_CONN_OPEN, woken),  # see dicomnode._wakeup
+                (evt.EVT_CONN_OPEN, direct_requests),  # see dicomnode._commands
             ],
             tls_args=tls_args,
         )

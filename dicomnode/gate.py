@@ -87,7 +87,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from dicomnode._responses import Responses
+from dicomnode._commands import Responses
 from dicomnode._wakeup import Wakeup, wait_for_data
 from dicomnode.durable import start_writeback
 

@@ -748,11 +748,12 @@ PINNED = {
     "dul.DULServiceProvider.stop_dul": "28a7e0be126e7b30",
     "dul.DULServiceProvider.kill_dul": "5ceccf8dd01c2072",
     "dimse.DIMSEServiceProvider.get_msg": "890e3e04283f5aeb",
-    # the C-STORE responses encoded directly (dicomnode._responses; tests/test_responses.py
+    # the C-STORE commands encoded directly (dicomnode._commands; tests/test_commands.py
     # compares the bytes) and the received file opened cheaply (dicomnode._received)
     "dimse.DIMSEServiceProvider.send_msg": "a839cf2fb46976d9",
     "dimse_messages.DIMSEMessage.primitive_to_message": "71fd61d5997f0f0c",
     "dimse_messages.DIMSEMessage.encode_msg": "73000c902c52832d",
+    "association.Association.send_c_store": "fa5a8127f349f8e7",  # the forwarder's requests
 }
 _MODULES = {
     "association": association,
