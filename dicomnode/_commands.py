@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -166,9 +166,9 @@ def _send_fragment(assoc: Association, context_id: int, fragment: bytes) -> None
     assoc.dul.send_pdu(pdata)
 
 
-class Responses:
-    """An accepted association's ``dimse.send_msg``: C-STORE responses encoded here
-    (:func:`encode_store_response`), everything else by pynetdicom."""
+class _DirectSend:
+    """An association's ``dimse.send_msg``: the messages :meth:`encode` knows are sent here
+    (its command set, then :meth:`data_set`), everything else by pynetdicom."""
 
     def __init__(self, assoc: Association) -> None:
         self._assoc = assoc
@@ -179,32 +179,38 @@ class Responses:
         setattr(assoc.dimse, "send_msg", cls(assoc))  # noqa: B010 - a method, per instance
 
     def __call__(self, primitive: Any, context_id: int) -> None:
-        encoded = encode_store_response(primitive)
-        if encoded is None or not _ours(self._assoc, encoded):
+        assoc = self._assoc
+        encoded = self.encode(primitive)
+        if not _ours(assoc, encoded):
             self._send(primitive, context_id)
             return
-        _send_fragment(self._assoc, context_id, _COMMAND_LAST + encoded)
+        _send_fragment(assoc, context_id, _COMMAND_LAST + cast(bytes, encoded))
+        for fragment in self.data_set(primitive, assoc.dimse.maximum_pdu_size):
+            _send_fragment(assoc, context_id, fragment)
+
+    @staticmethod
+    def encode(primitive: Any) -> bytes | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def data_set(primitive: Any, max_pdu: int) -> Iterator[bytes]:
+        return iter(())
 
 
-class Requests:
+class Responses(_DirectSend):
+    """An accepted association's ``dimse.send_msg``: C-STORE responses encoded here
+    (:func:`encode_store_response`), everything else by pynetdicom."""
+
+    encode = staticmethod(encode_store_response)
+
+
+class Requests(_DirectSend):
     """A requested association's ``dimse.send_msg``: C-STORE requests of a file encoded here
     (:func:`encode_store_request`; the data set read from the file as pynetdicom reads it),
     everything else by pynetdicom."""
 
-    def __init__(self, assoc: Association) -> None:
-        self._assoc = assoc
-        self._send: Callable[[Any, int], None] = assoc.dimse.send_msg
+    encode = staticmethod(encode_store_request)
 
-    @classmethod
-    def install(cls, assoc: Association) -> None:
-        setattr(assoc.dimse, "send_msg", cls(assoc))  # noqa: B010 - a method, per instance
-
-    def __call__(self, primitive: Any, context_id: int) -> None:
-        encoded = encode_store_request(primitive)
-        assoc = self._assoc
-        if encoded is None or not _ours(assoc, encoded):
-            self._send(primitive, context_id)
-            return
-        _send_fragment(assoc, context_id, _COMMAND_LAST + encoded)
-        for fragment in data_set_fragments(primitive._dataset_path, assoc.dimse.maximum_pdu_size):
-            _send_fragment(assoc, context_id, fragment)
+    @staticmethod
+    def data_set(primitive: Any, max_pdu: int) -> Iterator[bytes]:
+        return data_set_fragments(primitive._dataset_path, max_pdu)

@@ -225,7 +225,8 @@ class RefusalLog:
     """One line per refused connection, at most ``burst`` lines per reason in each
     ``window_s``; beyond that refusals are counted and summed up in one line when the window
     ends. A flood of one kind cannot hide the others, and the log grows by at most
-    ``burst`` lines per reason (a short, fixed list) per window, whatever arrives."""
+    ``burst`` lines per reason (a short, fixed list) per window, whatever arrives: in each
+    listener process, each keeping its own (``node.listeners``)."""
 
     def __init__(
         self,

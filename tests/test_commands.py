@@ -18,9 +18,8 @@ import dicomnode.forward  # noqa: F401 - the forwarder's pynetdicom settings: fi
 from dicomnode import _commands as commands
 from dicomnode._commands import data_set_fragments, encode_store_request, encode_store_response
 from dicomnode._scu import direct_requests
-from dicomnode.config import NodeConfig
 from dicomnode.ingest import Ingest
-from dicomnode.spool import Spool
+from tests.test_ingest import listener  # noqa: F401 - the fixture: the node's listener
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -34,9 +33,11 @@ def _response(**fields: Any) -> C_STORE:
     return rsp
 
 
-def _pynetdicom(rsp: C_STORE, max_pdu: int = 0) -> list[bytes]:
-    message = C_STORE_RSP()
-    message.primitive_to_message(rsp)
+def _pynetdicom(primitive: C_STORE, max_pdu: int = 0) -> list[bytes]:
+    """The PDVs pynetdicom's send_msg sends for ``primitive``."""
+    response = primitive.MessageIDBeingRespondedTo is not None
+    message = C_STORE_RSP() if response else C_STORE_RQ()
+    message.primitive_to_message(primitive)
     return [
         data
         for pdata in message.encode_msg(1, max_pdu)
@@ -120,16 +121,6 @@ def _request(path: Path, offset: int, **fields: Any) -> C_STORE:
     return req
 
 
-def _pynetdicom_request(req: C_STORE, max_pdu: int) -> list[bytes]:
-    message = C_STORE_RQ()
-    message.primitive_to_message(req)
-    return [
-        data
-        for pdata in message.encode_msg(1, max_pdu)
-        for _, data in pdata.presentation_data_value_list
-    ]
-
-
 @pytest.mark.parametrize("pixel_bytes", [0, 1, 16_000, 300_001])
 @pytest.mark.parametrize("max_pdu", [0, 16_384, 65_536, 262_144])
 def test_a_request_of_a_file_is_pynetdicom_s_bytes(
@@ -142,7 +133,7 @@ def test_a_request_of_a_file_is_pynetdicom_s_bytes(
         encoded = encode_store_request(req)
         assert encoded is not None
         ours = [b"\x03" + encoded, *data_set_fragments((path, offset), max_pdu)]
-        assert ours == _pynetdicom_request(req, max_pdu)
+        assert ours == _pynetdicom(req, max_pdu)
 
 
 def test_an_empty_data_set_is_one_empty_last_fragment(tmp_path: Path) -> None:
@@ -150,7 +141,7 @@ def test_an_empty_data_set_is_one_empty_last_fragment(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 10)
     req = _request(path, 10)
     assert list(data_set_fragments((path, 10), 16_384)) == [b"\x02"]
-    assert _pynetdicom_request(req, 16_384)[1:] == [b"\x02"]
+    assert _pynetdicom(req, 16_384)[1:] == [b"\x02"]
 
 
 @pytest.mark.parametrize(
@@ -175,7 +166,11 @@ def test_other_requests_are_left_to_pynetdicom(tmp_path: Path, fields: dict[str,
     assert encode_store_request(in_memory) is None
 
 
-def test_both_ends_over_a_real_association(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_both_ends_over_a_real_association(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: tuple[Ingest, list[str]],  # noqa: F811 - test_ingest's fixture
+) -> None:
     """A forwarder-style association (``direct_requests``) sends files to the node's own
     listener (``Responses``): every command of both ends takes the direct path, and the
     spool holds each data set byte for byte."""
@@ -188,35 +183,24 @@ def test_both_ends_over_a_real_association(tmp_path: Path, monkeypatch: pytest.M
         real(assoc, context_id, fragment)
 
     monkeypatch.setattr(commands, "_send_fragment", spy)
-    spool = Spool(tmp_path / "spool").create(["a"])
-    received: list[str] = []
-    ingest = Ingest(
-        NodeConfig(port=0, disk_floor_mb=1),
-        spool,
-        on_received=lambda item, ae, size, seconds: received.append(item),
-        on_refused=lambda reason, ae: None,
+    ingest, received = listener
+    ae = AE(ae_title="FORWARDER")
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1",
+        ingest.port,
+        ae_title="DICOMNODE",
+        evt_handlers=[(evt.EVT_CONN_OPEN, direct_requests)],
     )
-    ingest.start()
+    assert assoc.is_established
+    files = [_file(tmp_path, size) for size in (0, 5_000, 700_001)]
     try:
-        ae = AE(ae_title="FORWARDER")
-        ae.add_requested_context(CT, ExplicitVRLittleEndian)
-        assoc = ae.associate(
-            "127.0.0.1",
-            ingest.port,
-            ae_title="DICOMNODE",
-            evt_handlers=[(evt.EVT_CONN_OPEN, direct_requests)],
-        )
-        assert assoc.is_established
-        files = [_file(tmp_path, size) for size in (0, 5_000, 700_001)]
-        try:
-            statuses = [assoc.send_c_store(path).Status for path, _ in files]
-        finally:
-            assoc.release()
+        statuses = [assoc.send_c_store(path).Status for path, _ in files]
     finally:
-        ingest.stop()
+        assoc.release()
     assert statuses == [0, 0, 0]
     assert len(sent) == 2 * len(files)  # each request and each response
-    stored = sorted((spool.incoming).iterdir(), key=lambda p: p.stat().st_size)
+    stored = sorted(ingest.spool.incoming.iterdir(), key=lambda p: p.stat().st_size)
     assert len(received) == len(stored) == len(files)
     for (path, offset), copy in zip(files, stored, strict=True):
         assert copy.read_bytes()[split_dataset(copy)[1] :] == path.read_bytes()[offset:]

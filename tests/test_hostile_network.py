@@ -621,10 +621,13 @@ def test_a_sender_stores_within_seconds_while_100_hostile_sockets_are_open(
         r"no complete A-ASSOCIATE-RQ \([1-9]\d* bytes of one received\) within 2", text
     )
     # not flooded: at most 10 lines per reason (6 here) per 10 s window and one summary per
-    # window; nothing from pynetdicom
+    # window, in each listener process (each keeps its own count: which of them takes the
+    # hostile connections varies from run to run); nothing from pynetdicom
     refused = sum(hostile.refused.values())
     assert refused > 2 * len(lines), (refused, len(lines))
-    assert len(lines) <= windows * (10 * 6 + 1), f"{len(lines)} lines in {windows} windows"
+    listeners = int(node.metrics()["dicomnode_listeners"])
+    bound = listeners * windows * (10 * 6 + 1)
+    assert len(lines) <= bound, f"{len(lines)} lines in {windows} windows, {listeners} listeners"
     assert not [line for line in log.lines() if "pynetdicom" in line]
     assert_memory_bounded(node)
 
