@@ -92,14 +92,13 @@ __all__ = [
 ]
 
 # Send files as they are on disk, without decoding them, when the destination accepts their
-# transfer syntax; never log identifiers,
+# transfer syntax.
 _config.STORE_SEND_CHUNKED_DATASET = True
-# nor have pynetdicom's standard handlers describe every PDU and DIMSE message for its debug
-# log (they build the text whatever the log level: ~0.1 ms per message). Our lines say what
-# an operator needs.
-_config.LOG_HANDLER_LEVEL = "none"
+# Never log identifiers, nor describe every PDU and message for pynetdicom's debug log (as
+# dicomnode.ingest says).
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+_config.LOG_HANDLER_LEVEL = "none"
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128  # presentation contexts in one association (PS3.8: odd ids 1..255)

@@ -1133,6 +1133,9 @@ class _MessageGuard:
         self._unsynced += size
         if done or self._unsynced >= WRITEBACK_BYTES:
             self._unsynced = 0
+            # At the last fragment the handler may already have closed the file (ValueError);
+            # should its descriptor's number be reused in between, starting another file's
+            # write-out is all that happens: harmless.
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 start_writeback(target.fileno())
 

@@ -148,16 +148,15 @@ STORAGE_CLASSES = frozenset(str(c.abstract_syntax) for c in AllStoragePresentati
 _SOP_CLASS_BYTES = HEAD_BYTES  # the data set's SOP Class UID comes within its first elements
 _UID_TEXT = re.compile(r"[0-9.]{1,64}")
 
-# Received datasets go to a file as they arrive (opened cheaply: dicomnode._received);
-# identifiers are never logged,
+# Received datasets go to a file as they arrive (opened cheaply: dicomnode._received).
 _config.STORE_RECV_CHUNKED_DATASET = True
-# nor have pynetdicom's standard handlers describe every PDU and DIMSE message for its debug
-# log (they build the text whatever the log level: ~0.1 ms per message). Our lines say what
-# an operator needs.
-_config.LOG_HANDLER_LEVEL = "none"
 install_received_files()
+# Identifiers are never logged, and pynetdicom's standard handlers do not describe every PDU
+# and DIMSE message for its debug log (they build the text whatever the log level: ~0.1 ms
+# per message); our lines say what an operator needs.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+_config.LOG_HANDLER_LEVEL = "none"
 
 
 class Ingest:
