@@ -15,11 +15,13 @@ model cannot be downloaded offline). Prints a table with ratios.
 Then, per modality and per kind of burned-in text, recall and cost side by side (``--frames``
 frames a row; ``--presence-only`` prints only this table): text-free frames that look like
 real CT, MR, PET, NM and CR (``dicomnode.synth_anatomy``: body outline, organs, bone, lung,
-noise texture; windowed to 8 bits as the stage does), and the same frames with text burned
-in (plain, small, faint, inverted, coloured, over anatomy, a dense block, vertical). For both
+noise texture; windowed to 8 bits as the stage does), also at sizes below 512 px (``SMALL``:
+CT, MR, PET and NM matrices of 64 to 256 px, where organs are the size of characters), and
+the same frames with text burned in (plain, small, faint, inverted, coloured, over anatomy, a dense block, vertical). For both
 presence checks the stage has (``pixels.presence``): the thorough one
 (``dicomnode.pixels.presence``, strokes) and the learned one (``dicomnode.pixels.lines``,
-model ``lines_model.json`` from ``tools/train_presence.py``): how often it sends a text-free
+model ``lines_model.json`` and its net ``lines_model.onnx`` from
+``tools/train_presence.py``): how often it sends a text-free
 frame to the detector and its ms; the lines it sends (candidate recall) and those the
 detector then finds (detection recall), and the ms of both stages, CPU time on one core.
 (Each check alone: in the stage, a frame on which the learned check led to text is searched
@@ -68,6 +70,10 @@ from dicomnode.synth import make_set  # noqa: E402
 cv2.setNumThreads(0)  # no OpenCV thread pool, as PixelStage sets it (pixels.detector.threads: 1)
 
 
+#: Text-free frames of other sizes in the presence table (``synth_anatomy.SIDES``).
+SMALL = (("CT", 64), ("CT", 128), ("CT", 256), ("MR", 128), ("PT", 128), ("NM", 64))
+
+
 def presence_table(frames: int, detector: Any) -> None:
     """Recall and cost per modality (text-free) and per kind of text, side by side, for the
     thorough and the learned presence check (see the module's docstring)."""
@@ -76,7 +82,7 @@ def presence_table(frames: int, detector: Any) -> None:
     from dicomnode.pixels import codec, lines, presence
     from dicomnode.pixels.boxes import Box
     from dicomnode.pixels.detect import find_text
-    from dicomnode.synth_anatomy import FRAMES, TEXT_KINDS, burn
+    from dicomnode.synth_anatomy import FRAMES, TEXT_KINDS, burn, sized
 
     variants = {"thorough": presence.candidates, "learned": lines.candidates}
     rng = np.random.default_rng(12)
@@ -87,6 +93,9 @@ def presence_table(frames: int, detector: Any) -> None:
     rows: list[tuple[str, list[Any], list[list[tuple[int, int, int, int]]]]] = []
     for modality, make in FRAMES.items():
         rows.append((f"{modality} text-free", [shown(make(rng)) for _ in range(frames)], []))
+    for modality, side in SMALL:  # frames below 512 px: organs the size of characters
+        pictures = [shown(sized(modality, rng, side)) for _ in range(frames)]
+        rows.append((f"{modality} {side}x{side} text-free", pictures, []))
     modalities = list(FRAMES)
     for kind in TEXT_KINDS:
         pictures, truths = [], []

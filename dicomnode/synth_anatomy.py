@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["FRAMES", "cr_chest", "ct_slice", "mr_slice", "nm_planar", "pt_slice"]
+__all__ = ["FRAMES", "SIDES", "cr_chest", "ct_slice", "mr_slice", "nm_planar", "pt_slice", "sized"]
 
 
 def _blob(
@@ -270,6 +270,35 @@ FRAMES = {  # modality -> a text-free frame as stored (for the benchmarks)
     "NM": lambda rng: nm_planar(rng),
     "CR": lambda rng: cr_chest(rng),
 }
+
+#: Other widths each modality is stored at: reduced series and thumbnails (CT), MR matrices,
+#: PET and SPECT matrices, NM static and dynamic studies (64 and 128), CR from a small
+#: detector or a reduced copy. Frames below 512 px are common and look different to a
+#: presence check: organs and bones shrink to the size of characters.
+SIDES = {
+    "CT": (64, 128, 256, 384, 512),
+    "MR": (64, 128, 192, 256, 320, 384, 512),
+    "PT": (64, 96, 128, 144, 192, 256),
+    "NM": (64, 128, 256),
+    "CR": (256, 384, 512, 1024),
+}
+
+
+def sized(modality: str, rng: np.random.Generator, side: int) -> np.ndarray:
+    """A text-free frame of ``modality`` (a key of ``FRAMES``) ``side`` pixels wide: square
+    slices; NM a whole-body strip four times as high, or a square static frame below 256;
+    CR a portrait detector (5:4)."""
+    if modality == "CT":
+        return ct_slice(rng, side)
+    if modality == "MR":
+        return mr_slice(rng, side)
+    if modality == "PT":
+        return pt_slice(rng, side)
+    if modality == "NM":
+        return nm_planar(rng, (side if side < 256 else 4 * side, side))
+    if modality == "CR":
+        return cr_chest(rng, (side * 5 // 4, side))
+    raise ValueError(f"no synthetic {modality} frames")
 
 
 TEXT_KINDS = (

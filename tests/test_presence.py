@@ -184,7 +184,7 @@ HELD_OUT = range(50_000, 50_012)
 def test_the_model_file_loads_with_the_version_and_shape_the_code_reads() -> None:
     data = json.loads(lines.MODEL.read_text())
     assert lines.MODEL.parent == Path(lines.__file__).parent  # package data, beside the code
-    assert data["version"] == lines.MODEL_VERSION == 1
+    assert data["version"] == lines.MODEL_VERSION == 2
     assert tuple(data["features"]) == lines.FEATURES
     depth = data["depth"]
     assert len(data["feature"]) == len(data["split"]) == len(data["leaf"]) > 0
@@ -202,7 +202,8 @@ def test_the_model_file_loads_with_the_version_and_shape_the_code_reads() -> Non
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ({"version": 2}, "version 2"),
+        ({"version": 1}, "version 1"),  # trees without the net (lines_net.py)
+        ({"net_threshold": 1.0}, "shape"),
         ({"features": ["marks"]}, "other features"),
         ({"threshold": 1.5}, "shape"),
         ({"coarse_threshold": 0.01}, "shape"),  # below the first threshold
@@ -222,21 +223,25 @@ def test_a_foreign_model_file_is_a_config_error(
 
 
 def test_training_the_learned_model_is_deterministic(tmp_path: Path) -> None:
-    """The same arguments write the same file (a small run: a few seconds)."""
+    """The same arguments write the same files, the model and its net (a small run: a few
+    seconds), and the node can load them."""
     written = []
-    for name in ("a.json", "b.json"):
-        out = tmp_path / name
+    for name in ("a", "b"):
+        out = tmp_path / name / "model.json"
+        out.parent.mkdir()
         subprocess.run(
             [sys.executable, str(ROOT / "tools/train_presence.py"), "--frames", "24",
-             "--held-out", "6", "--trees", "4", "--out", str(out)],
+             "--held-out", "6", "--trees", "4", "--epochs", "1", "--out", str(out)],
             check=True, capture_output=True,
         )  # fmt: skip
-        written.append(out.read_bytes())
+        written.append((out.read_bytes(), out.with_suffix(".onnx").read_bytes()))
     assert written[0] == written[1]
-    made = json.loads(written[0])
-    assert made["version"] == lines.MODEL_VERSION
+    made = json.loads(written[0][0])
+    assert made["version"] == lines.MODEL_VERSION and made["net"] == "model.onnx"
     assert 0 <= made["threshold"] <= made["coarse_threshold"] < 1
+    assert 0 <= made["net_threshold"] < 1
     assert made["features"] == json.loads(lines.MODEL.read_text())["features"]
+    assert lines.load_model(tmp_path / "a" / "model.json").net is not None
 
 
 def test_lines_of_the_reduced_copy_have_a_threshold_of_their_own(tmp_path: Path) -> None:
@@ -245,13 +250,14 @@ def test_lines_of_the_reduced_copy_have_a_threshold_of_their_own(tmp_path: Path)
     coarse threshold uses the first for both (files written before it)."""
     features = np.zeros((4, len(lines.FEATURES)), np.float32)
     features[2:, lines.FEATURES.index("coarse")] = 1
-    scores = np.array([0.2, 0.9, 0.2, 0.9])
+    scores = np.array([0.3, 0.9, 0.3, 0.9])
     assert lines.sends(features, scores, 0.127, 0.567).tolist() == [True, True, False, True]
     assert lines.sends(features, scores, 0.127, 0.127).tolist() == [True] * 4
     data = json.loads(lines.MODEL.read_text())
     del data["coarse_threshold"]
     path = tmp_path / "older.json"
     path.write_text(json.dumps(data))
+    (tmp_path / data["net"]).write_bytes(lines.MODEL.with_name(data["net"]).read_bytes())
     older = lines.load_model(path)
     assert older.coarse_threshold == older.threshold == data["threshold"]
     assert older.sends(features, scores).tolist() == [True] * 4

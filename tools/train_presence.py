@@ -1,29 +1,41 @@
 #!/usr/bin/env python3
-"""Train the learned presence check's line model: dicomnode/pixels/lines_model.json, shipped
-in the package (see dicomnode/pixels/lines.py; the pixel stage uses it per ``pixels.presence``).
+"""Train the learned presence check: dicomnode/pixels/lines_model.json (boosted trees) and
+lines_model.onnx (the net's second look), shipped in the package (see
+dicomnode/pixels/lines.py and lines_net.py; the pixel stage uses them per
+``pixels.presence``).
 
-Frames: text-free CT, MR, PET, NM and CR from ``dicomnode.synth_anatomy`` (a third of them),
-and the same kinds of frames, flat screens and ultrasound-like speckle with text burned in:
-every kind ``synth_anatomy.burn`` plants (plain, small, faint, inverted, coloured, over
-anatomy, dense, vertical) and lines in every TrueType font of the system at 7 to 40 px, in
-any grey or colour, light on dark and dark on light, anywhere on the frame. Each candidate
-line of ``lines.describe`` is a positive when it lies (mostly) on a planted line or covers
-most of one, a negative when it touches none; the rest teaches nothing and is left out.
+Frames: text-free CT, MR, PET, NM and CR from ``dicomnode.synth_anatomy`` (a third of them;
+half at the modality's usual size, half at any of its other sizes, 64 px up:
+``synth_anatomy.SIDES``), and the same kinds of frames, flat screens and ultrasound-like
+speckle with text burned in: every kind ``synth_anatomy.burn`` plants (plain, small, faint,
+inverted, coloured, over anatomy, dense, vertical) and lines in every TrueType font of the
+system at 7 to 40 px, in any grey or colour, light on dark and dark on light, anywhere on
+the frame. Each candidate line of ``lines.describe`` is a positive when it lies (mostly) on
+a planted line or covers most of one, a negative when it touches none; the rest teaches
+nothing and is left out.
 
-The model is a small ensemble of boosted trees of depth 4 (logistic loss, histogram splits),
-fitted here in numpy, so that the node needs nothing but numpy to use it. Frames of seeds
-from ``--seed`` on train it; the next ``--held-out`` seeds choose the threshold for recall:
-the highest at which the held-out planted lines covered by the candidates (padded as the
-detector's crops are, 90% of the line) are all those covered when every line is sent, less
-``--miss`` of them (default 0.5%: a handful of near-invisible lines of the varied set would
-otherwise hold the threshold at 0 and send every frame). Lines seen on the copy reduced four
-times get a threshold of their own, the highest that loses at most ``--coarse-miss`` (0.1%)
-of the held-out lines more (``lines.sends``).
+The trees: boosted trees of depth 5 (logistic loss, histogram splits), fitted here in numpy,
+so that the node needs nothing but numpy to use them. Frames of seeds from ``--seed`` on
+train them; the next ``--held-out`` seeds choose the threshold for recall: the highest at
+which the held-out planted lines covered by the candidates (padded as the detector's crops
+are, 90% of the line) are all those covered when every line is sent, less ``--miss`` of them
+(default 0.5%: a handful of near-invisible lines of the varied set would otherwise hold the
+threshold at 0 and send every frame). Lines seen on the copy reduced four times get a
+threshold of their own, the highest that loses at most ``--coarse-miss`` (0.1%) of the
+held-out lines more (``lines.sends``).
 
-    .venv/bin/python tools/train_presence.py [--frames 1500] [--held-out 400] [--seed 0]
-    .venv/bin/python tools/train_presence.py --frames 40 --held-out 20 --out /tmp/model.json
+The net (``lines_net.py``): trained with torch (the diffusion extra; not needed by the node)
+on the same training lines as the net sees them (``lines.line_crops``), written as plain ONNX
+operators beside the model file; its threshold is the highest that loses at most
+``--net-miss`` (0.25%) of the held-out lines more than the trees alone.
 
-Deterministic: the same arguments write the same file.
+    .venv/bin/python tools/train_presence.py [--frames 3000] [--held-out 800] [--seed 0]
+    .venv/bin/python tools/train_presence.py --frames 40 --held-out 20 --epochs 1 \\
+        --out /tmp/model/lines_model.json
+
+Deterministic: the same arguments write the same files on the same machine (torch's
+deterministic algorithms, its thread count as the machine has it). About 25 minutes on two
+cores with the defaults, most of it the net.
 """
 
 from __future__ import annotations
@@ -49,9 +61,11 @@ from dicomnode.pixels.lines import (  # noqa: E402
     MODEL_VERSION,
     Ensemble,
     describe,
+    line_crops,
     sends,
 )
-from dicomnode.synth_anatomy import FRAMES, TEXT_KINDS, burn  # noqa: E402
+from dicomnode.pixels.lines_net import HEIGHT, WIDTH, load_net  # noqa: E402
+from dicomnode.synth_anatomy import FRAMES, SIDES, TEXT_KINDS, burn, sized  # noqa: E402
 
 FONT_DIRS = ("dejavu", "liberation", "noto")
 _WORDS = (
@@ -73,12 +87,20 @@ def _fonts() -> list[Path]:
     return sorted(p for d in FONT_DIRS for p in (base / d).glob("*.ttf") if "Math" not in p.name)
 
 
+def _anatomy(modality: str, rng: np.random.Generator) -> np.ndarray:
+    """A text-free frame of ``modality``: half of them at the modality's usual width, half at
+    any of its other widths (``synth_anatomy.SIDES``)."""
+    if rng.random() < 0.5:
+        return FRAMES[modality](rng)
+    sides = SIDES[modality]
+    return sized(modality, rng, int(sides[int(rng.integers(len(sides)))]))
+
+
 def _background(rng: np.random.Generator) -> np.ndarray:
     """A frame to write on: anatomy of any modality, a flat screen, or speckle."""
     pick = rng.random()
     if pick < 0.8:
-        modality = list(FRAMES)[int(rng.integers(len(FRAMES)))]
-        return shown(FRAMES[modality](rng))
+        return shown(_anatomy(list(FRAMES)[int(rng.integers(len(FRAMES)))], rng))
     h, w = (int(v) for v in rng.choice([256, 384, 512, 640], 2))
     if pick < 0.9:
         grey = np.full((h, w), int(rng.integers(0, 90)), np.uint8)
@@ -143,11 +165,11 @@ def frame(seed: int, fonts: list[Path]) -> tuple[np.ndarray, list[tuple[int, int
     pick = rng.random()
     if pick < 0.33:
         modality = list(FRAMES)[seed % len(FRAMES)]
-        return shown(FRAMES[modality](rng)), []
+        return shown(_anatomy(modality, rng)), []
     if pick < 0.7:
         modality = list(FRAMES)[seed % len(FRAMES)]
         kind = TEXT_KINDS[int(rng.integers(len(TEXT_KINDS)))]
-        picture, boxes = burn(shown(FRAMES[modality](rng)), kind, rng)
+        picture, boxes = burn(shown(_anatomy(modality, rng)), kind, rng)
         if picture.ndim == 2:
             picture = np.repeat(picture[:, :, None], 3, axis=2)
         return picture, boxes
@@ -274,24 +296,143 @@ def _best_split(
 # --- the run -------------------------------------------------------------------------------
 
 
-def collect(seeds: range, fonts: list[Path]) -> list[tuple[Any, Any, Any, Any]]:
-    """Per frame: its candidate lines (features, boxes), planted lines and shape."""
+def collect(seeds: range, fonts: list[Path]) -> list[tuple[Any, Any, Any, Any, Any]]:
+    """Per frame: its candidate lines (features, boxes), planted lines, shape, and the
+    lines as the net sees them (``lines.line_crops``)."""
     out = []
     for seed in seeds:
         picture, truths = frame(seed, fonts)
         lines = describe(picture)
-        out.append((lines.features, lines.boxes, truths, picture.shape))
+        crops = line_crops(picture, lines, np.arange(len(lines.features)))
+        out.append((lines.features, lines.boxes, truths, picture.shape, crops))
     return out
+
+
+# --- the net (dicomnode/pixels/lines_net.py) -----------------------------------------------
+
+
+def fit_net(x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> dict[str, np.ndarray]:
+    """Three 3 x 3 convolutions (16, 32, 64 channels, ReLU; 2 x 2 maximum after the first
+    two), the maximum over the crop, one linear output: trained with torch (Adam, one-cycle
+    rate, logistic loss with the positives weighted to balance), returned as numpy arrays."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        sys.exit("training the net needs torch: pip install torch==2.13.0 (the diffusion extra)")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _fit_net(torch, F, x, y, epochs, seed)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _fit_net(torch: Any, F: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> Any:
+    torch.manual_seed(seed)
+    layers = torch.nn.ModuleDict(
+        {
+            "c1": torch.nn.Conv2d(1, 16, 3, padding=1),
+            "c2": torch.nn.Conv2d(16, 32, 3, padding=1),
+            "c3": torch.nn.Conv2d(32, 64, 3, padding=1),
+            "fc": torch.nn.Linear(64, 1),
+        }
+    )
+
+    def forward(batch: Any) -> Any:
+        out = F.max_pool2d(F.relu(layers["c1"](batch)), 2)
+        out = F.max_pool2d(F.relu(layers["c2"](out)), 2)
+        out = F.relu(layers["c3"](out)).amax(dim=(2, 3))
+        return layers["fc"](out).squeeze(1)
+
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
+    positive = float(y.mean())
+    weight = torch.tensor((1 - positive) / max(positive, 1e-6))
+    size = 256
+    optimizer = torch.optim.Adam(layers.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=max(1, epochs * -(-len(x) // size))
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), size):
+            rows = order[start : start + size]
+            loss = F.binary_cross_entropy_with_logits(
+                forward(inputs[rows]), targets[rows], pos_weight=weight
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(rows)
+        print(f"net epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", file=sys.stderr)
+    return {k: v.detach().numpy().copy() for k, v in layers.state_dict().items()}
+
+
+def write_net(weights: dict[str, np.ndarray], path: Path) -> None:
+    """The net as plain ONNX operators (opset 13), input ``lines`` n x 1 x HEIGHT x WIDTH,
+    output ``logit`` n x 1."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, tensors = [], []
+    previous = "lines"
+    for n, name in enumerate(("c1", "c2", "c3")):
+        tensors += [
+            numpy_helper.from_array(weights[f"{name}.weight"].astype(np.float32), f"{name}.w"),
+            numpy_helper.from_array(weights[f"{name}.bias"].astype(np.float32), f"{name}.b"),
+        ]
+        nodes += [
+            helper.make_node(
+                "Conv", [previous, f"{name}.w", f"{name}.b"], [f"{name}.conv"],
+                kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+            ),
+            helper.make_node("Relu", [f"{name}.conv"], [f"{name}.relu"]),
+        ]  # fmt: skip
+        previous = f"{name}.relu"
+        if n < 2:
+            nodes.append(
+                helper.make_node(
+                    "MaxPool", [previous], [f"{name}.pool"], kernel_shape=[2, 2], strides=[2, 2]
+                )
+            )
+            previous = f"{name}.pool"
+    tensors += [
+        numpy_helper.from_array(weights["fc.weight"].astype(np.float32), "fc.w"),
+        numpy_helper.from_array(weights["fc.bias"].astype(np.float32), "fc.b"),
+    ]
+    nodes += [
+        helper.make_node("ReduceMax", [previous], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "fc.w", "fc.b"], ["logit"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lines_net",
+        [helper.make_tensor_value_info("lines", TensorProto.FLOAT, ["n", 1, HEIGHT, WIDTH])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["n", 1])],
+        tensors,
+    )
+    model = helper.make_model(
+        graph, producer_name="tools/train_presence.py", opset_imports=[helper.make_opsetid("", 13)]
+    )
+    model.ir_version = 8  # read by every ONNX Runtime the node accepts
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=1500, help="training frames")
-    parser.add_argument("--held-out", type=int, default=400, help="frames that set the threshold")
+    parser.add_argument("--frames", type=int, default=3000, help="training frames")
+    parser.add_argument("--held-out", type=int, default=800, help="frames that set the thresholds")
     parser.add_argument("--seed", type=int, default=0, help="the first training frame's seed")
-    parser.add_argument("--trees", type=int, default=200)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=MODEL)
+    parser.add_argument("--trees", type=int, default=300)
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5, help="the net's passes over the lines")
+    parser.add_argument(
+        "--out", type=Path, default=MODEL, help="the model file (the net beside it)"
+    )
     parser.add_argument("--miss", type=float, default=0.005, help="held-out lines that may be lost")
     parser.add_argument(
         "--coarse-miss",
@@ -299,16 +440,22 @@ def main() -> int:
         default=0.001,
         help="held-out lines that may be lost more by the reduced copy's own threshold",
     )
+    parser.add_argument(
+        "--net-miss",
+        type=float,
+        default=0.0025,
+        help="held-out lines that may be lost more by the net's second look",
+    )
     args = parser.parse_args()
     cv2.setNumThreads(1)
     started = time.perf_counter()
     fonts = _fonts()
     train = collect(range(args.seed, args.seed + args.frames), fonts)
     held = collect(range(args.seed + args.frames, args.seed + args.frames + args.held_out), fonts)
-    x = np.concatenate([f for f, *_ in train])
-    y = np.concatenate([labels(b, t, s) for _, b, t, s in train])
+    y = np.concatenate([labels(b, t, s) for _, b, t, s, _ in train])
     keep = y >= 0
-    x, y = x[keep], y[keep].astype(np.float64)
+    x = np.concatenate([f for f, *_ in train])[keep]
+    y = y[keep].astype(np.float64)
     positives = y.sum()
     weight = np.where(y > 0, min(20.0, (len(y) - positives) / max(positives, 1)), 1.0)
     print(
@@ -317,23 +464,27 @@ def main() -> int:
     )
     model = fit(x.astype(np.float32), y, weight, args.trees, args.depth, 0.2)
     print(f"fitted, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    net_file = args.out.with_suffix(".onnx")
     data = {
         "version": MODEL_VERSION,
         "features": list(FEATURES),
         "threshold": 0.0,
         "coarse_threshold": 0.0,
+        "net": net_file.name,
+        "net_threshold": 0.0,
         **model,
     }
     ensemble = Ensemble(data)
     scores = [ensemble.score(f) if len(f) else np.zeros(0) for f, *_ in held]
     grid = [round(v, 3) for v in np.r_[0.0, np.geomspace(0.001, 0.9, 60)]]
-    found_all = _recall(held, scores, 0.0)
+    found_all = _recall(held, _masks(held, scores, 0.0, 0.0))
     threshold = 0.0
     for t in grid:
-        free_sent = _free_sent(held, scores, t)
-        hits = _recall(held, scores, t)
+        masks = _masks(held, scores, t, 0.0)
+        hits = _recall(held, masks)
         print(
-            f"threshold {t:.3f}: lines {hits[0]}/{hits[1]} (all sent: {found_all[0]}); text-free sent {free_sent}",
+            f"threshold {t:.3f}: lines {hits[0]}/{hits[1]} (all sent: {found_all[0]}); "
+            f"text-free sent {_free_sent(held, masks)}",
             file=sys.stderr,
         )
         if hits[0] >= found_all[0] - args.miss * found_all[1]:
@@ -342,43 +493,70 @@ def main() -> int:
     # Lines of the reduced copy: the highest threshold of their own that loses at most
     # --coarse-miss of the held-out lines more than the first threshold alone.
     coarse = threshold
-    kept = _recall(held, scores, threshold)
+    kept = _recall(held, _masks(held, scores, threshold, 0.0))
     for t in (v for v in grid if v >= threshold):
-        hits = _recall(held, scores, threshold, t)
-        free_sent = _free_sent(held, scores, threshold, t)
+        masks = _masks(held, scores, threshold, t)
+        hits = _recall(held, masks)
         print(
-            f"coarse threshold {t:.3f}: lines {hits[0]}/{hits[1]}; text-free sent {free_sent}",
+            f"coarse threshold {t:.3f}: lines {hits[0]}/{hits[1]}; "
+            f"text-free sent {_free_sent(held, masks)}",
             file=sys.stderr,
         )
         if hits[0] >= kept[0] - args.coarse_miss * kept[1]:
             coarse = t
     data["coarse_threshold"] = coarse
+    # The net: on the training lines; its threshold the highest that loses at most
+    # --net-miss of the held-out lines more than the trees alone.
+    crops = np.concatenate([c for *_, c in train])[keep]
+    weights = fit_net(crops, y, args.epochs, args.seed)
+    write_net(weights, net_file)
+    net = load_net(net_file)
+    trees = _masks(held, scores, threshold, coarse)
+    looks = [net.score(crops) if len(crops) else np.zeros(0) for *_, crops in held]
+    kept = _recall(held, trees)
+    net_threshold = 0.0
+    for t in grid:
+        masks = [m & (look >= t) for m, look in zip(trees, looks, strict=True)]
+        hits = _recall(held, masks)
+        print(
+            f"net threshold {t:.3f}: lines {hits[0]}/{hits[1]}; "
+            f"text-free sent {_free_sent(held, masks)}",
+            file=sys.stderr,
+        )
+        if hits[0] >= kept[0] - args.net_miss * kept[1]:
+            net_threshold = t
+    data["net_threshold"] = net_threshold
     args.out.write_text(json.dumps(data, separators=(",", ":")) + "\n")
     print(
-        f"threshold {threshold}, coarse {coarse}, wrote {args.out}, "
-        f"{time.perf_counter() - started:.0f} s",
+        f"threshold {threshold}, coarse {coarse}, net {net_threshold}, wrote {args.out} and "
+        f"{net_file}, {time.perf_counter() - started:.0f} s",
         file=sys.stderr,
     )
     return 0
 
 
-def _free_sent(
-    held: list[Any], scores: list[np.ndarray], threshold: float, coarse: float = 0.0
-) -> int:
+def _masks(
+    held: list[Any], scores: list[np.ndarray], threshold: float, coarse: float
+) -> list[np.ndarray]:
+    """Per held-out frame, which of its lines the trees send at these thresholds."""
+    return [
+        sends(features, s, threshold, coarse) if len(s) else np.zeros(0, bool)
+        for (features, *_), s in zip(held, scores, strict=True)
+    ]
+
+
+def _free_sent(held: list[Any], masks: list[np.ndarray]) -> int:
     """Held-out text-free frames that would go to the detector."""
     return sum(
-        bool(sends(features, s, threshold, coarse).any())
-        for s, (features, _, truths, _) in zip(scores, held, strict=True)
-        if not truths and len(s)
+        bool(m.any()) for (_, _, truths, *_), m in zip(held, masks, strict=True) if not truths
     )
 
 
-def _recall(
-    held: list[Any], scores: list[np.ndarray], threshold: float, coarse: float = 0.0
-) -> tuple[int, int]:
+def _recall(held: list[Any], masks: list[np.ndarray]) -> tuple[int, int]:
+    """Held-out planted lines covered by the lines sent, and all of them."""
     hits = total = 0
-    for (features, boxes, truths, shape), s in zip(held, scores, strict=True):
-        sent = boxes[sends(features, s, threshold, coarse)] if len(s) else boxes
+    for (_, boxes, truths, shape, _), m in zip(held, masks, strict=True):
+        sent = boxes[m] if len(m) else boxes
         for truth in truths:
             total += 1
             hits += covered(truth, sent, shape)

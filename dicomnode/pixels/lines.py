@@ -25,9 +25,11 @@ on one 8-bit picture:
 4. boosted trees (``lines_model.json`` beside this module, fitted in numpy by
    ``tools/train_presence.py`` on ``dicomnode.synth_anatomy`` frames with every kind of
    burned-in text and lines in every system font) score each line; lines at or above the
-   model's threshold (chosen on held-out frames for recall) are the candidates, those seen
-   on the reduced copy only at a higher threshold of their own (:func:`sends`). Inference is
-   numpy only.
+   model's threshold (chosen on held-out frames for recall) go on, those seen on the
+   reduced copy only at a higher threshold of their own (:func:`sends`);
+5. a second look (``lines_net``): a small convolutional net on each such line's pixels
+   (``lines_model.onnx``, named by the model file and trained with it) keeps the lines whose
+   marks have the shapes of characters; those are the candidates.
 
 Large fonts are looked for on a copy reduced four times (frames of 384 px and more), frames
 over ``max_side`` on a reduced copy; colour in the brightest and the darkest channel.
@@ -48,6 +50,7 @@ import numpy as np
 
 from dicomnode.errors import ConfigError
 from dicomnode.pixels.boxes import Box
+from dicomnode.pixels.lines_net import LineNet, crops, load_net
 
 __all__ = [
     "FEATURES",
@@ -73,7 +76,7 @@ _SQUARE = np.ones((5, 5), np.uint8)
 _COARSE_MIN = 96  # the reduced copy's shorter side, at least
 #: The model file (package data) and the version of its format this code reads.
 MODEL = Path(__file__).with_name("lines_model.json")
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 
 #: The numbers the model sees per line, in this order (the model file names them too).
 FEATURES = (
@@ -108,6 +111,8 @@ FEATURES = (
 
 
 _COARSE_FEATURE = FEATURES.index("coarse")
+_DARK_FEATURE = FEATURES.index("dark")
+_VERTICAL_FEATURE = FEATURES.index("vertical")
 
 
 def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> list[Box]:
@@ -119,6 +124,8 @@ def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) ->
     model = _model()
     scores = model.score(lines.features)
     keep = np.nonzero(model.sends(lines.features, scores))[0]
+    if len(keep) and model.net is not None:
+        keep = keep[model.net_sends(picture, lines, keep)]
     found = []
     for k in keep:
         x0, y0, x1, y1 = (int(v) for v in lines.boxes[k])
@@ -457,7 +464,7 @@ class Ensemble:
     Raises ``ValueError`` naming what is wrong when ``data`` is not a model this code reads
     (another format version, other features, trees of the wrong shape)."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    def __init__(self, data: dict[str, Any], net: LineNet | None = None) -> None:
         version = data.get("version")
         if version != MODEL_VERSION:
             raise ValueError(f"format version {version!r}, this code reads {MODEL_VERSION}")
@@ -468,6 +475,11 @@ class Ensemble:
         # Lines found on the copy reduced four times: a threshold of their own (a model file
         # without one uses the first for every line).
         self.coarse_threshold = float(data.get("coarse_threshold", self.threshold))
+        # The second look (``lines_net``): the net's file, beside the model file, and the
+        # threshold it runs at; ``net`` is None where only the trees are wanted (training).
+        self.net_file = str(data["net"])
+        self.net_threshold = float(data["net_threshold"])
+        self.net = net
         self.base = float(data["base"])
         self.depth = int(data["depth"])
         self.feature = np.asarray(data["feature"], np.intp)
@@ -481,6 +493,8 @@ class Ensemble:
             and self.feature.min() >= 0
             and self.feature.max() < len(FEATURES)
             and 0 <= self.threshold <= self.coarse_threshold < 1
+            and 0 <= self.net_threshold < 1
+            and Path(self.net_file).name == self.net_file
         ):
             raise ValueError("its trees, features or threshold are not of the expected shape")
 
@@ -497,8 +511,14 @@ class Ensemble:
         return 1 / (1 + np.exp(-margin))  # type: ignore[no-any-return]
 
     def sends(self, features: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Which lines go to the detector (:func:`sends`, with this model's thresholds)."""
+        """Which lines go to the detector by the trees (:func:`sends`, with this model's
+        thresholds)."""
         return sends(features, scores, self.threshold, self.coarse_threshold)
+
+    def net_sends(self, picture: np.ndarray, lines: Lines, rows: np.ndarray) -> np.ndarray:
+        """Of the lines ``rows`` (those the trees send), which the net sends too."""
+        net = cast(LineNet, self.net)
+        return net.score(line_crops(picture, lines, rows)) >= self.net_threshold
 
 
 def sends(
@@ -514,6 +534,17 @@ def sends(
     ``tools/train_presence.py`` chooses both on held-out frames."""
     coarse = features[:, _COARSE_FEATURE] > 0.5
     return (scores >= threshold) & (~coarse | (scores >= coarse_threshold))
+
+
+def line_crops(picture: np.ndarray, lines: Lines, rows: np.ndarray) -> np.ndarray:
+    """The net's input (``lines_net.crops``) for the lines ``rows`` of a picture."""
+    features = lines.features[rows]
+    return crops(
+        _planes(picture),
+        lines.boxes[rows],
+        features[:, _DARK_FEATURE] > 0.5,
+        features[:, _VERTICAL_FEATURE] > 0.5,
+    )
 
 
 def load_model(path: Path = MODEL) -> Ensemble:
@@ -535,9 +566,12 @@ def _model() -> Ensemble:
 def _read(path: Path) -> Ensemble:
     fix = "reinstall dicomnode, or run tools/train_presence.py, or set pixels.presence: thorough"
     try:
-        return Ensemble(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        model = Ensemble(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
             f"the learned presence check's model {path} cannot be used "
             f"({type(exc).__name__}: {exc}); {fix}"
         ) from None
+    model.net = load_net(path.parent / model.net_file)
+    return model
