@@ -181,3 +181,25 @@ def test_the_written_net_computes_what_torch_trained(tmp_path: Path) -> None:
         logits = F.linear(out.amax(dim=(2, 3)), w["fc.weight"], w["fc.bias"]).numpy()[:, 0]
     expected = 1 / (1 + np.exp(-logits.astype(np.float64)))
     assert np.allclose(load_net(path).score(x), expected, atol=1e-5)
+
+
+def test_many_lines_are_looked_at_in_batches_with_the_same_answers() -> None:
+    """A frame of many lines (a page of text, or one made to have them) is looked at
+    ``NET_BATCH`` lines at a time; the answers are those of one look at all of them."""
+    rng = np.random.default_rng(8)
+    picture = rng.integers(0, 60, (600, 600), dtype=np.uint8)
+    count = 2 * lines.NET_BATCH + 9
+    boxes = np.array(
+        [[5 + 3 * (k % 40), 4 * k % 560, 200 + k % 300, 4 * k % 560 + 12] for k in range(count)]
+    )
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        picture[y0 + 3 : y1 - 3, x0 : x1 : 5 + k % 3] = 220  # strokes of some kind
+    features = np.zeros((count, len(lines.FEATURES)), np.float32)
+    features[::3, lines.FEATURES.index("dark")] = 1
+    features[::4, lines.FEATURES.index("vertical")] = 1
+    described = lines.Lines(features, boxes, np.full(count, 6.0))
+    model = lines.load_model()
+    rows = np.arange(count)
+    assert model.net is not None
+    at_once = model.net.score(lines.line_crops(picture, described, rows)) >= model.net_threshold
+    assert (model.net_sends(picture, described, rows) == at_once).all()
