@@ -478,32 +478,26 @@ def main() -> int:
     scores = [ensemble.score(f) if len(f) else np.zeros(0) for f, *_ in held]
     grid = [round(v, 3) for v in np.r_[0.0, np.geomspace(0.001, 0.9, 60)]]
     found_all = _recall(held, _masks(held, scores, 0.0, 0.0))
-    threshold = 0.0
-    for t in grid:
-        masks = _masks(held, scores, t, 0.0)
-        hits = _recall(held, masks)
-        print(
-            f"threshold {t:.3f}: lines {hits[0]}/{hits[1]} (all sent: {found_all[0]}); "
-            f"text-free sent {_free_sent(held, masks)}",
-            file=sys.stderr,
-        )
-        if hits[0] >= found_all[0] - args.miss * found_all[1]:
-            threshold = t
+    threshold = _highest(
+        held,
+        grid,
+        "threshold",
+        lambda t: _masks(held, scores, t, 0.0),
+        found_all[0] - args.miss * found_all[1],
+        f" (all sent: {found_all[0]})",
+    )
     data["threshold"] = threshold
     # Lines of the reduced copy: the highest threshold of their own that loses at most
     # --coarse-miss of the held-out lines more than the first threshold alone.
-    coarse = threshold
     kept = _recall(held, _masks(held, scores, threshold, 0.0))
-    for t in (v for v in grid if v >= threshold):
-        masks = _masks(held, scores, threshold, t)
-        hits = _recall(held, masks)
-        print(
-            f"coarse threshold {t:.3f}: lines {hits[0]}/{hits[1]}; "
-            f"text-free sent {_free_sent(held, masks)}",
-            file=sys.stderr,
-        )
-        if hits[0] >= kept[0] - args.coarse_miss * kept[1]:
-            coarse = t
+    coarse = _highest(
+        held,
+        [v for v in grid if v >= threshold],
+        "coarse threshold",
+        lambda t: _masks(held, scores, threshold, t),
+        kept[0] - args.coarse_miss * kept[1],
+        default=threshold,
+    )
     data["coarse_threshold"] = coarse
     # The net: on the training lines; its threshold the highest that loses at most
     # --net-miss of the held-out lines more than the trees alone.
@@ -514,17 +508,13 @@ def main() -> int:
     trees = _masks(held, scores, threshold, coarse)
     looks = [net.score(crops) if len(crops) else np.zeros(0) for *_, crops in held]
     kept = _recall(held, trees)
-    net_threshold = 0.0
-    for t in grid:
-        masks = [m & (look >= t) for m, look in zip(trees, looks, strict=True)]
-        hits = _recall(held, masks)
-        print(
-            f"net threshold {t:.3f}: lines {hits[0]}/{hits[1]}; "
-            f"text-free sent {_free_sent(held, masks)}",
-            file=sys.stderr,
-        )
-        if hits[0] >= kept[0] - args.net_miss * kept[1]:
-            net_threshold = t
+    net_threshold = _highest(
+        held,
+        grid,
+        "net threshold",
+        lambda t: [m & (look >= t) for m, look in zip(trees, looks, strict=True)],
+        kept[0] - args.net_miss * kept[1],
+    )
     data["net_threshold"] = net_threshold
     args.out.write_text(json.dumps(data, separators=(",", ":")) + "\n")
     print(
@@ -533,6 +523,32 @@ def main() -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _highest(
+    held: list[Any],
+    grid: list[float],
+    name: str,
+    masks_at: Any,
+    least: float,
+    note: str = "",
+    default: float = 0.0,
+) -> float:
+    """The highest threshold of ``grid`` at which the held-out lines covered (by the lines
+    ``masks_at(threshold)`` sends) are at least ``least``; ``default`` when none is. Prints
+    each step: lines covered and text-free frames sent."""
+    chosen = default
+    for t in grid:
+        masks = masks_at(t)
+        hits = _recall(held, masks)
+        print(
+            f"{name} {t:.3f}: lines {hits[0]}/{hits[1]}{note}; "
+            f"text-free sent {_free_sent(held, masks)}",
+            file=sys.stderr,
+        )
+        if hits[0] >= least:
+            chosen = t
+    return chosen
 
 
 def _masks(
