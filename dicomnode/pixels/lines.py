@@ -304,7 +304,7 @@ class _Marks(NamedTuple):
 
 def _marks(contours: list[np.ndarray], response: np.ndarray) -> _Marks:
     """Boxes, ink, stroke width and contrast of each outline, in a few numpy calls."""
-    lengths = np.fromiter((len(c) for c in contours), np.intp, len(contours))
+    lengths = np.fromiter(map(len, contours), np.intp, len(contours))
     points = np.concatenate(contours).reshape(-1, 2).astype(np.intp)
     starts = np.zeros(len(contours), np.intp)
     np.cumsum(lengths[:-1], out=starts[1:])
@@ -412,16 +412,7 @@ def _describe_lines(parts: list[_Part]) -> Lines:
         )
         / size
     )
-    owner = part_of[first]
-    for index, part in enumerate(parts):
-        mine = np.nonzero(owner == index)[0]
-        if not len(mine):
-            continue
-        band = size[mine]
-        t, b, s0, e0 = top[mine], bottom[mine], start[mine], end[mine]
-        row[mine, 24] = _cells(part, t, b, s0, e0)
-        row[mine, 25] = _cells(part, t - band, t, s0, e0)
-        row[mine, 26] = _cells(part, b, b + band, s0, e0)
+    row[:, 24:27] = _ink_shares(parts, part_of[first], top, bottom, start, end, size).T
     vertical = flags[:, 2] > 0
     boxes = np.stack(
         [
@@ -438,22 +429,36 @@ def _describe_lines(parts: list[_Part]) -> Lines:
     return Lines(row, boxes.astype(np.intp), size * factor[:, 0])
 
 
-def _cells(
-    part: _Part, lo: np.ndarray, hi: np.ndarray, a0: np.ndarray, a1: np.ndarray
+def _ink_shares(
+    parts: list[_Part],
+    owner: np.ndarray,
+    top: np.ndarray,
+    bottom: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    band: np.ndarray,
 ) -> np.ndarray:
-    """The share of stroke pixels in boxes (across ``lo``-``hi``, along ``a0``-``a1``, in
-    the part's pixels), at the resolution of its 8 x 8 cells."""
-    table = part.ink
-    rows, cols = table.shape[0] - 1, table.shape[1] - 1
-    if part.flags[2]:  # vertical: across is x
-        x0, x1, y0, y1 = lo, hi, a0, a1
-    else:
-        x0, x1, y0, y1 = a0, a1, lo, hi
+    """Per line (of part ``owner``; ``top``-``bottom`` across it, ``start``-``end`` along,
+    in its part's pixels) the share of stroke pixels in its box, in a band ``band`` high
+    before it and in one after it, at the resolution of the part's 8 x 8 cells: three rows,
+    for all lines of all parts in one go (the summed-area tables laid end to end)."""
+    tables = [part.ink for part in parts]
+    flat = np.concatenate([table.ravel() for table in tables])
+    base = np.cumsum([0] + [table.size for table in tables[:-1]])[owner]
+    rows = np.array([table.shape[0] - 1 for table in tables])[owner]
+    cols = np.array([table.shape[1] - 1 for table in tables])[owner]
+    vertical = np.array([part.flags[2] for part in parts])[owner]
+    lo = np.stack([top, top - band, bottom])  # across: the box, the band before, after
+    hi = np.stack([bottom, top, bottom + band])
+    x0, x1 = np.where(vertical, lo, start), np.where(vertical, hi, end)  # vertical: across is x
+    y0, y1 = np.where(vertical, start, lo), np.where(vertical, end, hi)
     c0 = np.clip(np.floor(x0 / 8), 0, cols).astype(np.intp)
     c1 = np.clip(np.ceil(x1 / 8), 0, cols).astype(np.intp)
     r0 = np.clip(np.floor(y0 / 8), 0, rows).astype(np.intp)
     r1 = np.clip(np.ceil(y1 / 8), 0, rows).astype(np.intp)
-    total = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+    stride = cols + 1
+    at0, at1 = base + r0 * stride, base + r1 * stride
+    total = flat[at1 + c1] - flat[at0 + c1] - flat[at1 + c0] + flat[at0 + c0]
     return total / np.maximum((r1 - r0) * (c1 - c0), 1)  # type: ignore[no-any-return]
 
 
