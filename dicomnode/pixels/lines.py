@@ -167,7 +167,7 @@ def describe(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> L
     for grey in _planes(picture):
         views = [(grey, scale, False)]
         if min(grey.shape[:2]) >= 4 * _COARSE_MIN:
-            coarse = cv2.resize(grey, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+            coarse = _quarter(grey)
             views.append((coarse, scale * 0.25, True))
         for view, factor, is_coarse in views:
             for dark, response in enumerate(_hats(view)):
@@ -216,12 +216,20 @@ def _floor(response: np.ndarray, contrast: int) -> np.ndarray:
         )
         return cv2.max(texture, least)
     # On copies reduced 4 times (cheaper), scaled back.
-    size = (width // 4, height // 4)
-    eroded = cv2.blur(cv2.resize(eroded, size, interpolation=cv2.INTER_AREA), (8, 8))
-    median = cv2.blur(cv2.resize(median, size, interpolation=cv2.INTER_AREA), (8, 8))
+    eroded = cv2.blur(_quarter(eroded), (8, 8))
+    median = cv2.blur(_quarter(median), (8, 8))
     small = cv2.max(cv2.multiply(eroded, _TEXTURE), cv2.multiply(median, _NOISE))
     small = cv2.dilate(cv2.max(small, least), _NEAR)
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def _quarter(picture: np.ndarray) -> np.ndarray:
+    """A copy reduced four times each way (``w // 4`` x ``h // 4``), averaged over the
+    pixels it covers: in two halvings, three times faster than one reduction by four here
+    (OpenCV's area average by two is vectorised, by four it is not)."""
+    height, width = picture.shape[:2]
+    half = cv2.resize(picture, (width // 4 * 2, height // 4 * 2), interpolation=cv2.INTER_AREA)
+    return cv2.resize(half, (width // 4, height // 4), interpolation=cv2.INTER_AREA)
 
 
 def _stroke_mask(response: np.ndarray, contrast: int) -> np.ndarray:
