@@ -208,8 +208,9 @@ class PixelStage:
         boxes = 0
         seconds: dict[str, float] = {}
         evidence = Evidence(len(source), int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
+        several = len(source) > 1  # (a single frame has no twin to find: no hash)
         for index, frame in enumerate(source.frames()):
-            key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+            key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest() if several else b""
             seen = done.get(key)
             if seen is None:
                 result = self._clean_one(frame, index, source.photometric, ds, decision, phi, check)
