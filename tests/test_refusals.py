@@ -331,10 +331,14 @@ def test_the_data_set_s_class_is_read_from_the_bytes_as_they_went_by(
     assert len(received) == 3
     sizes = [len(data) for _, _, data, _ in cases]
     assert heads == [(min(size, HEAD_BYTES), size <= HEAD_BYTES) for size in sizes]
-    # every data set's at its end, and the 600 KB one's on the way too (once per fragment
-    # of 128 KiB or more: pynetdicom sends it in PDUs of the 256 KiB the node offers)
-    assert len(writebacks) >= len(cases) + 600_000 // (2 * WRITEBACK_BYTES)
-    assert max(writebacks) > 600_000
+    # The 600 KB one's is started on the way (once per fragment of 128 KiB or more:
+    # pynetdicom sends it in PDUs of the 256 KiB the node offers), while its file is still
+    # open. The one at a data set's end is best effort: the last fragment wakes the handler,
+    # which may have closed the file first (then its fdatasync writes what is left; a busy
+    # machine showed it: 6 calls where 7 were counted on).
+    big_size = len(cases[1][2])
+    on_the_way = [size for size in writebacks if WRITEBACK_BYTES <= size < big_size]
+    assert len(on_the_way) >= 600_000 // (2 * WRITEBACK_BYTES)
 
 
 # -- 3-5. misconfiguration: a node whose allow-list leaves out ECHOSCU --------------------------
