@@ -540,13 +540,7 @@ class Ensemble:
         keep = np.zeros(len(rows), bool)
         for start in range(0, len(rows), NET_BATCH):
             part = rows[start : start + NET_BATCH]
-            features = lines.features[part]
-            batch = crops(
-                planes,
-                lines.boxes[part],
-                features[:, _DARK_FEATURE] > 0.5,
-                features[:, _VERTICAL_FEATURE] > 0.5,
-            )
+            batch = _line_crops(planes, lines, part)
             keep[start : start + len(part)] = net.score(batch) >= self.net_threshold
         return keep
 
@@ -568,9 +562,13 @@ def sends(
 
 def line_crops(picture: np.ndarray, lines: Lines, rows: np.ndarray) -> np.ndarray:
     """The net's input (``lines_net.crops``) for the lines ``rows`` of a picture."""
+    return _line_crops(_planes(picture), lines, rows)
+
+
+def _line_crops(planes: list[np.ndarray], lines: Lines, rows: np.ndarray) -> np.ndarray:
     features = lines.features[rows]
     return crops(
-        _planes(picture),
+        planes,
         lines.boxes[rows],
         features[:, _DARK_FEATURE] > 0.5,
         features[:, _VERTICAL_FEATURE] > 0.5,

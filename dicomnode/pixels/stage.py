@@ -208,9 +208,14 @@ class PixelStage:
         boxes = 0
         seconds: dict[str, float] = {}
         evidence = Evidence(len(source), int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
-        several = len(source) > 1  # (a single frame has no twin to find: no hash)
+        # A single frame has no twin to find: its key is its index, not a hash (and should
+        # the decoder yield more frames than declared, none is taken for another's twin).
+        several = len(source) > 1
         for index, frame in enumerate(source.frames()):
-            key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest() if several else b""
+            if several:
+                key = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+            else:
+                key = index.to_bytes(8, "little")
             seen = done.get(key)
             if seen is None:
                 result = self._clean_one(frame, index, source.photometric, ds, decision, phi, check)
