@@ -102,7 +102,11 @@ def clean_object(
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
         path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
+        # Written aside and renamed in, as the pipeline does: a forwarder already running
+        # must never read half a file (it would be refused for good as unreadable).
+        part = path.with_name(f".{path.name}.part")
+        ds.save_as(part, enforce_file_format=True)
+        os.replace(part, path)
         return str(ds.SOPInstanceUID)
 
 
