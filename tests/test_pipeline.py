@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from dicomnode.config import Config
-from dicomnode.pipeline import Item, Pipeline, WorkerPool
+from dicomnode.pipeline import Cleaned, Item, Outcome, Pipeline, WorkerPool, _Committer
 from dicomnode.spool import Spool
 from tests.conftest import SECRET
 from tests.peers import wait_for
@@ -194,3 +195,100 @@ def test_a_worker_on_idle_time_is_lifted_to_the_normal_class() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+# -- the worker's writer thread ------------------------------------------------------------
+
+
+class _SlowDisk:
+    """A pipeline whose commit waits for the test: what a slow fsync looks like."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.threads: list[str] = []
+
+    def commit(self, cleaned: Cleaned) -> Outcome:
+        self.threads.append(threading.current_thread().name)
+        if cleaned.size <= _Committer.OVERLAP_BYTES:
+            assert self.release.wait(10)
+        return cleaned.outcome
+
+
+def _cleaned(name: str, size: int = 10) -> Cleaned:
+    return Cleaned(Path(name), [bytes(size)], ["a"], {}, Outcome(name, "clean"))
+
+
+def test_the_next_item_is_cleaned_while_the_last_one_is_written() -> None:
+    """The worker hands a clean object to its writer thread and goes on at once; the next
+    one waits until the first is durable (one in memory at a time); outcomes come in order."""
+    disk = _SlowDisk()
+    reported: list[str] = []
+    committer = _Committer(disk, lambda outcome: reported.append(outcome.id))
+    committer.submit(_cleaned("first"))  # returns while the write is under way
+    second = threading.Thread(target=committer.submit, args=(_cleaned("second"),))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive() and reported == []  # waits for the first to be durable
+    disk.release.set()
+    second.join(10)
+    committer.close()
+    assert reported == ["first", "second"]
+    assert disk.threads == ["committer", "committer"]
+
+
+def test_a_large_clean_object_is_written_by_the_worker_itself() -> None:
+    """Two large objects at once could pass the worker's memory limit: one over
+    OVERLAP_BYTES is written before the worker takes the next item."""
+    disk = _SlowDisk()
+    reported: list[str] = []
+    committer = _Committer(disk, lambda outcome: reported.append(outcome.id))
+    committer.submit(_cleaned("large", _Committer.OVERLAP_BYTES + 1))
+    assert reported == ["large"] and disk.threads == [threading.current_thread().name]
+    committer.close()
+
+
+def test_an_error_on_the_writer_thread_ends_the_worker(tmp_path: Path) -> None:
+    """Not a writer thread dead and a worker waiting for it forever: the worker exits, the
+    pool restarts it and its work/ items go back to incoming/."""
+    import subprocess
+    import sys
+
+    script = (
+        "from pathlib import Path\n"
+        "from dicomnode.pipeline import Cleaned, Outcome, _Committer\n"
+        "class Broken:\n"
+        "    def commit(self, cleaned):\n"
+        "        raise RuntimeError('a bug')\n"
+        "c = _Committer(Broken(), print)\n"
+        "c.submit(Cleaned(Path('x'), [b'1'], ['a'], {}, Outcome('x', 'clean')))\n"
+        "c.close()\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 70, done.stderr
+    assert "writing the clean copy of x failed" in done.stderr
+    assert "not reached" not in done.stdout
+
+
+def test_a_full_spool_found_by_the_writer_thread_defers(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fails while the writer thread writes: deferred, the original back in
+    incoming/, as when the worker wrote it itself."""
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool, "deliver", full)
+    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    built = pipeline(spool)
+    reported: list[Outcome] = []
+    committer = _Committer(built, reported.append)
+    cleaned = built.prepare(item, "0")
+    assert isinstance(cleaned, Cleaned) and spool.held_by("0") == [cleaned.path]
+    committer.submit(cleaned)
+    committer.close()
+    assert [o.status for o in reported] == ["deferred"]
+    assert spool.pending() == [item] and spool.held_by("0") == []
