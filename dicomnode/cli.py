@@ -197,7 +197,9 @@ def _make_node(args: argparse.Namespace) -> Node:
     _setup_logging(args.verbose, "serve", config.logging.level, config.logging.format)
     secret = load_secret(demo=_demo_flag(args))
     require_valid(config, secret=secret)  # what check-config runs; errors: exit 2
-    node = Node(config, secret, loader=lambda: _node_config(args), demo=_demo_flag(args))
+    node = Node(
+        config, secret, loader=lambda: _node_config(args), demo=_demo_flag(args), validated=True
+    )
     log.info("configuration: %s", config.model_dump_json(exclude={"source"}))
     for destination in config.destinations:
         where = (

@@ -111,3 +111,25 @@ def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
     )
     assert delivered + waiting == 100
     assert not any((node.spool / "work").rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "::1", "localhost"])
+def test_the_metrics_server_serves_on_any_address_and_stops(addr: str) -> None:
+    """Prometheus's exposition on an IPv4 or IPv6 address or a name; it stops when asked."""
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from dicomnode.metrics import serve_metrics
+
+    registry = CollectorRegistry()
+    Counter("probe_total", "a probe", registry=registry).inc(3)
+    server, thread = serve_metrics(0, addr, registry)
+    host = server.server_address[0]
+    url = f"http://[{host}]:" if ":" in host else f"http://{host}:"
+    with urllib.request.urlopen(f"{url}{server.server_address[1]}/metrics", timeout=10) as reply:
+        assert "probe_total 3.0" in reply.read().decode()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+    assert not thread.is_alive()
