@@ -8,7 +8,8 @@ cannot do its job with certainty, and any error at all sends the original to
 succeeded (fail closed).
 
 Workers are processes (the GIL would cap one process at one core), started with ``spawn`` so
-that no thread of the listener is forked. A supervisor in the node's process feeds them ids,
+that no thread of the listener is forked. Each writes its clean copies on a thread of its own
+(:class:`_Committer`): the fsyncs of one instance overlap the stages of the next. A supervisor in the node's process feeds them ids,
 restarts a worker that dies (its item goes back to ``incoming/``; after three deaths on the
 same item it is quarantined as ``worker-crashed``), and rescans ``incoming/`` for anything
 not queued.
