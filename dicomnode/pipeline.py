@@ -9,10 +9,10 @@ succeeded (fail closed).
 
 Workers are processes (the GIL would cap one process at one core), started with ``spawn`` so
 that no thread of the listener is forked. Each writes its clean copies on a thread of its own
-(:class:`_Committer`): the fsyncs of one instance overlap the stages of the next. A supervisor in the node's process feeds them ids,
-restarts a worker that dies (its item goes back to ``incoming/``; after three deaths on the
-same item it is quarantined as ``worker-crashed``), and rescans ``incoming/`` for anything
-not queued.
+(:class:`_Committer`): the fsyncs of one instance overlap the stages of the next. A
+supervisor in the node's process feeds them ids, restarts a worker that dies (its items go
+back to ``incoming/``; after three deaths on the same item it is quarantined as
+``worker-crashed``), and rescans ``incoming/`` for anything not queued.
 
 Stopping: :meth:`WorkerPool.close` ends the restarts, :meth:`WorkerPool.stop` lets each worker
 finish the item in hand, and kills one that is still busy at the deadline (its item goes back
