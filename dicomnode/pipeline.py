@@ -565,8 +565,9 @@ class _Committer:
     clean object waits in memory beside the item in hand, and one over ``OVERLAP_BYTES`` is
     written by the worker itself (two large objects at once could pass the worker's memory
     limit). The original stays in ``work/<worker>/`` until its copy is durable: a crash in
-    between cleans it again after the restart, as before. An unexpected error on the thread
-    ends the worker, as it would have on the worker's own thread.
+    between cleans it again after the restart, as before. An unexpected error while writing
+    ends the worker with ``WRITER_FAILED``: the pool then counts the death against the item
+    written too (:meth:`WorkerPool._recover_worker`).
     """
 
     OVERLAP_BYTES = 16 * 1024 * 1024
@@ -583,7 +584,7 @@ class _Committer:
     def submit(self, cleaned: Cleaned) -> None:
         self._idle.wait()
         if cleaned.size > self.OVERLAP_BYTES:
-            self._report(self._pipeline.commit(cleaned))
+            self._commit(cleaned)
             return
         self._idle.clear()
         self._pending.put(cleaned)
@@ -596,12 +597,15 @@ class _Committer:
 
     def _run(self) -> None:
         while (cleaned := self._pending.get()) is not None:
-            try:
-                self._report(self._pipeline.commit(cleaned))
-            except BaseException:
-                log.exception("writing the clean copy of %s failed", cleaned.outcome.id)
-                os._exit(70)  # the pool restarts the worker; work/ goes back to incoming/
+            self._commit(cleaned)
             self._idle.set()
+
+    def _commit(self, cleaned: Cleaned) -> None:
+        try:
+            self._report(self._pipeline.commit(cleaned))
+        except BaseException:
+            log.exception("writing the clean copy of %s failed", cleaned.outcome.id)
+            os._exit(WRITER_FAILED)  # the pool restarts the worker, work/ to incoming/
 
 
 def _worker_main(
@@ -638,6 +642,9 @@ def _worker_main(
             break
         result = pipeline.prepare(item_id, name)
         if isinstance(result, Cleaned):
+            # Its stages passed: should the worker die while the writer thread writes it,
+            # the death is not this item's (unless the writer failed: WRITER_FAILED).
+            results.put((index, (PREPARED, item_id)))
             committer.submit(result)
         else:
             results.put((index, result))
@@ -650,6 +657,10 @@ def _worker_main(
 
 #: What a worker sends once its pipeline is built (models loaded), before its first item.
 READY = "ready"
+#: What a worker sends once an item's stages passed: ``(PREPARED, item_id)``.
+PREPARED = "prepared"
+#: A worker's exit code when its writer thread failed.
+WRITER_FAILED = 70
 
 
 class WorkerPool:
@@ -680,6 +691,8 @@ class WorkerPool:
         self._ready: set[int] = set()
         self._queued: set[str] = set()
         self._crashes: dict[str, int] = {}
+        # Per worker: items whose stages passed and whose outcome has not come yet.
+        self._prepared: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         self._spawn_lock = threading.Lock()
         self._closing = threading.Event()  # no restarts, no new work
@@ -745,6 +758,10 @@ class WorkerPool:
                 ):
                     return
                 continue
+            if isinstance(outcome, tuple) and outcome[0] == PREPARED:
+                with self._lock:
+                    self._prepared.setdefault(index, set()).add(outcome[1])
+                continue
             if outcome == READY:
                 self._ready.add(index)
                 log.info("worker %d ready", index)
@@ -752,6 +769,7 @@ class WorkerPool:
             with self._lock:
                 self._queued.discard(outcome.id)
                 self._crashes.pop(outcome.id, None)
+                self._prepared.get(index, set()).discard(outcome.id)
             if outcome.status == "deferred":
                 retry = threading.Timer(5.0, self.submit, (outcome.id,))
                 retry.daemon = True  # never holds up the node's exit
@@ -775,19 +793,32 @@ class WorkerPool:
                     log.error(
                         "worker %d died (exit code %s); restarting it", index, process.exitcode
                     )
-                self._recover_worker(index)
+                self._recover_worker(index, process.exitcode)
                 self._spawn(index)
             if time.monotonic() - last_scan > 5 and not self._closing.is_set():
                 last_scan = time.monotonic()
                 self.rescan()
 
-    def _recover_worker(self, index: int) -> None:
-        for path in self.spool.held_by(str(index)):
+    def _recover_worker(self, index: int, exitcode: int | None = None) -> None:
+        """Give a dead worker's items back to ``incoming/``, counting the death against each;
+        not against an item the pool knows had passed its stages and was being written (the
+        worker said so) while the stages of another ran, unless the writing itself failed
+        (``WRITER_FAILED``). A message that had not arrived yet counts as before: some item
+        held is always counted, so an item that kills workers is quarantined in the end."""
+        with self._lock:
+            prepared = self._prepared.pop(index, set())
+        held = self.spool.held_by(str(index))
+        if exitcode == WRITER_FAILED or all(path.stem in prepared for path in held):
+            prepared = set()  # the writing failed, or no other item to blame: every item counts
+        for path in held:
             item_id = path.stem
             with self._lock:
-                self._crashes[item_id] = self._crashes.get(item_id, 0) + 1
-                crashes = self._crashes[item_id]
                 self._queued.discard(item_id)
+                if item_id in prepared:
+                    crashes = 0
+                else:
+                    self._crashes[item_id] = self._crashes.get(item_id, 0) + 1
+                    crashes = self._crashes[item_id]
             if crashes >= self.MAX_CRASHES:
                 self.spool.to_quarantine(
                     path,

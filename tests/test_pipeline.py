@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from dicomnode.config import Config
-from dicomnode.pipeline import Cleaned, Item, Outcome, Pipeline, WorkerPool, _Committer
+from dicomnode.pipeline import (
+    WRITER_FAILED,
+    Cleaned,
+    Item,
+    Outcome,
+    Pipeline,
+    WorkerPool,
+    _Committer,
+)
 from dicomnode.spool import Spool
 from tests.conftest import SECRET
 from tests.peers import wait_for
@@ -103,6 +111,45 @@ def test_an_item_that_keeps_killing_workers_is_quarantined(spool: Spool) -> None
             pool._queued.clear()
     assert spool.pending() == []
     assert (spool.quarantine / "worker-crashed" / f"{item}.dcm").exists()
+
+
+def test_a_death_counts_against_the_item_in_the_stages_not_the_one_being_written(
+    spool: Spool,
+) -> None:
+    """Worker 0 dies while its writer thread writes H (the worker said H was prepared) and the
+    stages run on P: only P's count grows, and after three deaths P is quarantined while H
+    goes back to incoming/ each time, uncounted."""
+    pool = WorkerPool(Config(), SECRET, spool)
+    h = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    p = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    for _ in range(WorkerPool.MAX_CRASHES):
+        assert spool.claim(h, "0") is not None and spool.claim(p, "0") is not None
+        pool._prepared[0] = {h}
+        pool._recover_worker(0, -9)
+        pool._queued.clear()
+    assert pool._crashes.get(h) is None and spool.pending() == [h]
+    assert (spool.quarantine / "worker-crashed" / f"{p}.dcm").exists()
+
+
+@pytest.mark.parametrize("case", ["writer failed", "nothing else held", "not said"])
+def test_a_death_counts_against_every_item_when_none_other_is_to_blame(
+    spool: Spool, case: str
+) -> None:
+    """The writing itself failed (exit code WRITER_FAILED), or the prepared item was all the
+    worker held, or the worker's message had not arrived: every item held counts, so an item
+    that kills workers is quarantined in the end whatever the timing."""
+    pool = WorkerPool(Config(), SECRET, spool)
+    h = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    p = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    assert spool.claim(h, "0") is not None
+    if case != "nothing else held":
+        assert spool.claim(p, "0") is not None
+    if case != "not said":
+        pool._prepared[0] = {h}
+    pool._recover_worker(0, WRITER_FAILED if case == "writer failed" else -9)
+    assert pool._crashes[h] == 1
+    if case != "nothing else held":
+        assert pool._crashes[p] == 1
 
 
 def test_workers_say_when_their_models_are_loaded_and_a_dead_one_is_not_ready(
