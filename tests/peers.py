@@ -4,9 +4,11 @@ dcmtk's storescu and storescp, and Orthanc, all on 127.0.0.1 with free ports."""
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -39,10 +41,40 @@ def require_file(path: Path, package: str) -> Path:
     return path
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel picks for an outgoing connection's own end."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+_HANDED: collections.deque[int] = collections.deque(maxlen=512)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a peer to listen on, chosen below the kernel's ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one: any outgoing connection on the machine (a
+    node forwarding, storescu, Orthanc) may take it as its own end before the peer binds it,
+    and the peer then cannot listen (a CI run lost 20 s and a test to that). Below the range
+    only an explicit bind can take it; the last ports handed out are not handed out again.
+    """
+    high = _ephemeral_low()
+    low = max(1024, high - 12000)
+    for _ in range(1000):
+        port = _PORTS.randrange(low, high)
+        if port in _HANDED:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED.append(port)
+        return port
+    raise AssertionError(f"no free port between {low} and {high} on 127.0.0.1")
 
 
 def wait_for(
@@ -54,6 +86,14 @@ def wait_for(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_listening(proc: subprocess.Popen[Any], port: int, what: str, timeout: float = 20) -> None:
+    """Wait for a peer we started to listen on ``port``; fail at once, with its exit code,
+    if it exits first (it could not bind, or refused its arguments)."""
+    wait_for(lambda: port_open(port) or proc.poll() is not None, timeout, what)
+    if proc.poll() is not None:
+        raise AssertionError(f"{what} exited with {proc.returncode} before listening on {port}")
 
 
 def rejection_of(assoc: Any) -> Any:
@@ -314,7 +354,7 @@ class Storescp:
             stderr=subprocess.DEVNULL,
             env=PEER_ENV,
         )
-        wait_for(lambda: port_open(self.port), 20, "storescp")
+        wait_listening(self.proc, self.port, "storescp")
         return self
 
     def stop(self) -> None:

@@ -29,7 +29,7 @@ from dicomnode import _scu, _wakeup, forward
 from dicomnode.config import DicomDestination
 from dicomnode.forward import Delivery, DicomSender, Result
 from tests.conftest import require_tool
-from tests.peers import PEER_ENV, free_port, port_open, wait_for
+from tests.peers import PEER_ENV, free_port, wait_listening
 
 BATCH = 100  # DicomDestination.batch_size's default: one association per 100 objects
 # Every SOP Instance UID has the same length, so a template's bytes only need the UID swapped.
@@ -90,7 +90,7 @@ def _fast_storescp(workdir: Path) -> Iterator[tuple[int, Path]]:
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PEER_ENV
     )
     try:
-        wait_for(lambda: port_open(port), 20, "storescp")
+        wait_listening(proc, port, "storescp")
         yield port, out
     finally:
         proc.terminate()

@@ -55,10 +55,10 @@ from tests.peers import (
     acknowledged,
     free_port,
     make_study,
-    port_open,
     running,
     storescu,
     wait_for,
+    wait_listening,
 )
 from tests.phi import planted_dataset, to_bytes
 
@@ -492,7 +492,7 @@ def test_storescp_without_the_sop_class_rejects_only_those_objects(tmp_path: Pat
         env=PEER_ENV,
     )
     try:
-        wait_for(lambda: port_open(port), 20, "storescp")
+        wait_listening(proc, port, "storescp")
         files = [tmp_path / f"{n}.dcm" for n in range(5)]
         for n, path in enumerate(files):
             clean_object(path, sop_class=MR if n in (1, 3) else CT)

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from dicomnode.review.users import Role, UserStore
 from dicomnode.scrub import build_scrubber
 from dicomnode.spool import Spool, new_id
 from tests.conftest import SECRET
+from tests.peers import free_port
 from tests.phi import PHI, leaks, planted_dataset, to_bytes
 from tests.test_cli import dicomnode
 
@@ -813,12 +813,6 @@ def test_user_commands(tmp_path: Path) -> None:
 # -- the node serves it --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _node_config(tmp_path: Path, port: int) -> Config:
     return Config.model_validate(
         {
@@ -842,7 +836,7 @@ def test_the_node_serves_the_page_and_a_taken_port_is_one_line(
     from dicomnode.node import Node
 
     caplog.set_level(logging.INFO)
-    port = _free_port()
+    port = free_port()
     node = Node(_node_config(tmp_path / "a", port), SECRET, demo=True)
     node.start()
     try:
