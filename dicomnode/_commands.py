@@ -13,7 +13,11 @@ bytes (tests/test_commands.py compares them with pynetdicom's):
   status and the request's UIDs when they are plain UIDs;
 - :class:`Requests` (each association the forwarder requests: ``dicomnode._scu.direct_requests``): a C-STORE
   request of a file sent as it is on disk (``STORE_SEND_CHUNKED_DATASET``), its data set read
-  from the file in fragments as pynetdicom's ``encode_msg`` reads it.
+  from the file in fragments as pynetdicom's ``encode_msg`` reads it. Where the association's
+  transport can (``dicomnode._scu``: plain TCP), the whole message is written by the sending
+  thread as P-DATA-TF PDUs (:func:`p_data_tf`, the same bytes), not handed to the DUL thread
+  one PDU at a time (:func:`_writer`); it streams the file in ~1 MiB groups and gives up on a
+  peer that takes nothing for the DIMSE timeout (pynetdicom's DUL thread waited forever).
 
 Anything else (a comment, an offending element, a UID that is not plain, a move originator, a
 data set in memory, a peer whose maximum PDU cannot hold the command in one piece, a handler
@@ -22,9 +26,10 @@ bound to ``EVT_DIMSE_SENT``) goes to pynetdicom's own path.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -38,6 +43,7 @@ __all__ = [
     "data_set_fragments",
     "encode_store_request",
     "encode_store_response",
+    "p_data_tf",
 ]
 
 _PLAIN_UID = re.compile(r"[0-9.]{1,64}")
@@ -160,6 +166,32 @@ def _ours(assoc: Association, encoded: bytes | None) -> bool:
     return not assoc.get_handlers(evt.EVT_DIMSE_SENT)
 
 
+def p_data_tf(context_id: int, fragments: Iterable[bytes]) -> Iterator[bytes]:
+    """Each fragment (a PDV with its message control header) as an encoded P-DATA-TF PDU of
+    one presentation data value item (PS3.8 9.3.5), as pynetdicom encodes it."""
+    for fragment in fragments:
+        yield struct.pack(">BBIIB", 0x04, 0, len(fragment) + 5, len(fragment) + 1, context_id)
+        yield fragment
+
+
+def _writer(assoc: Association) -> Callable[[Iterable[bytes], float | None], bool] | None:
+    """The transport's own writer (``dicomnode._scu``'s requested associations) when the
+    message may bypass the DUL thread: the association is established (Sta6), nothing is
+    waiting in the DUL's queue to go before it, and nobody listens to the PDUs or bytes sent
+    (pynetdicom would hand each to them). pynetdicom's DUL thread takes each PDU of a message
+    from a queue and runs it through its state machine: ~0.1 ms a PDU, 3 ms of the 5 ms of
+    CPU the forwarder spent on a 0.5 MB CT instance at a 16 KB maximum PDU (storescp's and
+    Orthanc's default)."""
+    writer = getattr(assoc.dul.socket, "send_pdus", None)
+    if writer is None or not assoc.dul.to_provider_queue.empty():
+        return None
+    if assoc.dul.state_machine.current_state != "Sta6":
+        return None
+    if assoc.get_handlers(evt.EVT_PDU_SENT) or assoc.get_handlers(evt.EVT_DATA_SENT):
+        return None
+    return cast(Callable[[Iterable[bytes], float | None], bool], writer)
+
+
 def _send_fragment(assoc: Association, context_id: int, fragment: bytes) -> None:
     pdata = P_DATA()
     pdata.presentation_data_value_list.append((context_id, fragment))
@@ -184,8 +216,14 @@ class _DirectSend:
         if not _ours(assoc, encoded):
             self._send(primitive, context_id)
             return
-        _send_fragment(assoc, context_id, _COMMAND_LAST + cast(bytes, encoded))
-        for fragment in self.data_set(primitive, assoc.dimse.maximum_pdu_size):
+        fragments = itertools.chain(
+            (_COMMAND_LAST + cast(bytes, encoded),),
+            self.data_set(primitive, assoc.dimse.maximum_pdu_size),
+        )
+        writer = _writer(assoc)
+        if writer is not None and writer(p_data_tf(context_id, fragments), assoc.dimse_timeout):
+            return
+        for fragment in fragments:
             _send_fragment(assoc, context_id, fragment)
 
     @staticmethod

@@ -73,7 +73,11 @@ that answer, so the node reports "rejected (transient): local limit exceeded" ra
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import socket
+import threading
+from collections.abc import Iterable
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -82,7 +86,10 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
 from dicomnode._commands import Requests
+from dicomnode._net import send_within
 from dicomnode._wakeup import Wakeup, wait_for_data
+
+_GROUP_BYTES = 1 << 20  # PDUs written at once by send_pdus: bounded memory for any object
 
 __all__ = [
     "direct_requests",
@@ -110,15 +117,54 @@ def responses_to_sender(event: evt.Event) -> None:
 
 class _WokenSocket(AssociationSocket):
     """A requested association's socket whose ``ready`` waits for data or a wake-up when
-    there is nothing to read (``dicomnode._wakeup``), instead of the DUL's 1 ms sleep."""
+    there is nothing to read (``dicomnode._wakeup``), instead of the DUL's 1 ms sleep, and
+    that the sending thread can write a whole message to (:meth:`send_pdus`)."""
 
     _wakeup: Wakeup | None
+    _send_lock: threading.Lock
 
     @property
     def ready(self) -> bool:
         if super().ready:
             return True
         return wait_for_data(self, self._wakeup) and super().ready
+
+    def send(self, bytestream: bytes) -> None:
+        """pynetdicom's send (the DUL thread's PDUs), never in the middle of a message
+        :meth:`send_pdus` is writing."""
+        with self._send_lock:
+            super().send(bytestream)
+
+    def send_pdus(self, pdus: Iterable[bytes], idle_s: float | None) -> bool:
+        """Write encoded PDUs on the calling thread, in groups of about 1 MiB; False, having
+        written nothing, where this connection is not a plain TCP one (TLS: only the DUL
+        thread may use an SSL socket). A peer that takes nothing for ``idle_s`` seconds, or
+        a connection that fails, raises ``OSError`` after shutting the connection down (the
+        DUL thread sees it closed and pynetdicom aborts the association)."""
+        sock = self.socket
+        if type(sock) is not socket.socket:
+            return False
+        if not self._send_lock.acquire(timeout=-1 if idle_s is None else idle_s):
+            raise TimeoutError("the DUL thread has been sending for too long")
+        try:
+            try:
+                group: list[bytes] = []
+                size = 0
+                for pdu in pdus:
+                    group.append(pdu)
+                    size += len(pdu)
+                    if size >= _GROUP_BYTES:
+                        send_within(sock, b"".join(group), idle_s)
+                        group, size = [], 0
+                if group:
+                    send_within(sock, b"".join(group), idle_s)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                raise
+        finally:
+            self._send_lock.release()
+        return True
 
 
 def woken(event: evt.Event) -> None:
@@ -134,6 +180,7 @@ def woken(event: evt.Event) -> None:
     # The same object under the subclass: connect() is still running on it.
     transport.__class__ = _WokenSocket
     cast(_WokenSocket, transport)._wakeup = wakeup
+    cast(_WokenSocket, transport)._send_lock = threading.Lock()
     assoc.bind(evt.EVT_CONN_CLOSE, lambda _event: wakeup.close())
 
 

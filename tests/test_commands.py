@@ -13,11 +13,14 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import Verification
 
 import dicomnode.forward  # noqa: F401 - the forwarder's pynetdicom settings: files sent as on disk
 from dicomnode import _commands as commands
 from dicomnode._commands import data_set_fragments, encode_store_request, encode_store_response
-from dicomnode._scu import direct_requests
+from dicomnode._scu import direct_requests, woken
 from dicomnode.ingest import Ingest
 from tests.test_ingest import listener  # noqa: F401 - the fixture: the node's listener
 
@@ -200,6 +203,62 @@ def test_both_ends_over_a_real_association(
         assoc.release()
     assert statuses == [0, 0, 0]
     assert len(sent) == 2 * len(files)  # each request and each response
+    stored = sorted(ingest.spool.incoming.iterdir(), key=lambda p: p.stat().st_size)
+    assert len(received) == len(stored) == len(files)
+    for (path, offset), copy in zip(files, stored, strict=True):
+        assert copy.read_bytes()[split_dataset(copy)[1] :] == path.read_bytes()[offset:]
+
+
+@pytest.mark.parametrize("context_id", [1, 127, 255])
+@pytest.mark.parametrize(
+    "fragment", [b"\x02", b"\x03" + bytes(range(200)), b"\x00" + b"x" * 16_378]
+)
+def test_a_p_data_tf_pdu_is_pynetdicom_s_bytes(context_id: int, fragment: bytes) -> None:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, fragment))
+    ours = b"".join(commands.p_data_tf(context_id, [fragment]))
+    assert ours == P_DATA_TF(primitive).encode()
+
+
+def test_the_forwarder_writes_each_message_itself(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: tuple[Ingest, list[str]],  # noqa: F811 - test_ingest's fixture
+) -> None:
+    """With the forwarder's handlers (``woken``, ``direct_requests``) every C-STORE request
+    goes out through the transport's own writer, none through the DUL thread's queue, at a
+    16 KB maximum PDU as storescp and Orthanc offer; the spool holds each data set byte for
+    byte, and the association carries on with pynetdicom's own C-ECHO after them."""
+    queued: list[tuple[Any, bytes]] = []  # the listener's responses too: same process
+    real = commands._send_fragment
+
+    def spy(assoc: Any, context_id: int, fragment: bytes) -> None:
+        queued.append((assoc, fragment))
+        real(assoc, context_id, fragment)
+
+    monkeypatch.setattr(commands, "_send_fragment", spy)
+    ingest, received = listener
+    ae = AE(ae_title="FORWARDER")
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    ae.maximum_pdu_size = 16_384
+    assoc = ae.associate(
+        "127.0.0.1",
+        ingest.port,
+        ae_title="DICOMNODE",
+        max_pdu=16_384,
+        evt_handlers=[(evt.EVT_CONN_OPEN, woken), (evt.EVT_CONN_OPEN, direct_requests)],
+    )
+    assert assoc.is_established
+    files = [_file(tmp_path, size) for size in (0, 5_000, 700_001, 3_000_001)]
+    try:
+        statuses = [assoc.send_c_store(path).Status for path, _ in files]
+        echo = assoc.send_c_echo().Status
+    finally:
+        assoc.release()
+    assert statuses == [0, 0, 0, 0] and echo == 0
+    assert [f for a, f in queued if a is assoc] == []
+    assert len(queued) == len(files)  # the listener's four responses
     stored = sorted(ingest.spool.incoming.iterdir(), key=lambda p: p.stat().st_size)
     assert len(received) == len(stored) == len(files)
     for (path, offset), copy in zip(files, stored, strict=True):

@@ -23,7 +23,7 @@ import pynetdicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import acse, ae, association, dimse, evt, fsm, transport
+from pynetdicom import acse, ae, association, dimse, dul, evt, fsm, transport
 
 from dicomnode import _scu, _wakeup, forward
 from dicomnode.config import DicomDestination
@@ -367,6 +367,13 @@ PINNED = {
     # thread, which fires EVT_CONN_OPEN, before the association thread exists
     "association.Association.release": "c7d713502b77d702",
     "association.Association.request": "928cd0e3013c9ab9",
+    # dicomnode._commands._writer: a P-DATA request in Sta6 is one P-DATA-TF PDU sent as it is
+    # and leaves the state machine in Sta6 (so a message written by the sender's thread skips
+    # nothing); every PDU of the DUL thread goes through AssociationSocket.send (which
+    # _scu._WokenSocket serialises with that writer), and a failed send is Evt17
+    "fsm.DT_1": "82e5c5d4114534fa",
+    "dul.DULServiceProvider._send": "a850a7919e68484e",
+    "transport.AssociationSocket.send": "1ea8158c0b51faca",
 }
 _MODULES = {
     "association": association,
@@ -375,6 +382,7 @@ _MODULES = {
     "transport": transport,
     "fsm": fsm,
     "acse": acse,
+    "dul": dul,
 }
 
 

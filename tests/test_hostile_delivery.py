@@ -23,6 +23,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 
 from dicomnode.audit import AuditTrail
@@ -166,7 +167,9 @@ class StoreSCP:
         refuse: dict[str, int] | None = None,
         hang: set[str] | None = None,
         abort_once: set[str] | None = None,
+        stall: bool = False,
     ):
+        self.stall = stall  # stop reading at the first data set PDU (a peer that hangs)
         self.refuse = refuse or {}
         self.hang = hang or set()
         self.abort_once = abort_once or set()  # abort the association the first time
@@ -197,11 +200,19 @@ class StoreSCP:
     def _accepted(self, event: evt.Event) -> None:
         self.associations += 1
 
+    def _pdu(self, event: evt.Event) -> None:
+        if self.stall and isinstance(event.pdu, P_DATA_TF):
+            self._release.wait(30)  # the DUL thread reads nothing more meanwhile
+
     def __enter__(self) -> StoreSCP:
         self._server = self.ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._store),
+                (evt.EVT_ACCEPTED, self._accepted),
+                (evt.EVT_PDU_RECV, self._pdu),
+            ],
         )
         return self
 
@@ -409,6 +420,28 @@ def test_a_peer_that_drops_the_association_mid_batch_is_not_waited_for(tmp_path:
     assert [r.status for r in results] == [Delivery.FAILED, Delivery.RETRY, Delivery.RETRY]
     assert "no response" in results[0].reason
     assert [r.reason for r in results[1:]] == ["association lost"] * 2
+
+
+def test_a_peer_that_stops_reading_mid_object_is_given_up_on(tmp_path: Path) -> None:
+    """The destination stops reading in the middle of a 48 MB object (its buffers fill and
+    the forwarder's writes block): after the destination's timeout without progress the
+    object has failed, the connection is closed, and the sender is free for the next batch."""
+    path = tmp_path / "large.dcm"
+    clean_object(path)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 4096, 4096
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = bytes(4096 * 4096 * 2)
+    ds.save_as(path, enforce_file_format=True)
+    with StoreSCP(stall=True) as scp:
+        sender = DicomSender(scp.destination(timeout_s=1), "DICOMNODE")
+        started = time.monotonic()
+        results = sender.send([path])
+        took = time.monotonic() - started
+        sender.close()
+    assert [r.status for r in results] == [Delivery.FAILED]
+    assert "sending failed (TimeoutError)" in results[0].reason
+    assert took < 15
 
 
 def test_a_refused_object_does_not_stop_its_batch(tmp_path: Path) -> None:
