@@ -151,6 +151,12 @@ class _WokenSocket(AssociationSocket):
                 group: list[bytes] = []
                 size = 0
                 for pdu in pdus:
+                    if len(pdu) >= _GROUP_BYTES:  # a peer with no PDU limit: one large PDV
+                        if group:
+                            send_within(sock, b"".join(group), idle_s)
+                            group, size = [], 0
+                        send_within(sock, pdu, idle_s)  # as it is: no copy
+                        continue
                     group.append(pdu)
                     size += len(pdu)
                     if size >= _GROUP_BYTES:

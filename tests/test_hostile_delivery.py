@@ -444,6 +444,24 @@ def test_a_peer_that_stops_reading_mid_object_is_given_up_on(tmp_path: Path) -> 
     assert took < 15
 
 
+def test_a_peer_without_a_pdu_limit_gets_each_object_in_one_pdu(tmp_path: Path) -> None:
+    """A destination that offers no maximum PDU (0): a 3 MB object goes out as one PDU,
+    written as it is, and arrives whole."""
+    path = tmp_path / "large.dcm"
+    uid = clean_object(path)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 1024, 1536
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = bytes(range(256)) * (1024 * 1536 * 2 // 256)
+    ds.save_as(path, enforce_file_format=True)
+    scp = StoreSCP()
+    scp.ae.maximum_pdu_size = 0
+    with scp:
+        results = DicomSender(scp.destination(timeout_s=10), "DICOMNODE").send([path])
+    assert [r.status for r in results] == [Delivery.DELIVERED]
+    assert scp.stored[uid].PixelData == ds.PixelData
+
+
 def test_a_refused_object_does_not_stop_its_batch(tmp_path: Path) -> None:
     files = [tmp_path / f"{n}.dcm" for n in range(10)]
     uids = [clean_object(f) for f in files]
