@@ -18,6 +18,7 @@ bytes (tests/test_commands.py compares them with pynetdicom's):
   thread as P-DATA-TF PDUs (:func:`p_data_tf`, the same bytes), not handed to the DUL thread
   one PDU at a time (:func:`_writer`); it streams the file in ~1 MiB groups and gives up on a
   peer that takes nothing for the DIMSE timeout (pynetdicom's DUL thread waited forever).
+  Over TLS the DUL thread still writes, fed ~1 MiB at a time (:meth:`Requests.queue`).
 
 Anything else (a comment, an offending element, a UID that is not plain, a move originator, a
 data set in memory, a peer whose maximum PDU cannot hold the command in one piece, a handler
@@ -30,14 +31,17 @@ import itertools
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+GROUP_BYTES = 1 << 20  # how much of a data set is handed on at once: bounded memory
+
 __all__ = [
+    "GROUP_BYTES",
     "Requests",
     "Responses",
     "data_set_fragments",
@@ -192,6 +196,15 @@ def _writer(assoc: Association) -> Callable[[Iterable[bytes], float | None], boo
     return cast(Callable[[Iterable[bytes], float | None], bool], writer)
 
 
+@runtime_checkable
+class _CountsSent(Protocol):
+    """A transport that counts the PDUs the DUL thread writes (``dicomnode._scu``'s)."""
+
+    sent: int
+
+    def sent_within(self, count: int, idle_s: float | None) -> None: ...
+
+
 def _send_fragment(assoc: Association, context_id: int, fragment: bytes) -> None:
     pdata = P_DATA()
     pdata.presentation_data_value_list.append((context_id, fragment))
@@ -223,6 +236,11 @@ class _DirectSend:
         writer = _writer(assoc)
         if writer is not None and writer(p_data_tf(context_id, fragments), assoc.dimse_timeout):
             return
+        self.queue(assoc, context_id, fragments)
+
+    @staticmethod
+    def queue(assoc: Association, context_id: int, fragments: Iterable[bytes]) -> None:
+        """Hand the message to pynetdicom's DUL thread, as pynetdicom does."""
         for fragment in fragments:
             _send_fragment(assoc, context_id, fragment)
 
@@ -248,6 +266,26 @@ class Requests(_DirectSend):
     everything else by pynetdicom."""
 
     encode = staticmethod(encode_store_request)
+
+    @staticmethod
+    def queue(assoc: Association, context_id: int, fragments: Iterable[bytes]) -> None:
+        """Hand the request to the DUL thread (TLS: only that thread may write to an SSL
+        socket) at most ~1 MiB ahead of what it has written, and return once it has written
+        the last PDU (``dicomnode._scu``'s transport counts them): memory stays bounded for
+        any object, and the DIMSE timeout, which pynetdicom counts from this return, is for
+        the peer's answer, not for the time the data set takes to leave (a large object over
+        a slow but steady link failed)."""
+        transport = assoc.dul.socket
+        if not isinstance(transport, _CountsSent):
+            _DirectSend.queue(assoc, context_id, fragments)
+            return
+        ahead = max(2, GROUP_BYTES // (assoc.dimse.maximum_pdu_size or GROUP_BYTES))
+        queued = transport.sent
+        for fragment in fragments:
+            transport.sent_within(queued - ahead + 1, assoc.dimse_timeout)
+            _send_fragment(assoc, context_id, fragment)
+            queued += 1
+        transport.sent_within(queued, assoc.dimse_timeout)
 
     @staticmethod
     def data_set(primitive: Any, max_pdu: int) -> Iterator[bytes]:

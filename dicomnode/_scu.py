@@ -76,7 +76,9 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -85,11 +87,12 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
-from dicomnode._commands import Requests
+from dicomnode._commands import GROUP_BYTES, Requests
 from dicomnode._net import send_within
 from dicomnode._wakeup import Wakeup, wait_for_data
 
-_GROUP_BYTES = 1 << 20  # PDUs written at once by send_pdus: bounded memory for any object
+_TLS_PIECE = 1 << 16  # bytes per write to a TLS socket, each bounded by its timeout
+_LOOK_S = 0.5  # how often a wait for the DUL thread looks whether the association ended
 
 __all__ = [
     "direct_requests",
@@ -117,11 +120,15 @@ def responses_to_sender(event: evt.Event) -> None:
 
 class _WokenSocket(AssociationSocket):
     """A requested association's socket whose ``ready`` waits for data or a wake-up when
-    there is nothing to read (``dicomnode._wakeup``), instead of the DUL's 1 ms sleep, and
-    that the sending thread can write a whole message to (:meth:`send_pdus`)."""
+    there is nothing to read (``dicomnode._wakeup``), instead of the DUL's 1 ms sleep, that
+    the sending thread can write a whole message to (:meth:`send_pdus`), and that counts
+    the PDUs the DUL thread writes (:meth:`sent_within`)."""
 
     _wakeup: Wakeup | None
     _send_lock: threading.Lock
+    _moved: threading.Condition  # notified as the DUL thread's writes move
+    sent: int  # PDUs the DUL thread has written (or failed to: the connection then closes)
+    _moves: int  # pieces written, ever: progress within a PDU
 
     @property
     def ready(self) -> bool:
@@ -131,9 +138,48 @@ class _WokenSocket(AssociationSocket):
 
     def send(self, bytestream: bytes) -> None:
         """pynetdicom's send (the DUL thread's PDUs), never in the middle of a message
-        :meth:`send_pdus` is writing."""
+        :meth:`send_pdus` is writing; over TLS, in pieces (see :meth:`_send_tls`)."""
         with self._send_lock:
-            super().send(bytestream)
+            if isinstance(self.socket, ssl.SSLSocket) and len(bytestream) > _TLS_PIECE:
+                self._send_tls(self.socket, bytestream)
+            else:
+                super().send(bytestream)
+        with self._moved:
+            self.sent += 1
+            self._moves += 1
+            self._moved.notify_all()
+
+    def _send_tls(self, sock: ssl.SSLSocket, bytestream: bytes) -> None:
+        """pynetdicom's send of one PDU, written ``_TLS_PIECE`` bytes at a time: a TLS
+        socket's timeout (:func:`woken`) bounds each whole write, so a large PDU (a peer
+        with no PDU limit gets the data set in one) written at once would fail on a link
+        that is slow but moving. Same outcome as pynetdicom's: EVT_DATA_SENT, or Evt17."""
+        view = memoryview(bytestream)
+        try:
+            for start in range(0, len(view), _TLS_PIECE):
+                sock.sendall(view[start : start + _TLS_PIECE])
+                with self._moved:
+                    self._moves += 1
+                    self._moved.notify_all()
+            evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": bytestream})
+        except Exception:  # as pynetdicom: any failure closes the connection
+            self.event_queue.put("Evt17")
+
+    def sent_within(self, count: int, idle_s: float | None) -> None:
+        """Wait until the DUL thread has written ``count`` PDUs in all (:attr:`sent`):
+        ``TimeoutError`` when its writing moves nothing for ``idle_s`` seconds,
+        ``ConnectionError`` when the association ends first."""
+        with self._moved:
+            seen, since = self._moves, time.monotonic()
+            while self.sent < count:
+                if self.assoc.is_aborted or not self.assoc.dul.is_alive():
+                    raise ConnectionError("the association ended while the data set was sent")
+                left = None if idle_s is None else since + idle_s - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"the peer took no data for {idle_s:g} s")
+                self._moved.wait(_LOOK_S if left is None else min(_LOOK_S, left))
+                if self._moves != seen:
+                    seen, since = self._moves, time.monotonic()
 
     def send_pdus(self, pdus: Iterable[bytes], idle_s: float | None) -> bool:
         """Write encoded PDUs on the calling thread, in groups of about 1 MiB; False, having
@@ -151,7 +197,7 @@ class _WokenSocket(AssociationSocket):
                 group: list[bytes] = []
                 size = 0
                 for pdu in pdus:
-                    if len(pdu) >= _GROUP_BYTES:  # a peer with no PDU limit: one large PDV
+                    if len(pdu) >= GROUP_BYTES:  # a peer with no PDU limit: one large PDV
                         if group:
                             send_within(sock, b"".join(group), idle_s)
                             group, size = [], 0
@@ -159,7 +205,7 @@ class _WokenSocket(AssociationSocket):
                         continue
                     group.append(pdu)
                     size += len(pdu)
-                    if size >= _GROUP_BYTES:
+                    if size >= GROUP_BYTES:
                         send_within(sock, b"".join(group), idle_s)
                         group, size = [], 0
                 if group:
@@ -182,11 +228,19 @@ def woken(event: evt.Event) -> None:
     transport = assoc.dul.socket
     if transport is None or type(transport) is not AssociationSocket:
         return  # not the socket this was written for: pynetdicom's polling, as before
+    if isinstance(transport.socket, ssl.SSLSocket) and assoc.network_timeout is not None:
+        # Only the DUL thread writes to a TLS socket (send_pdus is plain TCP), and pynetdicom
+        # clears the timeout after connecting: a peer that stopped reading held it in send()
+        # for ever. Now the blocked send raises after the timeout, and pynetdicom aborts.
+        transport.socket.settimeout(assoc.network_timeout)
     wakeup = Wakeup.install(assoc)
     # The same object under the subclass: connect() is still running on it.
     transport.__class__ = _WokenSocket
     cast(_WokenSocket, transport)._wakeup = wakeup
     cast(_WokenSocket, transport)._send_lock = threading.Lock()
+    cast(_WokenSocket, transport)._moved = threading.Condition()
+    cast(_WokenSocket, transport).sent = 0
+    cast(_WokenSocket, transport)._moves = 0
     assoc.bind(evt.EVT_CONN_CLOSE, lambda _event: wakeup.close())
 
 

@@ -5,15 +5,18 @@ exactly what a test needs)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +35,7 @@ from dicomnode.config import (
     load_config,
 )
 from dicomnode.errors import ConfigError
-from dicomnode.forward import DicomSender, Forwarder, echo, sender_for
+from dicomnode.forward import Delivery, DicomSender, Forwarder, echo, sender_for
 from dicomnode.scrub.pseudonym import Pseudonymizer
 from dicomnode.spool import Spool
 from dicomnode.stow import DicomwebSender, parse_stow_response, probe
@@ -47,6 +50,7 @@ from tests.peers import (
     wait_for,
 )
 from tests.phi import leaks
+from tests.test_hostile_delivery import StoreSCP, clean_object
 
 # -- certificates --------------------------------------------------------------------------
 
@@ -161,6 +165,125 @@ def test_dicom_over_tls_delivers_and_echoes(
     assert echo(config, "DICOMNODE") is None
     plain = DicomDestination.model_validate(tls_storescp.destination(timeout_s=3))
     assert echo(plain, "DICOMNODE", timeout=3) is not None  # TLS only
+
+
+def _server_context(pki: Pki) -> ssl.SSLContext:
+    """A TLS server for a pynetdicom SCP in this process: pacs.test, client certificates."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    return server
+
+
+def _client_tls(pki: Pki) -> dict[str, Any]:
+    return {
+        "ca_certificates": pki.ca,
+        "certificate": pki.client_cert,
+        "private_key": pki.client_key,
+        "server_name": "pacs.test",
+    }
+
+
+def test_a_tls_peer_that_stops_reading_mid_object_is_given_up_on(tmp_path: Path, pki: Pki) -> None:
+    """Over TLS too (where pynetdicom's own thread writes, not the forwarder's): a destination
+    that stops reading in the middle of a 48 MB object fails it after its timeout without
+    progress, instead of holding the forwarder for ever."""
+    path = tmp_path / "large.dcm"
+    clean_object(path)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 4096, 4096
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = bytes(4096 * 4096 * 2)
+    ds.save_as(path, enforce_file_format=True)
+    server, tls = _server_context(pki), _client_tls(pki)
+    with StoreSCP(stall=True, ssl_context=server) as scp:
+        sender = DicomSender(scp.destination(timeout_s=1, tls=tls), "DICOMNODE")
+        started = time.monotonic()
+        results = sender.send([path])
+        took = time.monotonic() - started
+        sender.close()
+    assert [r.status for r in results] == [Delivery.FAILED], results
+    assert took < 15
+    with StoreSCP(ssl_context=server) as scp:  # and a peer that reads gets it whole
+        results = DicomSender(scp.destination(timeout_s=10, tls=tls), "DICOMNODE").send([path])
+        assert [r.status for r in results] == [Delivery.DELIVERED], results
+        assert len(scp.stored[str(ds.SOPInstanceUID)].PixelData) == 4096 * 4096 * 2
+
+
+class SlowLink:
+    """A TCP relay on 127.0.0.1 that carries what the client sends at ``rate`` bytes per
+    second (a slow network that keeps moving), and the answers at full speed."""
+
+    def __init__(self, port: int, rate: int) -> None:
+        self.target, self.rate = port, rate
+        self.server = socket.socket()
+        # a small window, so that the sender's data waits in its own buffers, not in ours
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                threading.Thread(
+                    target=self._pipe, args=(client, upstream, True), daemon=True
+                ).start()
+                threading.Thread(
+                    target=self._pipe, args=(upstream, client, False), daemon=True
+                ).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+                if slow:
+                    time.sleep(len(data) / self.rate)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize(
+    ("tls", "max_pdu"),
+    [(False, 16384), (True, 16384), (True, 0)],
+    ids=["tcp", "tls", "tls-one-pdu"],
+)
+def test_a_large_object_over_a_slow_link_is_not_a_timeout(
+    tmp_path: Path, pki: Pki, tls: bool, max_pdu: int
+) -> None:
+    """A link that moves 8 MB a second: a 32 MB object takes 4 s, twice the destination's
+    timeout, and is delivered: the timeout is for a link that stops, not for one that is
+    slow. Plain TCP (the forwarder's own writer), TLS (pynetdicom's thread writes), and TLS
+    to a destination with no PDU limit (the data set in one PDU, one write of 32 MB)."""
+    path = tmp_path / "large.dcm"
+    clean_object(path)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 4096, 4096
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = bytes(range(256)) * (4096 * 4096 * 2 // 256)
+    ds.save_as(path, enforce_file_format=True)
+    scp = StoreSCP(ssl_context=_server_context(pki) if tls else None)
+    scp.ae.maximum_pdu_size = max_pdu
+    with scp:
+        link = SlowLink(scp.port, rate=8 << 20)
+        try:
+            extra = {"tls": _client_tls(pki)} if tls else {}
+            destination = scp.destination(timeout_s=2, port=link.port, **extra)
+            started = time.monotonic()
+            results = DicomSender(destination, "DICOMNODE").send([path])
+            took = time.monotonic() - started
+        finally:
+            link.close()
+        assert [r.status for r in results] == [Delivery.DELIVERED], results
+        assert scp.stored[str(ds.SOPInstanceUID)].PixelData == ds.PixelData
+    assert took > 3  # it did go through the slow link
 
 
 @pytest.mark.peers

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import ssl
 import stat
 import subprocess
 import threading
@@ -168,7 +169,9 @@ class StoreSCP:
         hang: set[str] | None = None,
         abort_once: set[str] | None = None,
         stall: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ):
+        self.ssl_context = ssl_context  # a TLS server with it
         self.stall = stall  # stop reading at the first data set PDU (a peer that hangs)
         self.refuse = refuse or {}
         self.hang = hang or set()
@@ -208,6 +211,7 @@ class StoreSCP:
         self._server = self.ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
+            ssl_context=self.ssl_context,
             evt_handlers=[
                 (evt.EVT_C_STORE, self._store),
                 (evt.EVT_ACCEPTED, self._accepted),
