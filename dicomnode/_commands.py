@@ -10,7 +10,8 @@ it) and again in the forwarder (the request). The common cases are encoded here,
 bytes (tests/test_commands.py compares them with pynetdicom's):
 
 - :class:`Responses` (each accepted association, by the gate): a C-STORE response with a
-  status and the request's UIDs when they are plain UIDs;
+  status and the request's UIDs when they are plain UIDs, written by the association's own
+  thread where the connection is plain TCP (the gate's socket is a ``dicomnode._net.PduWriter``);
 - :class:`Requests` (each association the forwarder requests: ``dicomnode._scu.direct_requests``): a C-STORE
   request of a file sent as it is on disk (``STORE_SEND_CHUNKED_DATASET``), its data set read
   from the file in fragments as pynetdicom's ``encode_msg`` reads it. Where the association's
@@ -38,10 +39,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-GROUP_BYTES = 1 << 20  # how much of a data set is handed on at once: bounded memory
+from dicomnode._net import GROUP_BYTES
 
 __all__ = [
-    "GROUP_BYTES",
     "Requests",
     "Responses",
     "data_set_fragments",

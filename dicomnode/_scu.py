@@ -73,13 +73,10 @@ that answer, so the node reports "rejected (transient): local limit exceeded" ra
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -87,8 +84,8 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
-from dicomnode._commands import GROUP_BYTES, Requests
-from dicomnode._net import send_within
+from dicomnode._commands import Requests
+from dicomnode._net import PduWriter
 from dicomnode._wakeup import Wakeup, wait_for_data
 
 _TLS_PIECE = 1 << 16  # bytes per write to a TLS socket, each bounded by its timeout
@@ -118,14 +115,13 @@ def responses_to_sender(event: evt.Event) -> None:
     dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
-class _WokenSocket(AssociationSocket):
+class _WokenSocket(PduWriter):
     """A requested association's socket whose ``ready`` waits for data or a wake-up when
     there is nothing to read (``dicomnode._wakeup``), instead of the DUL's 1 ms sleep, that
     the sending thread can write a whole message to (:meth:`send_pdus`), and that counts
     the PDUs the DUL thread writes (:meth:`sent_within`)."""
 
     _wakeup: Wakeup | None
-    _send_lock: threading.Lock
     _moved: threading.Condition  # notified as the DUL thread's writes move
     sent: int  # PDUs the DUL thread has written (or failed to: the connection then closes)
     _moves: int  # pieces written, ever: progress within a PDU
@@ -137,17 +133,18 @@ class _WokenSocket(AssociationSocket):
         return wait_for_data(self, self._wakeup) and super().ready
 
     def send(self, bytestream: bytes) -> None:
-        """pynetdicom's send (the DUL thread's PDUs), never in the middle of a message
-        :meth:`send_pdus` is writing; over TLS, in pieces (see :meth:`_send_tls`)."""
-        with self._send_lock:
-            if isinstance(self.socket, ssl.SSLSocket) and len(bytestream) > _TLS_PIECE:
-                self._send_tls(self.socket, bytestream)
-            else:
-                super().send(bytestream)
+        """The DUL thread's PDUs (:class:`PduWriter`), counted."""
+        super().send(bytestream)
         with self._moved:
             self.sent += 1
             self._moves += 1
             self._moved.notify_all()
+
+    def send_locked(self, bytestream: bytes) -> None:
+        if isinstance(self.socket, ssl.SSLSocket) and len(bytestream) > _TLS_PIECE:
+            self._send_tls(self.socket, bytestream)
+        else:
+            super().send_locked(bytestream)
 
     def _send_tls(self, sock: ssl.SSLSocket, bytestream: bytes) -> None:
         """pynetdicom's send of one PDU, written ``_TLS_PIECE`` bytes at a time: a TLS
@@ -180,43 +177,6 @@ class _WokenSocket(AssociationSocket):
                 self._moved.wait(_LOOK_S if left is None else min(_LOOK_S, left))
                 if self._moves != seen:
                     seen, since = self._moves, time.monotonic()
-
-    def send_pdus(self, pdus: Iterable[bytes], idle_s: float | None) -> bool:
-        """Write encoded PDUs on the calling thread, in groups of about 1 MiB; False, having
-        written nothing, where this connection is not a plain TCP one (TLS: only the DUL
-        thread may use an SSL socket). A peer that takes nothing for ``idle_s`` seconds, or
-        a connection that fails, raises ``OSError`` after shutting the connection down (the
-        DUL thread sees it closed and pynetdicom aborts the association)."""
-        sock = self.socket
-        if type(sock) is not socket.socket:
-            return False
-        if not self._send_lock.acquire(timeout=-1 if idle_s is None else idle_s):
-            raise TimeoutError("the DUL thread has been sending for too long")
-        try:
-            try:
-                group: list[bytes] = []
-                size = 0
-                for pdu in pdus:
-                    if len(pdu) >= GROUP_BYTES:  # a peer with no PDU limit: one large PDV
-                        if group:
-                            send_within(sock, b"".join(group), idle_s)
-                            group, size = [], 0
-                        send_within(sock, pdu, idle_s)  # as it is: no copy
-                        continue
-                    group.append(pdu)
-                    size += len(pdu)
-                    if size >= GROUP_BYTES:
-                        send_within(sock, b"".join(group), idle_s)
-                        group, size = [], 0
-                if group:
-                    send_within(sock, b"".join(group), idle_s)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                raise
-        finally:
-            self._send_lock.release()
-        return True
 
 
 def woken(event: evt.Event) -> None:

@@ -88,6 +88,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicomnode._commands import Responses
+from dicomnode._net import PduWriter
 from dicomnode._wakeup import Wakeup, wait_for_data
 from dicomnode.durable import start_writeback
 
@@ -955,9 +956,11 @@ def _discard_partial(assoc: Association) -> None:
     log.info("association from %s ended in the middle of a C-STORE", assoc.requestor.address)
 
 
-class _FramedSocket(AssociationSocket):
+class _FramedSocket(PduWriter):
     """The association's socket: replays the request the gate read, checks each PDU header
-    before pynetdicom reads the body, and reads the body in one piece."""
+    before pynetdicom reads the body, and reads the body in one piece; the association's
+    thread writes each C-STORE response itself (:class:`PduWriter`), not through the DUL
+    thread (one hand-over less before each acknowledgement)."""
 
     _replay: bytearray
     _body_left: int
@@ -984,6 +987,7 @@ class _FramedSocket(AssociationSocket):
         framed._peer = peer
         framed._aborted = False
         framed._wakeup = wakeup
+        framed._send_lock = threading.Lock()
         return framed
 
     @property
@@ -1062,8 +1066,14 @@ class _FramedSocket(AssociationSocket):
         self._server.refusals.refuse(reason, f"aborted association with {self._peer}: {why}")
         sock = self.socket
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.sendall(_abort_pdu(abort_reason))
+            # Not in the middle of a response being written (a writer stuck on a peer that
+            # reads nothing: the connection is shut without the A-ABORT).
+            if self._send_lock.acquire(timeout=1):
+                try:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(_abort_pdu(abort_reason))
+                finally:
+                    self._send_lock.release()
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
