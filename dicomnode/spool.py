@@ -245,11 +245,13 @@ class Spool:
         fd = os.open(received, os.O_RDONLY)
         try:
             os.fchmod(fd, self.file_mode)  # an original: PHI
-            # Rename first, then one fdatasync: the journal commit it forces carries the
-            # data's block allocation and the rename alike, so the folder's fsync that
-            # follows finds nothing left to commit (ext4, xfs) instead of forcing a second
-            # commit; on a file system that does not log metadata in order it still makes
-            # the name durable. Either way nothing is acknowledged before both are durable.
+            # Rename first, then the data's fdatasync, then the folder's fsync. The folder's
+            # fsync is not redundant: fdatasync waits only for the journal commit of the
+            # file's last *data* change (ext4's i_datasync_tid), and with the write-out
+            # started as the file grew (gate.py) that can be a commit from before the
+            # rename; only the folder's fsync waits for the one that holds the new name
+            # (measured here: +0.8 ms, a cache flush at least). Nothing is acknowledged
+            # before both are durable.
             # A worker may claim the item in between (a rescan): the data's fdatasync holds
             # whatever its name, and the claim's rename is as durable as any other claim
             # (claims are never fsynced: the file systems we run on log renames in order).
