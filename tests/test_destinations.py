@@ -50,7 +50,7 @@ from tests.peers import (
     wait_for,
 )
 from tests.phi import leaks
-from tests.test_hostile_delivery import StoreSCP, clean_object
+from tests.test_hostile_delivery import StoreSCP, large_object
 
 # -- certificates --------------------------------------------------------------------------
 
@@ -189,12 +189,7 @@ def test_a_tls_peer_that_stops_reading_mid_object_is_given_up_on(tmp_path: Path,
     that stops reading in the middle of a 48 MB object fails it after its timeout without
     progress, instead of holding the forwarder for ever."""
     path = tmp_path / "large.dcm"
-    clean_object(path)
-    ds = pydicom.dcmread(path)
-    ds.Rows, ds.Columns = 4096, 4096
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = bytes(4096 * 4096 * 2)
-    ds.save_as(path, enforce_file_format=True)
+    ds = large_object(path, 4096, 4096)
     server, tls = _server_context(pki), _client_tls(pki)
     with StoreSCP(stall=True, ssl_context=server) as scp:
         sender = DicomSender(scp.destination(timeout_s=1, tls=tls), "DICOMNODE")
@@ -263,12 +258,7 @@ def test_a_large_object_over_a_slow_link_is_not_a_timeout(
     slow. Plain TCP (the forwarder's own writer), TLS (pynetdicom's thread writes), and TLS
     to a destination with no PDU limit (the data set in one PDU, one write of 32 MB)."""
     path = tmp_path / "large.dcm"
-    clean_object(path)
-    ds = pydicom.dcmread(path)
-    ds.Rows, ds.Columns = 4096, 4096
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = bytes(range(256)) * (4096 * 4096 * 2 // 256)
-    ds.save_as(path, enforce_file_format=True)
+    ds = large_object(path, 4096, 4096, pattern=True)
     scp = StoreSCP(ssl_context=_server_context(pki) if tls else None)
     scp.ae.maximum_pdu_size = max_pdu
     with scp:

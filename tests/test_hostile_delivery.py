@@ -112,6 +112,19 @@ def clean_object(
         return str(ds.SOPInstanceUID)
 
 
+def large_object(path: Path, rows: int, columns: int, pattern: bool = False) -> Dataset:
+    """A clean 16-bit object of ``rows`` x ``columns`` at ``path`` (zeros, or ``pattern``:
+    every byte value in turn, so that a reordered or lost piece shows); returns it."""
+    clean_object(path)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    size = rows * columns * 2
+    ds.PixelData = bytes(range(256)) * (size // 256) if pattern else bytes(size)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
 def queue_objects(spool: Spool, destination: str, count: int, start: int = 1) -> list[str]:
     """``count`` ordinary clean objects in ``outgoing/<destination>/``, arrival-ordered."""
     uids = []
@@ -431,12 +444,7 @@ def test_a_peer_that_stops_reading_mid_object_is_given_up_on(tmp_path: Path) -> 
     the forwarder's writes block): after the destination's timeout without progress the
     object has failed, the connection is closed, and the sender is free for the next batch."""
     path = tmp_path / "large.dcm"
-    clean_object(path)
-    ds = pydicom.dcmread(path)
-    ds.Rows, ds.Columns = 4096, 4096
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = bytes(4096 * 4096 * 2)
-    ds.save_as(path, enforce_file_format=True)
+    large_object(path, 4096, 4096)
     with StoreSCP(stall=True) as scp:
         sender = DicomSender(scp.destination(timeout_s=1), "DICOMNODE")
         started = time.monotonic()
@@ -452,12 +460,8 @@ def test_a_peer_without_a_pdu_limit_gets_each_object_in_one_pdu(tmp_path: Path) 
     """A destination that offers no maximum PDU (0): a 3 MB object goes out as one PDU,
     written as it is, and arrives whole."""
     path = tmp_path / "large.dcm"
-    uid = clean_object(path)
-    ds = pydicom.dcmread(path)
-    ds.Rows, ds.Columns = 1024, 1536
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelData = bytes(range(256)) * (1024 * 1536 * 2 // 256)
-    ds.save_as(path, enforce_file_format=True)
+    ds = large_object(path, 1024, 1536, pattern=True)
+    uid = str(ds.SOPInstanceUID)
     scp = StoreSCP()
     scp.ae.maximum_pdu_size = 0
     with scp:
