@@ -17,7 +17,8 @@ frames a row; ``--presence-only`` prints only this table): text-free frames that
 real CT, MR, PET, NM and CR (``dicomnode.synth_anatomy``: body outline, organs, bone, lung,
 noise texture; windowed to 8 bits as the stage does), also at sizes below 512 px (``SMALL``:
 CT, MR, PET and NM matrices of 64 to 256 px, where organs are the size of characters), and
-the same frames with text burned in (plain, small, faint, inverted, coloured, over anatomy, a dense block, vertical). For both
+the same frames with text burned in (plain, small, faint, inverted, coloured, over anatomy, a
+dense block, vertical; on the small matrices, lines in a 6-10 px font that fits them). For both
 presence checks the stage has (``pixels.presence``): the thorough one
 (``dicomnode.pixels.presence``, strokes) and the learned one (``dicomnode.pixels.lines``,
 model ``lines_model.json`` and its net ``lines_model.onnx`` from
@@ -82,7 +83,7 @@ def presence_table(frames: int, detector: Any) -> None:
     from dicomnode.pixels import codec, lines, presence
     from dicomnode.pixels.boxes import Box
     from dicomnode.pixels.detect import find_text
-    from dicomnode.synth_anatomy import FRAMES, TEXT_KINDS, burn, sized
+    from dicomnode.synth_anatomy import FRAMES, TEXT_KINDS, burn, burn_small, sized
 
     variants = {"thorough": presence.candidates, "learned": lines.candidates}
     rng = np.random.default_rng(12)
@@ -105,6 +106,13 @@ def presence_table(frames: int, detector: Any) -> None:
             pictures.append(picture)
             truths.append(boxes)
         rows.append((kind, pictures, truths))
+    for modality, side in SMALL:  # text in a font that fits a small frame
+        pictures, truths = [], []
+        for _ in range(frames):
+            picture, boxes = burn_small(shown(sized(modality, rng, side)), rng)
+            pictures.append(picture)
+            truths.append(boxes)
+        rows.append((f"{modality} {side}x{side}, 6-10 px text", pictures, truths))
 
     print()
     print(f"Presence and detection, {frames} frames a row, CPU ms per frame on one core")

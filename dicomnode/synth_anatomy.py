@@ -18,7 +18,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["FRAMES", "SIDES", "cr_chest", "ct_slice", "mr_slice", "nm_planar", "pt_slice", "sized"]
+__all__ = [
+    "FRAMES",
+    "SIDES",
+    "burn_small",
+    "cr_chest",
+    "ct_slice",
+    "mr_slice",
+    "nm_planar",
+    "pt_slice",
+    "sized",
+]
 
 
 def _blob(
@@ -399,4 +409,43 @@ def burn(
         boxes.append((x, y + y0, x + strip.width, y + strip.height))
     else:
         raise ValueError(f"unknown text kind {kind!r}")
+    return np.array(image), boxes
+
+
+def burn_small(
+    picture: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """``picture`` (8-bit grey or RGB, 64 to 256 px: ``SIDES``' small matrices) with one to
+    three lines of fake PHI in a font that fits it (6 to 10 px, a third of the frame's
+    width or more), white, mid-grey or dark on a light box, at the top, the bottom or over
+    the body; and the lines' boxes. On such frames organs and bones are the size of these
+    characters: the case a presence check finds hardest."""
+    from PIL import Image, ImageDraw
+
+    rgb = picture if picture.ndim == 3 else np.repeat(picture[:, :, None], 3, axis=2)
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(image)
+    h, w = picture.shape[:2]
+    size = int(rng.integers(6, 11))
+    font = _font(size, rng)
+    tone = int(rng.integers(3))
+    boxes: list[tuple[int, int, int, int]] = []
+    words = [_WORDS[int(i)] for i in rng.permutation(len(_WORDS))]
+    for n in range(int(rng.integers(1, 4))):
+        text = words[n]
+        while len(text) > 3 and draw.textbbox((0, 0), text, font=font)[2] > w - 4:  # type: ignore[arg-type]
+            text = text[:-1]
+        at = (2, 2 + n * (size + 3)) if n < 2 else (2, h - size - 4)
+        if tone == 2 and n == 0:
+            at = (2, h // 2 - size // 2)  # over the body
+        x0, y0, x1, y1 = draw.textbbox(at, text, font=font)  # type: ignore[arg-type]
+        if tone == 0:
+            fill: tuple[int, int, int] = (255, 255, 255)
+        elif tone == 1:
+            fill = (20, 20, 20)
+            draw.rectangle((x0 - 2, y0 - 2, x1 + 2, y1 + 2), fill=(230, 230, 230))
+        else:
+            fill = (175, 175, 175)
+        draw.text(at, text, font=font, fill=fill)  # type: ignore[arg-type]
+        boxes.append((int(x0), int(y0), int(x1), int(y1)))
     return np.array(image), boxes
