@@ -273,6 +273,7 @@ def find_text(
     pad: int = 24,
     max_side: int = 1024,
     tall: bool = False,
+    scale: float | None = None,
 ) -> list[Box]:
     """Detect text near ``regions`` (candidates of the presence check): on merged, padded
     crops, or on the whole picture once the crops cover most of it.
@@ -285,12 +286,15 @@ def find_text(
     (:func:`_looks`): the anatomy the learned check sends mostly costs one look, not two of
     which one is four times the area. Boxes are returned in the picture's own pixels: text
     lines only, or, with ``tall``, also boxes taller than a text line (up to half the frame)
-    for the caller to confirm by reading them (:func:`doubtful`).
+    for the caller to confirm by reading them (:func:`doubtful`). ``scale``: every crop at
+    this scale only, whatever its characters (the stage's closer look at a small frame).
     """
     height, width = picture.shape[:2]
     found: list[Box] = []
     for crop, scales in _looks(regions, pad, width, height):
-        found += _detect_crop(detector, picture, crop, scales, max_side)
+        found += _detect_crop(
+            detector, picture, crop, scales if scale is None else (scale,), max_side
+        )
     limit = height // 2 if tall else line_height(height)
     return _distinct([b.padded(2, width, height) for b in found if b.area and _across(b) <= limit])
 

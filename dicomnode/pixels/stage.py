@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 __all__ = ["FrameResult", "PixelStage", "TextRemainsError"]
 
 CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
+#: Frames this large or smaller on which text was found are looked at closer too.
+CLOSER_LOOK_SIDE = 128
 
 
 class TextRemainsError(InstanceError):
@@ -339,6 +341,20 @@ class PixelStage:
                 ]
                 seconds["detect"] += time.perf_counter() - started
                 found += more
+        if boxes and max(height, width) <= CLOSER_LOOK_SIDE:
+            # Text on a small matrix: its characters are a few pixels high, and enlarged
+            # twice the detector boxes some lines in part or not at all. Where it found
+            # text, the whole frame is looked at three times enlarged as well (6-10 px fonts
+            # on 64 px frames, lines removed whole: CT 22 -> 25 of 30, MR 16 -> 19 of 32);
+            # a text-free frame costs nothing more.
+            started = time.perf_counter()
+            whole = [Box(0, 0, width, height, source="presence")]
+            boxes += [
+                b
+                for b in self._text(picture, whole, phi, scale=3.0)
+                if not any(b.intersection(k) >= 0.9 * b.area for k in boxes)
+            ]
+            seconds["detect"] += time.perf_counter() - started
         targets = [b for b in regions + boxes if b.area > 0]
         if decision.keep_only:
             outside = _outside(decision.keep_only, width, height)
@@ -417,13 +433,17 @@ class PixelStage:
         return [b for b in read if _readable(b) and b.score >= 0.5]
 
     def _text(
-        self, picture: np.ndarray, regions: list[Box], phi: SensitiveText | None
+        self,
+        picture: np.ndarray,
+        regions: list[Box],
+        phi: SensitiveText | None,
+        scale: float | None = None,
     ) -> list[Box]:
         """Text boxes near the candidate regions: all of them (all-text mode), or those whose
         words are PHI (sensitive-text mode). Doubtful boxes are read to confirm them: boxes
         taller than a text line (a large title, or anatomy the detector took for text) must
         read clearly."""
-        boxes = find_text(self.detector, picture, regions, tall=True)
+        boxes = find_text(self.detector, picture, regions, tall=True, scale=scale)
         if phi is not None:
             read = self.detector.recognize(picture, boxes) if boxes else []
             return [b for b in read if phi.is_sensitive(b.text or "", b.score)]
