@@ -416,9 +416,9 @@ def burn_small(
     picture: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """``picture`` (8-bit grey or RGB, 64 to 256 px: ``SIDES``' small matrices) with one to
-    three lines of fake PHI in a font that fits it (6 to 10 px, a third of the frame's
-    width or more), white, mid-grey or dark on a light box, at the top, the bottom or over
-    the body; and the lines' boxes. On such frames organs and bones are the size of these
+    three lines of fake PHI in a 6 to 10 px font, cut to fit its width: white, mid-grey (175)
+    with the first line over the body, or dark on a light box; at the top and the bottom;
+    and the lines' boxes. On such frames organs and bones are the size of these
     characters: the case a presence check finds hardest."""
     from PIL import Image, ImageDraw
 
