@@ -18,7 +18,8 @@ real CT, MR, PET, NM and CR (``dicomnode.synth_anatomy``: body outline, organs, 
 noise texture; windowed to 8 bits as the stage does), also at sizes below 512 px (``SMALL``:
 CT, MR, PET and NM matrices of 64 to 256 px, where organs are the size of characters), and
 the same frames with text burned in (plain, small, faint, inverted, coloured, over anatomy, a
-dense block, vertical; on the small matrices, lines in a 6-10 px font that fits them). For both
+dense block, vertical; over MR anatomy alone, where mid-grey text is hardest to find; on the
+small matrices, lines in a 6-10 px font that fits them). For both
 presence checks the stage has (``pixels.presence``): the thorough one
 (``dicomnode.pixels.presence``, strokes) and the learned one (``dicomnode.pixels.lines``,
 model ``lines_model.json`` and its net ``lines_model.onnx`` from
@@ -106,6 +107,13 @@ def presence_table(frames: int, detector: Any) -> None:
             pictures.append(picture)
             truths.append(boxes)
         rows.append((kind, pictures, truths))
+    for side in (256, 512):  # mid-grey text over MR anatomy: the hardest case (README)
+        pictures, truths = [], []
+        for _ in range(frames):
+            picture, boxes = burn(shown(sized("MR", rng, side)), "over-anatomy", rng)
+            pictures.append(picture)
+            truths.append(boxes)
+        rows.append((f"over-anatomy, MR {side}x{side}", pictures, truths))
     for modality, side in SMALL:  # text in a font that fits a small frame
         pictures, truths = [], []
         for _ in range(frames):
