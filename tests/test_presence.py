@@ -458,20 +458,27 @@ def _ct_instance(grey: np.ndarray, sop_class: str = CT_IMAGE) -> Dataset:
 def test_burned_in_text_on_a_ct_slice_is_removed_through_the_stage(kind: str) -> None:
     """End to end, as the node runs it on a CT image (``auto``: the learned check): every
     planted line lies under the boxes the stage removed, and nothing remains."""
+    rng = np.random.default_rng([60_000, TEXT_KINDS.index(kind)])
+    picture, planted = burn(_shown(ct_slice(rng)), kind, rng)
+    report, removed = _through_stage(picture if picture.ndim == 2 else picture[:, :, 0])
+    assert report["presence"] == "learned" and report["frames_changed"] == 1, report
+    for line in planted:
+        assert _covered(line, removed, picture.shape, pad=0) >= 0.9, (kind, line)
+
+
+def _through_stage(grey: np.ndarray, modality: str = "CT") -> tuple[dict[str, Any], list[Box]]:
+    """A 12-bit instance showing ``grey`` cleaned as the node cleans it: the stage's report
+    and every box it removed."""
     from dicomnode.config import PixelConfig
     from dicomnode.pipeline import header_snapshot
     from dicomnode.pixels import PixelStage
 
     remover = _Recording()
     stage = PixelStage(PixelConfig(), detector=_detector(), remover=remover)  # type: ignore[arg-type]
-    rng = np.random.default_rng([60_000, TEXT_KINDS.index(kind)])
-    picture, planted = burn(_shown(ct_slice(rng)), kind, rng)
-    grey = picture if picture.ndim == 2 else picture[:, :, 0]
     ds = _ct_instance(grey)
+    ds.Modality = modality
     report = stage.clean(ds, header_snapshot(ds, stage.policy.fields))
-    assert report["presence"] == "learned" and report["frames_changed"] == 1, report
-    for line in planted:
-        assert _covered(line, remover.targets, picture.shape, pad=0) >= 0.9, (kind, line)
+    return report, remover.targets
 
 
 @pytest.mark.parametrize(("modality", "seed", "line"), [("CT", 14, 1), ("MR", 5, 1)])
@@ -481,21 +488,14 @@ def test_a_small_frame_with_text_is_looked_at_closer(
     """On a 64 px frame the detector, at twice the size, boxes part of this line of a
     6-10 px font; the stage, having found text there, looks at the whole frame three times
     enlarged too, and the whole line is removed (without that look, 78% and 65% of it)."""
-    from dicomnode.config import PixelConfig
-    from dicomnode.pipeline import header_snapshot
-    from dicomnode.pixels import PixelStage
     from dicomnode.pixels import stage as stage_module
 
     def removed(closer: int) -> float:
         monkeypatch.setattr(stage_module, "CLOSER_LOOK_SIDE", closer)
         rng = np.random.default_rng([61_000, 64, seed])
         picture, planted = burn_small(_shown(sized(modality, rng, 64)), rng)
-        remover = _Recording()
-        stage = PixelStage(PixelConfig(), detector=_detector(), remover=remover)  # type: ignore[arg-type]
-        ds = _ct_instance(picture[:, :, 0])
-        ds.Modality = modality
-        stage.clean(ds, header_snapshot(ds, stage.policy.fields))
-        return _covered(planted[line], remover.targets, picture.shape, pad=0)
+        _, boxes = _through_stage(picture[:, :, 0], modality)
+        return _covered(planted[line], boxes, picture.shape, pad=0)
 
     assert removed(0) < 0.9
     assert removed(128) >= 0.9

@@ -334,11 +334,7 @@ class PixelStage:
             seconds["presence"] += time.perf_counter() - started
             if more:
                 started = time.perf_counter()
-                boxes += [
-                    b
-                    for b in self._text(picture, more, phi)
-                    if not any(b.intersection(k) >= 0.9 * b.area for k in boxes)
-                ]
+                boxes += _not_in(self._text(picture, more, phi), boxes)
                 seconds["detect"] += time.perf_counter() - started
                 found += more
         if boxes and max(height, width) <= CLOSER_LOOK_SIDE:
@@ -349,11 +345,7 @@ class PixelStage:
             # a text-free frame costs nothing more.
             started = time.perf_counter()
             whole = [Box(0, 0, width, height, source="presence")]
-            boxes += [
-                b
-                for b in self._text(picture, whole, phi, scale=3.0)
-                if not any(b.intersection(k) >= 0.9 * b.area for k in boxes)
-            ]
+            boxes += _not_in(self._text(picture, whole, phi, scale=3.0), boxes)
             seconds["detect"] += time.perf_counter() - started
         targets = [b for b in regions + boxes if b.area > 0]
         if decision.keep_only:
@@ -463,6 +455,11 @@ def _learned(picture: np.ndarray, photometric: str) -> list[Box]:
     if photometric in ("MONOCHROME1", "MONOCHROME2") and picture.ndim == 3:
         picture = np.ascontiguousarray(picture[:, :, 0])
     return learned_candidates(picture)
+
+
+def _not_in(more: list[Box], boxes: list[Box]) -> list[Box]:
+    """The boxes of a further look that the boxes found so far do not already hold (90%)."""
+    return [b for b in more if not any(b.intersection(k) >= 0.9 * b.area for k in boxes)]
 
 
 def _readable(box: Box) -> bool:
