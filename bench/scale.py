@@ -13,7 +13,8 @@ and the review page off: it needs only the node's own dependencies and a Python,
 
 Per row: instances/s, the ratio to one listener, how busy the whole machine was (from
 /proc/stat: below 100% on a machine the senders and the node share means the limit is not the
-CPUs but the disk's durable writes, or the senders) and CPU ms per instance by process role.
+CPUs but the disk's durable writes, or the senders) and CPU ms per instance by process role
+(with one listener the node's main process receives itself: no listener process).
 
     .venv/bin/python bench/scale.py [--listeners 1,2,4,8,12,16] [--senders 16] [--rounds 2]
 """
@@ -27,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +67,14 @@ def busy_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+@dataclass(frozen=True)
 class Sent:
     """One row's round: instances delivered, seconds, machine busy share, node CPU by role."""
 
-    def __init__(self, count: int, seconds: float, busy: float, cpu: dict[str, float]) -> None:
-        self.count, self.seconds, self.busy, self.cpu = count, seconds, busy, cpu
+    count: int
+    seconds: float
+    busy: float
+    cpu: dict[str, float]
 
     @property
     def rate(self) -> float:
