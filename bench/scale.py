@@ -12,8 +12,8 @@ destination, two workers in the idle CPU class scrubbing as it arrives), with th
 and the review page off: it needs only the node's own dependencies and a Python, no peers.
 
 Per row: instances/s, the ratio to one listener, how busy the whole machine was (from
-/proc/stat: below 100% on a machine the senders and the node share means the limit is not the
-CPUs but the disk's durable writes, or the senders) and CPU ms per instance by process role
+/proc/stat: well below 100% on a machine the senders and the node share means that something
+else than the CPUs holds it back, such as the disk's durable writes or the senders) and CPU ms per instance by process role
 (with one listener the node's main process receives itself: no listener process).
 
     .venv/bin/python bench/scale.py [--listeners 1,2,4,8,12,16] [--senders 16] [--rounds 2]
@@ -44,8 +44,9 @@ from tests.peers import NodeProcess  # noqa: E402
 
 
 def _sender(port: int, aet: str, paths: list[Path], start: Any, done: Any) -> None:
-    """One sender process: waits for ``start``, sends ``paths`` over one association, puts the
-    number delivered (0 if the send failed: the row then says so)."""
+    """One sender process: once every sender is ready (``start``, a barrier), sends ``paths``
+    over one association and puts the number delivered (0 if the send failed: the row then
+    says so)."""
     destination = DicomDestination(
         name="node", ae_title=aet, host="127.0.0.1", port=port, timeout_s=60
     )
@@ -84,18 +85,17 @@ class Sent:
 def send_all(port: int, aet: str, paths: list[Path], senders: int, node_pid: int = 0) -> Sent:
     """Every sender at once, started together once all are up; until the last is done."""
     context = mp.get_context("spawn")
-    start, done = context.Event(), context.Queue()
+    start, done = context.Barrier(senders + 1), context.Queue()
     procs = [
         context.Process(target=_sender, args=(port, aet, paths, start, done))
         for _ in range(senders)
     ]
     for proc in procs:
         proc.start()
-    time.sleep(2.0)  # spawned and imported: the clock starts with the first association
+    start.wait(timeout=300)  # every sender spawned and imported: the clock starts now
     before = process_cpu(node_pid) if node_pid else {}
     busy0, all0 = busy_ticks()
     began = time.perf_counter()
-    start.set()
     count = sum(done.get(timeout=900) for _ in procs)
     seconds = time.perf_counter() - began
     busy1, all1 = busy_ticks()
