@@ -45,8 +45,8 @@ from tests.peers import NodeProcess  # noqa: E402
 
 def _sender(port: int, aet: str, paths: list[Path], start: Any, done: Any) -> None:
     """One sender process: once every sender is ready (``start``, a barrier), sends ``paths``
-    over one association and puts the number delivered (0 if the send failed: the row then
-    says so)."""
+    over one association and puts the number delivered (0 if the send failed: the row's
+    "delivered" column then says so)."""
     destination = DicomDestination(
         name="node", ae_title=aet, host="127.0.0.1", port=port, timeout_s=60
     )
@@ -73,6 +73,7 @@ class Sent:
     """One row's round: instances delivered, seconds, machine busy share, node CPU by role."""
 
     count: int
+    expected: int
     seconds: float
     busy: float
     cpu: dict[str, float]
@@ -106,7 +107,8 @@ def send_all(port: int, aet: str, paths: list[Path], senders: int, node_pid: int
     for pid, (role, total) in after.items():
         spent = total - before.get(pid, (role, 0.0))[1]
         cpu[role] = cpu.get(role, 0.0) + spent * 1000 / max(count, 1)
-    return Sent(count, seconds, (busy1 - busy0) / max(1, all1 - all0), cpu)
+    busy = (busy1 - busy0) / max(1, all1 - all0)
+    return Sent(count, senders * len(paths), seconds, busy, cpu)
 
 
 def node_round(work: Path, listeners: int, paths: list[Path], senders: int) -> Sent:
@@ -167,14 +169,18 @@ def main() -> int:
             f"instances, loopback, best of {args.rounds} alternating rounds"
         )
         print()
-        print("| receiver | inst/s | MB/s | vs x1 | machine busy | node CPU ms/inst by role |")
-        print("|---|---:|---:|---:|---:|---|")
+        print(
+            "| receiver | delivered | inst/s | MB/s | vs x1 | machine busy "
+            "| node CPU ms/inst by role |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---|")
         size = sum(p.stat().st_size for p in paths) / len(paths)
         for name, sent in best.items():
-            ratio = f"{sent.rate / one.rate:.2f}" if one and name != "bare pynetdicom" else "-"
+            usable = one is not None and one.rate > 0 and name != "bare pynetdicom"
+            ratio = f"{sent.rate / one.rate:.2f}" if usable and one else "-"
             roles = ", ".join(f"{k} {v:.1f}" for k, v in sorted(sent.cpu.items()) if v >= 0.05)
             print(
-                f"| {name} | {sent.rate:.0f} | {sent.rate * size / 1e6:.0f} | {ratio} | "
+                f"| {name} | {sent.count}/{sent.expected} | {sent.rate:.0f} | {sent.rate * size / 1e6:.0f} | {ratio} | "
                 f"{100 * sent.busy:.0f}% | {roles or '-'} |"
             )
     finally:
