@@ -618,6 +618,43 @@ def test_lines_of_every_font_size_are_found_through_the_learned_check(size: int)
         assert covered >= 0.5, (size, seed, found, boxes)
 
 
+@pytest.mark.parametrize(
+    ("word", "size", "font", "seed"),
+    [  # each one missed whole before (no box, or none over the first letter)
+        ("LEFT", 120, "DejaVuSans-Bold.ttf", 1),
+        ("LEFT", 140, "DejaVuSerif.ttf", 0),
+        ("JOHN", 120, "DejaVuSans.ttf", 0),
+    ],
+)
+def test_a_word_of_huge_characters_is_removed_whole(
+    stage: object, word: str, size: int, font: str, seed: int
+) -> None:
+    """Characters over a sixth of the frame high are marks of the learned check's reduced copy
+    only, a letter or two per candidate; the detector's crop around such a piece held one
+    letter (no box), or began after the first one. Tall pieces and tall text found are looked
+    at again with the rest of their line (``PixelStage._wide``): the word goes whole."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from dicomnode.pixels import PixelStage
+    from dicomnode.pixels.policy import Decision
+
+    assert isinstance(stage, PixelStage)
+    rng = np.random.default_rng([80_000, size, seed])
+    image = Image.fromarray(np.ascontiguousarray(_shown(ct_slice(rng))[:, :, 0]))
+    draw = ImageDraw.Draw(image)
+    face = ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{font}", size)
+    at = (8, int(rng.integers(20, 512 - size - 20)))
+    line = Box(*(int(v) for v in draw.textbbox(at, word, font=face)))
+    draw.text(at, word, font=face, fill=int(rng.integers(200, 256)))
+    frame = np.array(image)
+    result = stage.clean_frame(
+        frame, "MONOCHROME2", Dataset(), Decision(True, "test"), None, check=Presence.LEARNED
+    )
+    covered = _covered((line.x0, line.y0, line.x1, line.y1), result.boxes, frame.shape, 0)
+    assert covered >= 0.9, (word, size, font, seed, covered, result.boxes)
+    assert not result.remains
+
+
 def test_a_vertebra_the_detector_scores_as_text_is_read_and_left_alone() -> None:
     """Slice 178 of bench/throughput.py's CT series: the detector boxed a vertebra (score
     0.67, 85 x 54 px) as a line of text, and it was filled. A box under two heights long is

@@ -75,6 +75,9 @@ _NOISE: Any = 3  # ... and this many times above its noise (see _floor)
 _NEAR = np.ones((5, 5), np.uint8)  # on the reduced copy: ~20 px
 _SQUARE = np.ones((5, 5), np.uint8)
 _COARSE_MIN = 96  # the reduced copy's shorter side, at least
+#: Frames whose shorter side is this long or longer are also looked at on a copy reduced
+#: four times, where marks of characters over 64 px high are (a word in pieces, at times).
+COARSE_SIDE = 4 * _COARSE_MIN
 #: The model file (package data) and the version of its format this code reads.
 MODEL = Path(__file__).with_name("lines_model.json")
 MODEL_VERSION = 2
@@ -166,7 +169,7 @@ def describe(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> L
     parts: list[_Part] = []
     for grey in _planes(picture):
         views = [(grey, scale, False)]
-        if min(grey.shape[:2]) >= 4 * _COARSE_MIN:
+        if min(grey.shape[:2]) >= COARSE_SIDE:
             coarse = _quarter(grey)
             views.append((coarse, scale * 0.25, True))
         for view, factor, is_coarse in views:

@@ -31,11 +31,11 @@ from dicomnode.config import PixelConfig
 from dicomnode.errors import InstanceError
 from dicomnode.limits import out_of_memory
 from dicomnode.pixels import codec
-from dicomnode.pixels.boxes import Box
+from dicomnode.pixels.boxes import Box, merge
 from dicomnode.pixels.detect import TextDetector, doubtful, find_text, line_height, make_detector
 from dicomnode.pixels.evidence import Evidence, Kind
+from dicomnode.pixels.lines import COARSE_SIDE, load_model
 from dicomnode.pixels.lines import candidates as learned_candidates
-from dicomnode.pixels.lines import load_model
 from dicomnode.pixels.policy import Decision, PixelPolicy, load_policy
 from dicomnode.pixels.presence import Presence, candidates, choose, strokes
 from dicomnode.pixels.remove import FillRemover, Remover, make_remover
@@ -48,6 +48,10 @@ __all__ = ["FrameResult", "PixelStage", "TextRemainsError"]
 CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
 #: Frames this large or smaller on which text was found are looked at closer too.
 CLOSER_LOOK_SIDE = 128
+#: Text boxes, or learned candidates on frames it also looks at reduced (``COARSE_SIDE``),
+#: this high (pixels) may be pieces of a word of large characters (``PixelStage._wide``):
+#: the learned check sees letters over 64 px high on its reduced copy only, a few at a time.
+LARGE_TEXT = 48
 
 
 class TextRemainsError(InstanceError):
@@ -321,6 +325,22 @@ class PixelStage:
             started = time.perf_counter()
             boxes = self._text(picture, found, phi)
             seconds["detect"] = time.perf_counter() - started
+        if found:
+            # Characters larger than a line's crop: a word over a sixth of the frame high is
+            # seen by the learned check in pieces (a letter or two), and its crop holds too
+            # little of it for the detector, or not its first letter. Such pieces, and tall
+            # text found, are looked at again with the rest of their line, reduced.
+            started = time.perf_counter()
+            large = [b for b in boxes if b.height > LARGE_TEXT]
+            if learned and min(height, width) >= COARSE_SIDE:
+                large += [
+                    f
+                    for f in found
+                    if f.height > LARGE_TEXT and not any(f.touches(b) for b in boxes)
+                ]
+            if large:
+                boxes += _not_in(self._wide(picture, large, phi), boxes)
+            seconds["detect"] = seconds.get("detect", 0.0) + time.perf_counter() - started
         if boxes and learned:
             # Text is there after all: the rest of the frame is searched as the thorough
             # check would have it, so that a line the model scored low is not left behind.
@@ -424,18 +444,44 @@ class PixelStage:
         read = self.detector.recognize(picture, inked)
         return [b for b in read if _readable(b) and b.score >= 0.5]
 
+    def _wide(self, picture: np.ndarray, pieces: list[Box], phi: SensitiveText | None) -> list[Box]:
+        """Text boxes on bands around ``pieces`` (tall candidates or boxes): two heights to
+        each side, where the rest of a word of large characters is, looked at reduced so that
+        its characters are about 40 px high (the detector sees them best at that size, and
+        the band costs a fraction of its area)."""
+        height, width = picture.shape[:2]
+        bands = [
+            (
+                Box(
+                    p.x0 - 2 * p.height,
+                    p.y0 - p.height // 2,
+                    p.x1 + 2 * p.height,
+                    p.y1 + p.height // 2,
+                ).clipped(width, height),
+                p.height,
+            )
+            for p in pieces
+        ]
+        found: list[Box] = []
+        for band in merge([b for b, _ in bands]):
+            tallest = max(high for b, high in bands if b.intersection(band))
+            scale = min(0.5, max(0.25, 40 / tallest))
+            found += _not_in(self._text(picture, [band], phi, scale=scale, pad=0), found)
+        return found
+
     def _text(
         self,
         picture: np.ndarray,
         regions: list[Box],
         phi: SensitiveText | None,
         scale: float | None = None,
+        pad: int = 24,
     ) -> list[Box]:
         """Text boxes near the candidate regions: all of them (all-text mode), or those whose
         words are PHI (sensitive-text mode). Doubtful boxes are read to confirm them: boxes
         taller than a text line (a large title, or anatomy the detector took for text) must
         read clearly."""
-        boxes = find_text(self.detector, picture, regions, tall=True, scale=scale)
+        boxes = find_text(self.detector, picture, regions, pad=pad, tall=True, scale=scale)
         if phi is not None:
             read = self.detector.recognize(picture, boxes) if boxes else []
             return [b for b in read if phi.is_sensitive(b.text or "", b.score)]
