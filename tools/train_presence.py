@@ -27,7 +27,11 @@ held-out lines more (``lines.sends``).
 The net (``lines_net.py``): trained with torch (the diffusion extra; not needed by the node)
 on the same training lines as the net sees them (``lines.line_crops``), written as plain ONNX
 operators beside the model file; its threshold is the highest that loses at most
-``--net-miss`` (0.25%) of the held-out lines more than the trees alone.
+``--net-miss`` (0.25%) of the held-out lines more than the trees alone. Frames of at most
+``lines.SMALL_SIDE`` px have a net threshold of their own: where the stage finds text on one,
+it looks at the whole frame enlarged too, so that one line sent finds them all; the highest
+threshold at which as many held-out small frames with text still send a line over a planted
+one, less ``--small-miss`` (none) of them.
 
     .venv/bin/python tools/train_presence.py [--frames 3000] [--held-out 800] [--seed 0]
     .venv/bin/python tools/train_presence.py --frames 40 --held-out 20 --epochs 1 \\
@@ -59,15 +63,19 @@ from dicomnode.pixels.lines import (  # noqa: E402
     FEATURES,
     MODEL,
     MODEL_VERSION,
+    SMALL_SIDE,
     Ensemble,
     describe,
     line_crops,
+    load_model,
     sends,
 )
 from dicomnode.pixels.lines_net import HEIGHT, WIDTH, load_net  # noqa: E402
 from dicomnode.synth_anatomy import FRAMES, SIDES, TEXT_KINDS, burn, sized  # noqa: E402
 
 FONT_DIRS = ("dejavu", "liberation", "noto")
+#: The thresholds tried, low to high.
+GRID = [round(float(v), 3) for v in np.r_[0.0, np.geomspace(0.001, 0.9, 60)]]
 _WORDS = (
     "SMITH^JOHN", "DOE, JANE", "MRN 00482913", "1958-04-17", "14:32:08", "Dr K. Meyer",
     "Acc 77812-B", "St. Mary Hospital", "PATIENT: MUELLER, ANNA", "DOB 03.11.1947", "ID 5521",
@@ -446,10 +454,24 @@ def main() -> int:
         default=0.0025,
         help="held-out lines that may be lost more by the net's second look",
     )
+    parser.add_argument(
+        "--small-only",
+        action="store_true",
+        help="only choose the small frames' net threshold of the model at --out (and its net), "
+        "on the same held-out frames, and write it there",
+    )
+    parser.add_argument(
+        "--small-miss",
+        type=float,
+        default=0.0,
+        help="held-out small frames with text that may be lost more by their own net threshold",
+    )
     args = parser.parse_args()
     cv2.setNumThreads(1)
     started = time.perf_counter()
     fonts = _fonts()
+    if args.small_only:
+        return _only_small(args, fonts)
     train = collect(range(args.seed, args.seed + args.frames), fonts)
     held = collect(range(args.seed + args.frames, args.seed + args.frames + args.held_out), fonts)
     y = np.concatenate([labels(b, t, s) for _, b, t, s, _ in train])
@@ -476,7 +498,7 @@ def main() -> int:
     }
     ensemble = Ensemble(data)
     scores = [ensemble.score(f) if len(f) else np.zeros(0) for f, *_ in held]
-    grid = [round(v, 3) for v in np.r_[0.0, np.geomspace(0.001, 0.9, 60)]]
+    grid = GRID
     found_all = _recall(held, _masks(held, scores, 0.0, 0.0))
     threshold = _highest(
         held,
@@ -516,12 +538,36 @@ def main() -> int:
         kept[0] - args.net_miss * kept[1],
     )
     data["net_threshold"] = net_threshold
+    small_threshold = _small_threshold(held, trees, looks, net_threshold, grid, args.small_miss)
+    data["small_net_threshold"] = small_threshold
     args.out.write_text(json.dumps(data, separators=(",", ":")) + "\n")
     print(
-        f"threshold {threshold}, coarse {coarse}, net {net_threshold}, wrote {args.out} and "
+        f"threshold {threshold}, coarse {coarse}, net {net_threshold}, small frames "
+        f"{small_threshold}, wrote {args.out} and "
         f"{net_file}, {time.perf_counter() - started:.0f} s",
         file=sys.stderr,
     )
+    return 0
+
+
+def _only_small(args: argparse.Namespace, fonts: list[Path]) -> int:
+    """``--small-only``: the small frames' net threshold of an existing model, written into
+    its file (the rest of the file as it was)."""
+    model = load_model(args.out)
+    net = model.net
+    if net is None:
+        sys.exit(f"{args.out} has no net beside it")
+    first = args.seed + args.frames
+    held = collect(range(first, first + args.held_out), fonts)
+    scores = [model.score(f) if len(f) else np.zeros(0) for f, *_ in held]
+    trees = _masks(held, scores, model.threshold, model.coarse_threshold)
+    looks = [net.score(crops) if len(crops) else np.zeros(0) for *_, crops in held]
+    grid = GRID
+    chosen = _small_threshold(held, trees, looks, model.net_threshold, grid, args.small_miss)
+    data = json.loads(args.out.read_text())
+    data["small_net_threshold"] = chosen
+    args.out.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    print(f"small frames {chosen}, wrote {args.out}", file=sys.stderr)
     return 0
 
 
@@ -566,6 +612,60 @@ def _free_sent(held: list[Any], masks: list[np.ndarray]) -> int:
     return sum(
         bool(m.any()) for (_, _, truths, *_), m in zip(held, masks, strict=True) if not truths
     )
+
+
+def _small_threshold(
+    held: list[Any],
+    trees: list[np.ndarray],
+    looks: list[np.ndarray],
+    net_threshold: float,
+    grid: list[float],
+    miss: float,
+) -> float:
+    """The net's threshold for frames of at most SMALL_SIDE px. The stage looks at such a
+    frame whole once it found text on it, so one of its lines sent finds them all: the
+    highest threshold at which the held-out small frames with text that send a line over a
+    planted one at ``net_threshold`` still do, less ``miss`` of them."""
+    small = [
+        i
+        for i, (_, _, truths, shape, _) in enumerate(held)
+        if truths and max(shape[:2]) <= SMALL_SIDE
+    ]
+
+    def at(t: float) -> list[np.ndarray]:
+        return [m & (look >= t) for m, look in zip(trees, looks, strict=True)]
+
+    caught = _frames_caught(held, small, at(net_threshold))
+    if not caught:  # nothing to choose by: as large frames
+        print("no held-out small frame with text is caught: the net's threshold", file=sys.stderr)
+        return net_threshold
+    chosen = net_threshold
+    for t in [net_threshold, *(t for t in grid if t > net_threshold)]:
+        masks = at(t)
+        hits = _frames_caught(held, small, masks)
+        free = sum(
+            bool(m.any())
+            for (_, _, truths, shape, _), m in zip(held, masks, strict=True)
+            if not truths and max(shape[:2]) <= SMALL_SIDE
+        )
+        print(
+            f"small-frame net threshold {t:.3f}: frames {hits}/{len(small)}; "
+            f"text-free small frames sent {free}",
+            file=sys.stderr,
+        )
+        if hits >= caught - miss * len(small):
+            chosen = t
+    return chosen
+
+
+def _frames_caught(held: list[Any], rows: list[int], masks: list[np.ndarray]) -> int:
+    """Of the held-out frames ``rows``, those on which a line sent covers a planted one."""
+    caught = 0
+    for i in rows:
+        _, boxes, truths, shape, _ = held[i]
+        sent = boxes[masks[i]] if len(masks[i]) else boxes
+        caught += any(covered(truth, sent, shape) for truth in truths)
+    return caught
 
 
 def _recall(held: list[Any], masks: list[np.ndarray]) -> tuple[int, int]:

@@ -78,6 +78,10 @@ _COARSE_MIN = 96  # the reduced copy's shorter side, at least
 #: Frames whose shorter side is this long or longer are also looked at on a copy reduced
 #: four times, where marks of characters over 64 px high are (a word in pieces, at times).
 COARSE_SIDE = 4 * _COARSE_MIN
+#: Frames whose larger side is at most this: where the stage finds text on one, it looks at
+#: the whole frame, enlarged, as well (``stage.CLOSER_LOOK_SIDE``), so that one of its lines
+#: sent finds them all; the net sends their lines at the model's ``small_net_threshold``.
+SMALL_SIDE = 128
 #: The model file (package data) and the version of its format this code reads.
 MODEL = Path(__file__).with_name("lines_model.json")
 MODEL_VERSION = 2
@@ -498,6 +502,9 @@ class Ensemble:
         # threshold it runs at; ``net`` is None where only the trees are wanted (training).
         self.net_file = str(data["net"])
         self.net_threshold = float(data["net_threshold"])
+        # Small frames (``SMALL_SIDE``): a threshold of their own (a model file without one
+        # uses the net's for every frame).
+        self.small_net_threshold = float(data.get("small_net_threshold", self.net_threshold))
         self.net = net
         self.base = float(data["base"])
         self.depth = int(data["depth"])
@@ -512,7 +519,7 @@ class Ensemble:
             and self.feature.min() >= 0
             and self.feature.max() < len(FEATURES)
             and 0 <= self.threshold <= self.coarse_threshold < 1
-            and 0 <= self.net_threshold < 1
+            and 0 <= self.net_threshold <= self.small_net_threshold < 1
             and Path(self.net_file).name == self.net_file
         ):
             raise ValueError("its trees, features or threshold are not of the expected shape")
@@ -537,14 +544,17 @@ class Ensemble:
     def net_sends(self, picture: np.ndarray, lines: Lines, rows: np.ndarray) -> np.ndarray:
         """Of the lines ``rows`` (those the trees send), which the net sends too: looked at
         ``NET_BATCH`` lines at a time, so that a frame of many lines (a page of text, or
-        one made to have them) costs memory for a batch, not for all its crops at once."""
+        one made to have them) costs memory for a batch, not for all its crops at once.
+        A small frame's lines (``SMALL_SIDE``) at the threshold for small frames."""
         net = cast(LineNet, self.net)
+        small = max(picture.shape[:2]) <= SMALL_SIDE
+        least = self.small_net_threshold if small else self.net_threshold
         planes = _planes(picture)
         keep = np.zeros(len(rows), bool)
         for start in range(0, len(rows), NET_BATCH):
             part = rows[start : start + NET_BATCH]
             batch = _line_crops(planes, lines, part)
-            keep[start : start + len(part)] = net.score(batch) >= self.net_threshold
+            keep[start : start + len(part)] = net.score(batch) >= least
         return keep
 
 

@@ -34,7 +34,7 @@ from dicomnode.pixels import codec
 from dicomnode.pixels.boxes import Box, merge
 from dicomnode.pixels.detect import TextDetector, doubtful, find_text, line_height, make_detector
 from dicomnode.pixels.evidence import Evidence, Kind
-from dicomnode.pixels.lines import COARSE_SIDE, load_model
+from dicomnode.pixels.lines import COARSE_SIDE, SMALL_SIDE, load_model
 from dicomnode.pixels.lines import candidates as learned_candidates
 from dicomnode.pixels.policy import Decision, PixelPolicy, load_policy
 from dicomnode.pixels.presence import Presence, candidates, choose, strokes
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 __all__ = ["FrameResult", "PixelStage", "TextRemainsError"]
 
 CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
-#: Frames this large or smaller on which text was found are looked at closer too.
-CLOSER_LOOK_SIDE = 128
+#: Frames this large or smaller on which text was found are looked at closer too (the
+#: learned check counts on it: one line of such a frame sent is enough, ``lines.SMALL_SIDE``).
+CLOSER_LOOK_SIDE = SMALL_SIDE
 #: Text boxes, or learned candidates on frames it also looks at reduced (``COARSE_SIDE``),
 #: this high (pixels) may be pieces of a word of large characters (``PixelStage._wide``):
 #: the learned check sees letters over 64 px high on its reduced copy only, a few at a time.
