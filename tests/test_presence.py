@@ -167,7 +167,7 @@ def test_small_text_on_a_small_frame_is_a_learned_candidate(modality: str, side:
     for seed in range(8):
         rng = np.random.default_rng([63_000, side, seed])
         picture, planted = burn_small(_shown(sized(modality, rng, side)), rng)
-        found = lines.candidates(picture)
+        found = lines.candidates(picture, one_line_enough=True)  # as the stage removing all text
         best = max(_covered(line, found, picture.shape) for line in planted)
         assert best >= 0.8, (modality, side, seed, planted, found)
 
@@ -293,34 +293,56 @@ def test_training_the_learned_model_is_deterministic(tmp_path: Path) -> None:
     assert outs[0].read_bytes() == written[0][0]
 
 
-def test_the_lines_of_a_small_frame_have_a_net_threshold_of_their_own() -> None:
+def test_the_lines_of_a_small_frame_have_a_net_threshold_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The net sends a line of a frame of at most ``SMALL_SIDE`` px at the model's
-    ``small_net_threshold``, of a larger one at ``net_threshold``; a model file without the
-    first uses the second for both (files written before it)."""
+    ``small_net_threshold`` where one line is enough (the stage removing all text looks at
+    such a frame whole once it found text), else at ``net_threshold``; a model file without
+    the first uses the second (files written before it). In sensitive-text mode the stage
+    looks closer only where it found PHI, so every line counts there."""
+    from dicomnode.config import PixelConfig
+    from dicomnode.pixels import PixelStage
+    from dicomnode.pixels import stage as stage_module
+    from dicomnode.pixels.policy import Decision
+    from dicomnode.pixels.sensitive import SensitiveText
+
+    data = {**json.loads(lines.MODEL.read_text()), "net_threshold": 0.2}
+    model = lines.Ensemble({**data, "small_net_threshold": 0.5})
+    side = lines.SMALL_SIDE
+    assert model.net_threshold_for((side, side), True) == 0.5
+    assert model.net_threshold_for((side, side + 1, 3), True) == 0.2
+    assert model.net_threshold_for((side, side), False) == 0.2
+    del data["small_net_threshold"]
+    assert lines.Ensemble(data).net_threshold_for((64, 64), True) == 0.2
 
     class Flat:
         def score(self, crops: np.ndarray) -> np.ndarray:
             return np.full(len(crops), 0.3)
 
-    data = json.loads(lines.MODEL.read_text())
-    for side, small, expected in (
-        (lines.SMALL_SIDE, 0.5, False),
-        (lines.SMALL_SIDE + 1, 0.5, True),
-        (lines.SMALL_SIDE, None, True),
-    ):
-        rng = np.random.default_rng([64_000, side])
-        picture, _ = burn_small(_shown(sized("CT", rng, side)), rng)
-        grey = np.ascontiguousarray(picture[:, :, 0])
-        described = lines.describe(grey)
-        rows = np.arange(len(described.features))
-        assert len(rows)
-        changed = {**data, "net_threshold": 0.2}
-        if small is None:
-            changed.pop("small_net_threshold")
-        else:
-            changed["small_net_threshold"] = small
-        model = lines.Ensemble(changed, net=Flat())  # type: ignore[arg-type]
-        assert model.net_sends(grey, described, rows).tolist() == [expected] * len(rows), side
+    rng = np.random.default_rng([64_000, side])
+    picture, _ = burn_small(_shown(sized("CT", rng, side)), rng)
+    grey = np.ascontiguousarray(picture[:, :, 0])
+    described = lines.describe(grey)
+    rows = np.arange(len(described.features))
+    flat = lines.Ensemble({**data, "small_net_threshold": 0.5}, net=Flat())  # type: ignore[arg-type]
+    assert len(rows) and not flat.net_sends(grey, described, rows, 0.5).any()
+    assert flat.net_sends(grey, described, rows).all()  # at net_threshold, 0.2
+
+    asked = []
+
+    def learned(picture: np.ndarray, **options: Any) -> list[Box]:
+        asked.append(options)
+        return []
+
+    monkeypatch.setattr(stage_module, "learned_candidates", learned)
+    for sensitive in (False, True):
+        stage = PixelStage(PixelConfig(mode="sensitive-text" if sensitive else "all-text"))
+        phi = SensitiveText(["DOE^JANE"]) if sensitive else None
+        stage.clean_frame(
+            grey, "MONOCHROME2", Dataset(), Decision(True, "t"), phi, check=Presence.LEARNED
+        )
+    assert asked == [{"one_line_enough": True}, {"one_line_enough": False}]
 
 
 def test_lines_of_the_reduced_copy_have_a_threshold_of_their_own(tmp_path: Path) -> None:

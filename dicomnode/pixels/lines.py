@@ -80,7 +80,8 @@ _COARSE_MIN = 96  # the reduced copy's shorter side, at least
 COARSE_SIDE = 4 * _COARSE_MIN
 #: Frames whose larger side is at most this: where the stage finds text on one, it looks at
 #: the whole frame, enlarged, as well (``stage.CLOSER_LOOK_SIDE``), so that one of its lines
-#: sent finds them all; the net sends their lines at the model's ``small_net_threshold``.
+#: sent finds them all: the net may send their lines at the model's ``small_net_threshold``
+#: (``candidates``' ``one_line_enough``).
 SMALL_SIDE = 128
 #: The model file (package data) and the version of its format this code reads.
 MODEL = Path(__file__).with_name("lines_model.json")
@@ -125,9 +126,20 @@ _DARK_FEATURE = FEATURES.index("dark")
 _VERTICAL_FEATURE = FEATURES.index("vertical")
 
 
-def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> list[Box]:
+def candidates(
+    picture: np.ndarray,
+    contrast: int = 12,
+    max_side: int = 1024,
+    *,
+    one_line_enough: bool = False,
+) -> list[Box]:
     """Boxes around every line of text-like marks in an 8-bit RGB (or grey) picture, in its
-    own pixels (``source="presence"``, the model's score as ``score``)."""
+    own pixels (``source="presence"``, the model's score as ``score``).
+
+    ``one_line_enough``: the caller looks at a small frame (``SMALL_SIDE``) whole once it
+    found any text on it (the stage removing all text does; in sensitive-text mode it looks
+    only where it found PHI), so the net sends such a frame's lines at the model's
+    ``small_net_threshold``."""
     lines = describe(picture, contrast, max_side)
     if not len(lines.features):
         return []
@@ -135,7 +147,8 @@ def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) ->
     scores = model.score(lines.features)
     keep = np.nonzero(model.sends(lines.features, scores))[0]
     if len(keep) and model.net is not None:
-        keep = keep[model.net_sends(picture, lines, keep)]
+        least = model.net_threshold_for(picture.shape, one_line_enough)
+        keep = keep[model.net_sends(picture, lines, keep, least)]
     found = []
     for k in keep:
         x0, y0, x1, y1 = (int(v) for v in lines.boxes[k])
@@ -541,14 +554,21 @@ class Ensemble:
         thresholds)."""
         return sends(features, scores, self.threshold, self.coarse_threshold)
 
-    def net_sends(self, picture: np.ndarray, lines: Lines, rows: np.ndarray) -> np.ndarray:
-        """Of the lines ``rows`` (those the trees send), which the net sends too: looked at
-        ``NET_BATCH`` lines at a time, so that a frame of many lines (a page of text, or
-        one made to have them) costs memory for a batch, not for all its crops at once.
-        A small frame's lines (``SMALL_SIDE``) at the threshold for small frames."""
+    def net_threshold_for(self, shape: tuple[int, ...], one_line_enough: bool) -> float:
+        """The net's threshold for a frame of ``shape`` (see :func:`candidates`)."""
+        if one_line_enough and max(shape[:2]) <= SMALL_SIDE:
+            return self.small_net_threshold
+        return self.net_threshold
+
+    def net_sends(
+        self, picture: np.ndarray, lines: Lines, rows: np.ndarray, least: float | None = None
+    ) -> np.ndarray:
+        """Of the lines ``rows`` (those the trees send), which the net sends too, at ``least``
+        (default: ``net_threshold``): looked at ``NET_BATCH`` lines at a time, so that a
+        frame of many lines (a page of text, or one made to have them) costs memory for a
+        batch, not for all its crops at once."""
         net = cast(LineNet, self.net)
-        small = max(picture.shape[:2]) <= SMALL_SIDE
-        least = self.small_net_threshold if small else self.net_threshold
+        least = self.net_threshold if least is None else least
         planes = _planes(picture)
         keep = np.zeros(len(rows), bool)
         for start in range(0, len(rows), NET_BATCH):
