@@ -156,18 +156,15 @@ def test_burn_small_writes_lines_that_fit_a_small_frame() -> None:
 )
 def test_small_text_on_a_small_frame_is_a_learned_candidate(modality: str, side: int) -> None:
     """On a 64 or 128 px frame organs and bones are marks of a character's size: the learned
-    check still sends a line of a 6-10 px font of every such frame with text there, and one
-    is enough: the stage then looks at the whole frame, enlarged (``CLOSER_LOOK_SIDE``), so
-    the net sends a small frame's lines at a threshold of its own (``bench/pixels.py``: the
-    "6-10 px text" rows; an MR frame of 128 px misses a mid-grey line over the body now and
-    then, so it is not pinned here)."""
-    from dicomnode.pixels.stage import CLOSER_LOOK_SIDE
-
-    assert lines.SMALL_SIDE <= CLOSER_LOOK_SIDE
+    check still sends a line of a 6-10 px font of every such frame with text among the lines
+    it looks at first, and one is enough: the stage then looks at the whole frame, enlarged
+    (``CLOSER_LOOK_SIDE``), and at the other lines (``bench/pixels.py``: the "6-10 px text"
+    rows; an MR frame of 128 px misses a mid-grey line over the body now and then, so it is
+    not pinned here)."""
     for seed in range(8):
         rng = np.random.default_rng([63_000, side, seed])
         picture, planted = burn_small(_shown(sized(modality, rng, side)), rng)
-        found = lines.candidates(picture, one_line_enough=True)  # as the stage removing all text
+        found, _ = lines.first_and_rest(picture)
         best = max(_covered(line, found, picture.shape) for line in planted)
         assert best >= 0.8, (modality, side, seed, planted, found)
 
@@ -230,8 +227,8 @@ def test_the_model_file_loads_with_the_version_and_shape_the_code_reads() -> Non
     model = lines.load_model()
     assert model.threshold == data["threshold"] and len(model.feature) == len(data["feature"])
     assert model.coarse_threshold == data["coarse_threshold"]
-    assert 0 <= data["net_threshold"] <= data["small_net_threshold"] < 1
-    assert model.small_net_threshold == data["small_net_threshold"]
+    assert 0 <= data["net_threshold"] <= data["first_net_threshold"] < 1
+    assert model.first_net_threshold == data["first_net_threshold"]
     scores = model.score(np.zeros((3, len(lines.FEATURES)), np.float32))
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
 
@@ -244,7 +241,7 @@ def test_the_model_file_loads_with_the_version_and_shape_the_code_reads() -> Non
         ({"features": ["marks"]}, "other features"),
         ({"threshold": 1.5}, "shape"),
         ({"coarse_threshold": 0.01}, "shape"),  # below the first threshold
-        ({"small_net_threshold": 0.01}, "shape"),  # below the net's threshold
+        ({"first_net_threshold": 0.01}, "shape"),  # below the net's threshold
         ({"leaf": [[0.0]]}, "shape"),
     ],
 )
@@ -281,68 +278,76 @@ def test_training_the_learned_model_is_deterministic(tmp_path: Path) -> None:
     made = json.loads(written[0][0])
     assert made["version"] == lines.MODEL_VERSION and made["net"] == "model.onnx"
     assert 0 <= made["threshold"] <= made["coarse_threshold"] < 1
-    assert 0 <= made["net_threshold"] <= made["small_net_threshold"] < 1
+    assert 0 <= made["net_threshold"] <= made["first_net_threshold"] < 1
     assert made["features"] == json.loads(lines.MODEL.read_text())["features"]
     assert lines.load_model(tmp_path / "a" / "model.json").net is not None
-    # Choosing the small frames' threshold alone, for a model as it is, finds the same.
+    # Choosing the first lines' threshold alone, for a model as it is, finds the same.
     subprocess.run(
         [sys.executable, str(ROOT / "tools/train_presence.py"), "--frames", "24",
-         "--held-out", "6", "--small-only", "--out", str(outs[0])],
+         "--held-out", "6", "--first-only", "--out", str(outs[0])],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     assert outs[0].read_bytes() == written[0][0]
 
 
-def test_the_lines_of_a_small_frame_have_a_net_threshold_of_their_own(
+def test_the_lines_scored_highest_are_looked_at_first_and_the_rest_once_text_is_found(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The net sends a line of a frame of at most ``SMALL_SIDE`` px at the model's
-    ``small_net_threshold`` where one line is enough (the stage removing all text looks at
-    such a frame whole once it found text), else at ``net_threshold``; a model file without
-    the first uses the second (files written before it). In sensitive-text mode the stage
-    looks closer only where it found PHI, so every line counts there."""
+    """The lines the net scores at ``first_net_threshold`` are looked at first, the others it
+    sends (at ``net_threshold``) once text was found on the frame: removing all text, the
+    stage then searches the rest of the frame, so one line of a frame with text leads there.
+    In sensitive-text mode only PHI found leads further, so every line is looked at first."""
+    from PIL import Image, ImageDraw, ImageFont
+
     from dicomnode.config import PixelConfig
     from dicomnode.pixels import PixelStage
     from dicomnode.pixels import stage as stage_module
     from dicomnode.pixels.policy import Decision
     from dicomnode.pixels.sensitive import SensitiveText
 
-    data = {**json.loads(lines.MODEL.read_text()), "net_threshold": 0.2}
-    model = lines.Ensemble({**data, "small_net_threshold": 0.5})
-    side = lines.SMALL_SIDE
-    assert model.net_threshold_for((side, side), True) == 0.5
-    assert model.net_threshold_for((side, side + 1, 3), True) == 0.2
-    assert model.net_threshold_for((side, side), False) == 0.2
-    del data["small_net_threshold"]
-    assert lines.Ensemble(data).net_threshold_for((64, 64), True) == 0.2
-
-    class Flat:
+    class Flat:  # the net scores every line 0.3
         def score(self, crops: np.ndarray) -> np.ndarray:
             return np.full(len(crops), 0.3)
 
-    rng = np.random.default_rng([64_000, side])
-    picture, _ = burn_small(_shown(sized("CT", rng, side)), rng)
-    grey = np.ascontiguousarray(picture[:, :, 0])
-    described = lines.describe(grey)
-    rows = np.arange(len(described.features))
-    flat = lines.Ensemble({**data, "small_net_threshold": 0.5}, net=Flat())  # type: ignore[arg-type]
-    assert len(rows) and not flat.net_sends(grey, described, rows, 0.5).any()
-    assert flat.net_sends(grey, described, rows).all()  # at net_threshold, 0.2
+    rng = np.random.default_rng(65_000)
+    image = Image.fromarray(np.ascontiguousarray(_shown(ct_slice(rng))[:, :, 0]))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 16)
+    planted = []
+    for at, text in (((10, 10), "MRN 0048291"), ((10, 480), "SMITH JOHN")):
+        planted.append(Box(*(int(v) for v in draw.textbbox(at, text, font=font))))
+        draw.text(at, text, font=font, fill=255)
+    grey = np.array(image)
+    data = json.loads(lines.MODEL.read_text())
+    everything = lines.candidates(grey)
+    for first, expected in ((0.25, "first"), (0.5, "rest")):
+        model = lines.Ensemble({**data, "net_threshold": 0.2, "first_net_threshold": first})
+        model.net = Flat()  # type: ignore[assignment]
+        monkeypatch.setattr(lines, "_model", lambda model=model: model)
+        found, rest = lines.first_and_rest(grey)
+        assert len(found if expected == "first" else rest) == len(lines.candidates(grey)) > 0
+        assert not (rest if expected == "first" else found)
+    monkeypatch.undo()
+    assert lines.candidates(grey) == everything
 
-    asked = []
-
-    def learned(picture: np.ndarray, **options: Any) -> list[Box]:
-        asked.append(options)
-        return []
-
-    monkeypatch.setattr(stage_module, "learned_candidates", learned)
-    for sensitive in (False, True):
-        stage = PixelStage(PixelConfig(mode="sensitive-text" if sensitive else "all-text"))
-        phi = SensitiveText(["DOE^JANE"]) if sensitive else None
-        stage.clean_frame(
-            grey, "MONOCHROME2", Dataset(), Decision(True, "t"), phi, check=Presence.LEARNED
-        )
-    assert asked == [{"one_line_enough": True}, {"one_line_enough": False}]
+    # The stage: one line first finds text, and the other is looked at then.
+    near = [b.padded(6, 512, 512) for b in planted]
+    monkeypatch.setattr(stage_module, "first_and_rest", lambda picture: ([near[0]], [near[1]]))
+    stage = PixelStage(PixelConfig(), detector=_detector())
+    result = stage.clean_frame(
+        grey, "MONOCHROME2", Dataset(), Decision(True, "t"), None, check=Presence.LEARNED
+    )
+    for line in planted:
+        assert _covered((line.x0, line.y0, line.x1, line.y1), result.boxes, grey.shape, 0) >= 0.9
+    # Sensitive-text mode: nothing looked at first leads there, the name is found anyway.
+    monkeypatch.setattr(stage_module, "first_and_rest", lambda picture: ([], near))
+    stage = PixelStage(PixelConfig(mode="sensitive-text"), detector=_detector())
+    phi = SensitiveText(["SMITH^JOHN"])
+    result = stage.clean_frame(
+        grey, "MONOCHROME2", Dataset(), Decision(True, "t"), phi, check=Presence.LEARNED
+    )
+    name = planted[1]
+    assert _covered((name.x0, name.y0, name.x1, name.y1), result.boxes, grey.shape, 0) >= 0.9
 
 
 def test_lines_of_the_reduced_copy_have_a_threshold_of_their_own(tmp_path: Path) -> None:

@@ -27,11 +27,12 @@ held-out lines more (``lines.sends``).
 The net (``lines_net.py``): trained with torch (the diffusion extra; not needed by the node)
 on the same training lines as the net sees them (``lines.line_crops``), written as plain ONNX
 operators beside the model file; its threshold is the highest that loses at most
-``--net-miss`` (0.25%) of the held-out lines more than the trees alone. Frames of at most
-``lines.SMALL_SIDE`` px have a net threshold of their own: where the stage finds text on one,
-it looks at the whole frame enlarged too, so that one line sent finds them all; the highest
-threshold at which as many held-out small frames with text still send a line over a planted
-one, less ``--small-miss`` (none) of them.
+``--net-miss`` (0.25%) of the held-out lines more than the trees alone. The lines the stage
+looks at first have a net threshold of their own (``lines.first_and_rest``): where it finds
+text on a frame it searches the frame further (the other lines, the thorough check's
+candidates, a small frame whole), so that one line of a frame with text is enough there; the
+highest threshold at which as many held-out frames with text still send a line over a planted
+one, less ``--first-miss`` (none) of them.
 
     .venv/bin/python tools/train_presence.py [--frames 3000] [--held-out 800] [--seed 0]
     .venv/bin/python tools/train_presence.py --frames 40 --held-out 20 --epochs 1 \\
@@ -63,7 +64,6 @@ from dicomnode.pixels.lines import (  # noqa: E402
     FEATURES,
     MODEL,
     MODEL_VERSION,
-    SMALL_SIDE,
     Ensemble,
     describe,
     line_crops,
@@ -455,23 +455,23 @@ def main() -> int:
         help="held-out lines that may be lost more by the net's second look",
     )
     parser.add_argument(
-        "--small-only",
+        "--first-only",
         action="store_true",
-        help="only choose the small frames' net threshold of the model at --out (and its net), "
+        help="only choose the first lines' net threshold of the model at --out (and its net), "
         "on the same held-out frames, and write it there",
     )
     parser.add_argument(
-        "--small-miss",
+        "--first-miss",
         type=float,
         default=0.0,
-        help="held-out small frames with text that may be lost more by their own net threshold",
+        help="held-out frames with text that may be lost more by the first lines' threshold",
     )
     args = parser.parse_args()
     cv2.setNumThreads(1)
     started = time.perf_counter()
     fonts = _fonts()
-    if args.small_only:
-        return _only_small(args, fonts)
+    if args.first_only:
+        return _only_first(args, fonts)
     train = collect(range(args.seed, args.seed + args.frames), fonts)
     held = collect(range(args.seed + args.frames, args.seed + args.frames + args.held_out), fonts)
     y = np.concatenate([labels(b, t, s) for _, b, t, s, _ in train])
@@ -538,20 +538,20 @@ def main() -> int:
         kept[0] - args.net_miss * kept[1],
     )
     data["net_threshold"] = net_threshold
-    small_threshold = _small_threshold(held, trees, looks, net_threshold, grid, args.small_miss)
-    data["small_net_threshold"] = small_threshold
+    first_threshold = _first_threshold(held, trees, looks, net_threshold, grid, args.first_miss)
+    data["first_net_threshold"] = first_threshold
     args.out.write_text(json.dumps(data, separators=(",", ":")) + "\n")
     print(
-        f"threshold {threshold}, coarse {coarse}, net {net_threshold}, small frames "
-        f"{small_threshold}, wrote {args.out} and "
+        f"threshold {threshold}, coarse {coarse}, net {net_threshold}, first lines "
+        f"{first_threshold}, wrote {args.out} and "
         f"{net_file}, {time.perf_counter() - started:.0f} s",
         file=sys.stderr,
     )
     return 0
 
 
-def _only_small(args: argparse.Namespace, fonts: list[Path]) -> int:
-    """``--small-only``: the small frames' net threshold of an existing model, written into
+def _only_first(args: argparse.Namespace, fonts: list[Path]) -> int:
+    """``--first-only``: the first lines' net threshold of an existing model, written into
     its file (the rest of the file as it was)."""
     model = load_model(args.out)
     net = model.net
@@ -562,12 +562,12 @@ def _only_small(args: argparse.Namespace, fonts: list[Path]) -> int:
     scores = [model.score(f) if len(f) else np.zeros(0) for f, *_ in held]
     trees = _masks(held, scores, model.threshold, model.coarse_threshold)
     looks = [net.score(crops) if len(crops) else np.zeros(0) for *_, crops in held]
-    grid = GRID
-    chosen = _small_threshold(held, trees, looks, model.net_threshold, grid, args.small_miss)
+    chosen = _first_threshold(held, trees, looks, model.net_threshold, GRID, args.first_miss)
     data = json.loads(args.out.read_text())
-    data["small_net_threshold"] = chosen
+    data.pop("small_net_threshold", None)
+    data["first_net_threshold"] = chosen
     args.out.write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    print(f"small frames {chosen}, wrote {args.out}", file=sys.stderr)
+    print(f"first lines {chosen}, wrote {args.out}", file=sys.stderr)
     return 0
 
 
@@ -614,7 +614,7 @@ def _free_sent(held: list[Any], masks: list[np.ndarray]) -> int:
     )
 
 
-def _small_threshold(
+def _first_threshold(
     held: list[Any],
     trees: list[np.ndarray],
     looks: list[np.ndarray],
@@ -622,38 +622,29 @@ def _small_threshold(
     grid: list[float],
     miss: float,
 ) -> float:
-    """The net's threshold for frames of at most SMALL_SIDE px. The stage looks at such a
-    frame whole once it found text on it, so one of its lines sent finds them all: the
-    highest threshold at which the held-out small frames with text that send a line over a
-    planted one at ``net_threshold`` still do, less ``miss`` of them."""
-    small = [
-        i
-        for i, (_, _, truths, shape, _) in enumerate(held)
-        if truths and max(shape[:2]) <= SMALL_SIDE
-    ]
+    """The net's threshold for the lines looked at first. Where the stage finds text on a
+    frame it searches it further, so one of its lines sent first is enough: the highest
+    threshold at which the held-out frames with text that send a line over a planted one at
+    ``net_threshold`` still do, less ``miss`` of them."""
+    with_text = [i for i, (_, _, truths, _, _) in enumerate(held) if truths]
 
     def at(t: float) -> list[np.ndarray]:
         return [m & (look >= t) for m, look in zip(trees, looks, strict=True)]
 
-    caught = _frames_caught(held, small, at(net_threshold))
-    if not caught:  # nothing to choose by: as large frames
-        print("no held-out small frame with text is caught: the net's threshold", file=sys.stderr)
+    caught = _frames_caught(held, with_text, at(net_threshold))
+    if not caught:  # nothing to choose by: every line first
+        print("no held-out frame with text is caught: the net's threshold", file=sys.stderr)
         return net_threshold
     chosen = net_threshold
     for t in [net_threshold, *(t for t in grid if t > net_threshold)]:
         masks = at(t)
-        hits = _frames_caught(held, small, masks)
-        free = sum(
-            bool(m.any())
-            for (_, _, truths, shape, _), m in zip(held, masks, strict=True)
-            if not truths and max(shape[:2]) <= SMALL_SIDE
-        )
+        hits = _frames_caught(held, with_text, masks)
         print(
-            f"small-frame net threshold {t:.3f}: frames {hits}/{len(small)}; "
-            f"text-free small frames sent {free}",
+            f"first lines' net threshold {t:.3f}: frames {hits}/{len(with_text)}; "
+            f"text-free sent {_free_sent(held, masks)}",
             file=sys.stderr,
         )
-        if hits >= caught - miss * len(small):
+        if hits >= caught - miss * len(with_text):
             chosen = t
     return chosen
 

@@ -78,11 +78,6 @@ _COARSE_MIN = 96  # the reduced copy's shorter side, at least
 #: Frames whose shorter side is this long or longer are also looked at on a copy reduced
 #: four times, where marks of characters over 64 px high are (a word in pieces, at times).
 COARSE_SIDE = 4 * _COARSE_MIN
-#: Frames whose larger side is at most this: where the stage finds text on one, it looks at
-#: the whole frame, enlarged, as well (``stage.CLOSER_LOOK_SIDE``), so that one of its lines
-#: sent finds them all: the net may send their lines at the model's ``small_net_threshold``
-#: (``candidates``' ``one_line_enough``).
-SMALL_SIDE = 128
 #: The model file (package data) and the version of its format this code reads.
 MODEL = Path(__file__).with_name("lines_model.json")
 MODEL_VERSION = 2
@@ -126,44 +121,47 @@ _DARK_FEATURE = FEATURES.index("dark")
 _VERTICAL_FEATURE = FEATURES.index("vertical")
 
 
-def candidates(
-    picture: np.ndarray,
-    contrast: int = 12,
-    max_side: int = 1024,
-    *,
-    one_line_enough: bool = False,
-) -> list[Box]:
+def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) -> list[Box]:
     """Boxes around every line of text-like marks in an 8-bit RGB (or grey) picture, in its
-    own pixels (``source="presence"``, the model's score as ``score``).
+    own pixels (``source="presence"``, the model's score as ``score``): every line the trees
+    and the net send."""
+    return [box for box, _ in _sent(picture, contrast, max_side)]
 
-    ``one_line_enough``: the caller looks at a small frame (``SMALL_SIDE``) whole once it
-    found any text on it (the stage removing all text does; in sensitive-text mode it looks
-    only where it found PHI), so the net sends such a frame's lines at the model's
-    ``small_net_threshold``."""
+
+def first_and_rest(
+    picture: np.ndarray, contrast: int = 12, max_side: int = 1024
+) -> tuple[list[Box], list[Box]]:
+    """The lines of :func:`candidates` in two: those to look at first, and the rest, to look
+    at once text was found on the frame.
+
+    A caller that searches a frame further once it found text on it (the stage removing all
+    text: the thorough check's candidates and these lines, and a small frame whole) needs one
+    line of a frame with text to lead it there: the first are the lines the net scores at the
+    model's ``first_net_threshold``, chosen so that every held-out frame with text still sends
+    one (``tools/train_presence.py``); most anatomy scores below it."""
+    sent = _sent(picture, contrast, max_side)
+    return [box for box, first in sent if first], [box for box, first in sent if not first]
+
+
+def _sent(picture: np.ndarray, contrast: int, max_side: int) -> list[tuple[Box, bool]]:
+    """Every line the trees and the net send, and whether it is one to look at first."""
     lines = describe(picture, contrast, max_side)
     if not len(lines.features):
         return []
     model = _model()
     scores = model.score(lines.features)
     keep = np.nonzero(model.sends(lines.features, scores))[0]
+    first = np.ones(len(keep), bool)
     if len(keep) and model.net is not None:
-        least = model.net_threshold_for(picture.shape, one_line_enough)
-        keep = keep[model.net_sends(picture, lines, keep, least)]
-    found = []
-    for k in keep:
+        looks = model.net_scores(picture, lines, keep)
+        sent = looks >= model.net_threshold
+        keep, first = keep[sent], looks[sent] >= model.first_net_threshold
+    out = []
+    for k, is_first in zip(keep, first, strict=True):
         x0, y0, x1, y1 = (int(v) for v in lines.boxes[k])
-        found.append(
-            Box(
-                x0,
-                y0,
-                x1,
-                y1,
-                score=float(scores[k]),
-                source="presence",
-                glyph=float(lines.glyphs[k]),
-            )
-        )
-    return found
+        box = Box(x0, y0, x1, y1, float(scores[k]), "presence", glyph=float(lines.glyphs[k]))
+        out.append((box, bool(is_first)))
+    return out
 
 
 class Lines(NamedTuple):
@@ -515,9 +513,9 @@ class Ensemble:
         # threshold it runs at; ``net`` is None where only the trees are wanted (training).
         self.net_file = str(data["net"])
         self.net_threshold = float(data["net_threshold"])
-        # Small frames (``SMALL_SIDE``): a threshold of their own (a model file without one
-        # uses the net's for every frame).
-        self.small_net_threshold = float(data.get("small_net_threshold", self.net_threshold))
+        # The lines to look at first (``first_and_rest``): a threshold of their own (a model
+        # file without one looks at every line first).
+        self.first_net_threshold = float(data.get("first_net_threshold", self.net_threshold))
         self.net = net
         self.base = float(data["base"])
         self.depth = int(data["depth"])
@@ -532,7 +530,7 @@ class Ensemble:
             and self.feature.min() >= 0
             and self.feature.max() < len(FEATURES)
             and 0 <= self.threshold <= self.coarse_threshold < 1
-            and 0 <= self.net_threshold <= self.small_net_threshold < 1
+            and 0 <= self.net_threshold <= self.first_net_threshold < 1
             and Path(self.net_file).name == self.net_file
         ):
             raise ValueError("its trees, features or threshold are not of the expected shape")
@@ -554,28 +552,21 @@ class Ensemble:
         thresholds)."""
         return sends(features, scores, self.threshold, self.coarse_threshold)
 
-    def net_threshold_for(self, shape: tuple[int, ...], one_line_enough: bool) -> float:
-        """The net's threshold for a frame of ``shape`` (see :func:`candidates`)."""
-        if one_line_enough and max(shape[:2]) <= SMALL_SIDE:
-            return self.small_net_threshold
-        return self.net_threshold
+    def net_sends(self, picture: np.ndarray, lines: Lines, rows: np.ndarray) -> np.ndarray:
+        """Of the lines ``rows`` (those the trees send), which the net sends too."""
+        return self.net_scores(picture, lines, rows) >= self.net_threshold
 
-    def net_sends(
-        self, picture: np.ndarray, lines: Lines, rows: np.ndarray, least: float | None = None
-    ) -> np.ndarray:
-        """Of the lines ``rows`` (those the trees send), which the net sends too, at ``least``
-        (default: ``net_threshold``): looked at ``NET_BATCH`` lines at a time, so that a
-        frame of many lines (a page of text, or one made to have them) costs memory for a
-        batch, not for all its crops at once."""
+    def net_scores(self, picture: np.ndarray, lines: Lines, rows: np.ndarray) -> np.ndarray:
+        """The net's score of each of the lines ``rows``: looked at ``NET_BATCH`` lines at a
+        time, so that a frame of many lines (a page of text, or one made to have them) costs
+        memory for a batch, not for all its crops at once."""
         net = cast(LineNet, self.net)
-        least = self.net_threshold if least is None else least
         planes = _planes(picture)
-        keep = np.zeros(len(rows), bool)
+        looks = np.zeros(len(rows), np.float64)
         for start in range(0, len(rows), NET_BATCH):
             part = rows[start : start + NET_BATCH]
-            batch = _line_crops(planes, lines, part)
-            keep[start : start + len(part)] = net.score(batch) >= least
-        return keep
+            looks[start : start + len(part)] = net.score(_line_crops(planes, lines, part))
+        return looks
 
 
 def sends(

@@ -3,9 +3,11 @@
 Per instance: the policy decides (on the header as received) whether to check it, and
 ``presence.choose`` which presence check runs: the learned one (``lines``) where burned-in
 text is the exception, the thorough one (strokes) elsewhere. Per frame (identical frames,
-found by hash, are cleaned once): the presence check; detection on its candidates; where the
-learned check led to text, the thorough check's candidates too (a frame with text is searched
-as thoroughly as before); in sensitive-text mode, recognition keeps only the boxes whose words
+found by hash, are cleaned once): the presence check; detection on its candidates (the learned
+check's: the lines it scores highest first, ``lines.first_and_rest``); where the learned check
+led to text, its other lines and the thorough check's candidates too (a frame with text is
+searched as thoroughly as before); in sensitive-text mode, where PHI found is what leads
+further, every learned line at once, and recognition keeps only the boxes whose words
 are PHI; known device regions are added; the remover removes; verification runs the thorough
 check and detection again on the whole cleaned frame. Text found by verification is removed once
 more with a solid fill; if text is still found, the instance is quarantined (``text-remains``).
@@ -34,8 +36,7 @@ from dicomnode.pixels import codec
 from dicomnode.pixels.boxes import Box, merge
 from dicomnode.pixels.detect import TextDetector, doubtful, find_text, line_height, make_detector
 from dicomnode.pixels.evidence import Evidence, Kind
-from dicomnode.pixels.lines import COARSE_SIDE, SMALL_SIDE, load_model
-from dicomnode.pixels.lines import candidates as learned_candidates
+from dicomnode.pixels.lines import COARSE_SIDE, first_and_rest, load_model
 from dicomnode.pixels.policy import Decision, PixelPolicy, load_policy
 from dicomnode.pixels.presence import Presence, candidates, choose, strokes
 from dicomnode.pixels.remove import FillRemover, Remover, make_remover
@@ -46,9 +47,8 @@ log = logging.getLogger(__name__)
 __all__ = ["FrameResult", "PixelStage", "TextRemainsError"]
 
 CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
-#: Frames this large or smaller on which text was found are looked at closer too (the
-#: learned check counts on it: one line of such a frame sent is enough, ``lines.SMALL_SIDE``).
-CLOSER_LOOK_SIDE = SMALL_SIDE
+#: Frames this large or smaller on which text was found are looked at closer too.
+CLOSER_LOOK_SIDE = 128
 #: Text boxes, or learned candidates on frames it also looks at reduced (``COARSE_SIDE``),
 #: this high (pixels) may be pieces of a word of large characters (``PixelStage._wide``):
 #: the learned check sees letters over 64 px high on its reduced copy only, a few at a time.
@@ -319,7 +319,17 @@ class PixelStage:
         regions = [b.clipped(width, height) for b in decision.regions]
         regions = [b for b in regions if b.area > 0]
         learned = check is Presence.LEARNED
-        found = _learned(picture, photometric, phi is None) if learned else candidates(picture)
+        later: list[Box] = []  # the learned check's lines to look at once text was found
+        if learned:
+            found, later = _learned(picture, photometric)
+            if phi is not None:  # PHI found is what leads further: every line looked at
+                found, later = found + later, []
+            # A line beside one looked at first is looked at with it: one crop holds both,
+            # and the detector finds faint text better with more of it in view.
+            near = [b for b in later if any(b.touches(f, 2 * 24) for f in found)]
+            found, later = found + near, [b for b in later if b not in near]
+        else:
+            found = candidates(picture)
         seconds["presence"] = time.perf_counter() - started
         boxes: list[Box] = []
         if found:
@@ -344,12 +354,13 @@ class PixelStage:
             seconds["detect"] = seconds.get("detect", 0.0) + time.perf_counter() - started
         if boxes and learned:
             # Text is there after all: the rest of the frame is searched as the thorough
-            # check would have it, so that a line the model scored low is not left behind.
+            # check would have it, and the learned lines not looked at first, so that a
+            # line the model scored low is not left behind.
             started = time.perf_counter()
             looked = [f.padded(24, width, height) for f in found]  # as find_text crops them
             more = [
                 c
-                for c in candidates(picture)
+                for c in later + candidates(picture)
                 if not any(c.intersection(k) == c.area for k in looked)
             ]
             seconds["presence"] += time.perf_counter() - started
@@ -497,12 +508,12 @@ class PixelStage:
         return sure
 
 
-def _learned(picture: np.ndarray, photometric: str, all_text: bool) -> list[Box]:
-    """The learned check's candidates; a grey image is looked at in one plane, not three.
-    Removing all text, one line of a small frame sent is enough (the closer look follows)."""
+def _learned(picture: np.ndarray, photometric: str) -> tuple[list[Box], list[Box]]:
+    """The learned check's lines, to look at first and once text was found
+    (``lines.first_and_rest``); a grey image is looked at in one plane, not three."""
     if photometric in ("MONOCHROME1", "MONOCHROME2") and picture.ndim == 3:
         picture = np.ascontiguousarray(picture[:, :, 0])
-    return learned_candidates(picture, one_line_enough=all_text)
+    return first_and_rest(picture)
 
 
 def _not_in(more: list[Box], boxes: list[Box]) -> list[Box]:
