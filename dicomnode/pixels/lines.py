@@ -137,8 +137,9 @@ def first_and_rest(
     A caller that searches a frame further once it found text on it (the stage removing all
     text: the thorough check's candidates and these lines, and a small frame whole) needs one
     line of a frame with text to lead it there: the first are the lines the net scores at the
-    model's ``first_net_threshold``, chosen so that every held-out frame with text still sends
-    one (``tools/train_presence.py``); most anatomy scores below it."""
+    model's ``first_net_threshold``, the highest at which as many held-out frames with text
+    still send one as send any line (``tools/train_presence.py``); most anatomy scores below
+    it."""
     sent = _sent(picture, contrast, max_side)
     return [box for box, first in sent if first], [box for box, first in sent if not first]
 
