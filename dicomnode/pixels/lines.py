@@ -129,7 +129,7 @@ def candidates(picture: np.ndarray, contrast: int = 12, max_side: int = 1024) ->
 
 
 def first_and_rest(
-    picture: np.ndarray, contrast: int = 12, max_side: int = 1024
+    picture: np.ndarray, contrast: int = 12, max_side: int = 1024, beside: int = 48
 ) -> tuple[list[Box], list[Box]]:
     """The lines of :func:`candidates` in two: those to look at first, and the rest, to look
     at once text was found on the frame.
@@ -139,9 +139,18 @@ def first_and_rest(
     line of a frame with text to lead it there: the first are the lines the net scores at the
     model's ``first_net_threshold``, the highest at which as many held-out frames with text
     still send one as send any line (``tools/train_presence.py``); most anatomy scores below
-    it."""
+    it. A line within ``beside`` pixels of a first one is first too: the detector's crops
+    (padded 24 px) then hold both, and it finds faint text better with more of it in view (a
+    faint line over MR was found only with its neighbour)."""
     sent = _sent(picture, contrast, max_side)
-    return [box for box, first in sent if first], [box for box, first in sent if not first]
+    first = [box for box, is_first in sent if is_first]
+    near = [box for box, is_first in sent if not is_first and _beside(box, first, beside)]
+    rest = [box for box, is_first in sent if not is_first and not _beside(box, first, beside)]
+    return first + near, rest
+
+
+def _beside(box: Box, others: list[Box], gap: int) -> bool:
+    return any(box.touches(other, gap) for other in others)
 
 
 def _sent(picture: np.ndarray, contrast: int, max_side: int) -> list[tuple[Box, bool]]:

@@ -324,10 +324,6 @@ class PixelStage:
             found, later = _learned(picture, photometric)
             if phi is not None:  # PHI found is what leads further: every line looked at
                 found, later = found + later, []
-            # A line beside one looked at first is looked at with it: one crop holds both,
-            # and the detector finds faint text better with more of it in view.
-            near = [b for b in later if any(b.touches(f, 2 * 24) for f in found)]
-            found, later = found + near, [b for b in later if b not in near]
         else:
             found = candidates(picture)
         seconds["presence"] = time.perf_counter() - started
