@@ -564,7 +564,6 @@ def _only_first(args: argparse.Namespace, fonts: list[Path]) -> int:
     looks = [net.score(crops) if len(crops) else np.zeros(0) for *_, crops in held]
     chosen = _first_threshold(held, trees, looks, model.net_threshold, GRID, args.first_miss)
     data = json.loads(args.out.read_text())
-    data.pop("small_net_threshold", None)
     data["first_net_threshold"] = chosen
     args.out.write_text(json.dumps(data, separators=(",", ":")) + "\n")
     print(f"first lines {chosen}, wrote {args.out}", file=sys.stderr)
