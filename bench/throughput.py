@@ -130,15 +130,7 @@ class Row:
         return self.size / self.seconds / 1e6
 
 
-def settle() -> None:
-    """Write back what earlier rows left in the page cache before a row is timed: written back
-    during the row, it delays the node's fsyncs, not the bare SCP's (2026-12-04: ~370 MB left
-    by the end-to-end part took the next two-listener row from 272-287 to 168-226 inst/s)."""
-    os.sync()
-
-
 def send(port: int, folder: Path, aec: str) -> float:
-    settle()
     started = time.perf_counter()
     result = storescu(port, folder, aec=aec, timeout=600)
     if result.returncode != 0:
@@ -206,7 +198,6 @@ class BareScp:
 
 def send_parallel(port: int, folders: list[Path], aec: str) -> float:
     """Run one storescu per folder at once; seconds until the last one is done."""
-    settle()
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -331,7 +322,6 @@ def end_to_end_rows(
                 },
             ).start()
             try:
-                settle()
                 started = time.perf_counter()
                 send(router.dicom_port, folder, "ROUTER")
                 wait_for(functools.partial(complete, scp, count), 900, "the router's copies", 0.05)
@@ -348,7 +338,6 @@ def end_to_end_rows(
             assert node.proc is not None
             wait_ready(node)
             before = process_cpu(node.proc.pid)
-            settle()
             started = time.perf_counter()
             send(node.port, folder, "DICOMNODE")
             wait_for(functools.partial(complete, scp, count), 900, "dicomnode's copies", 0.05)
@@ -464,7 +453,6 @@ def balancer_rows(
                 for node in started_nodes:
                     wait_ready(node)
                 haproxy.start()
-                settle()
                 started = time.perf_counter()
                 send_parallel(haproxy.port, folders, "DICOMNODE")
                 wait_for(functools.partial(complete, scp, count), 900, "the copies", 0.05)
