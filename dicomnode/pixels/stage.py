@@ -472,7 +472,7 @@ class PixelStage:
         ]
         found: list[Box] = []
         for band in merge([b for b, _ in bands]):
-            tallest = max(high for b, high in bands if b.intersection(band))
+            tallest = max((high for b, high in bands if b.intersection(band)), default=LARGE_TEXT)
             scale = min(0.5, max(0.25, 40 / tallest))
             found += _not_in(self._text(picture, [band], phi, scale=scale, pad=0), found)
         return found
