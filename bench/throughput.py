@@ -227,6 +227,13 @@ def progress(label: str, runs: dict[str, list[Row]]) -> None:
         print(f"  {label}: {rows[-1].scenario} {rows[-1].rate:.0f}/s", file=sys.stderr)
 
 
+def discard(path: Path) -> None:
+    """A row's received copies, spool and logs, once the row is counted: every row then starts
+    from the same disk (a node's fsync-bound receive slowed as the run's kept copies grew to
+    ~10 GB on this machine's disk, so rows later in a run measured slower than alone)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def best(rows: list[Row]) -> Row:
     return max(rows, key=lambda row: row.rate)
 
@@ -243,12 +250,14 @@ def receive_rows(
             runs.setdefault(STORESCP, []).append(Row(STORESCP, seconds, count, size))
         finally:
             scp.stop()
+            discard(scp.out.parent)
         bare = BareScp(work / f"{name}-bare{round_}").start()
         try:
             seconds = send(bare.port, folder, "BARESCP")
             runs.setdefault(BARE, []).append(Row(BARE, seconds, count, size))
         finally:
             bare.stop()
+            discard(bare.out)
         node = NodeProcess(work / f"{name}-node-folder{round_}", pipeline=PIPELINE)
         node.start()
         try:
@@ -263,6 +272,7 @@ def receive_rows(
             runs.setdefault(NODE, []).append(Row(NODE, seconds, count, size, rss, drain))
         finally:
             node.stop()
+            discard(node.workdir)
         progress(f"{name} round {round_ + 1}", runs)
     return [best(rows) for rows in runs.values()]
 
@@ -349,6 +359,7 @@ def end_to_end_rows(
         finally:
             node.stop()
             scp.stop()
+            discard(here)
         progress(f"{name} end-to-end round {round_ + 1}", runs)
     if lua is None:
         print("  (no router-rest.lua: the router row is left out)", file=sys.stderr)
@@ -465,6 +476,7 @@ def balancer_rows(
                 for node in started_nodes:
                     node.stop()
                 scp.stop()
+                discard(here)
             print(
                 f"  balancer round {round_ + 1}: {scenario} {runs[scenario][-1].rate:.0f}/s",
                 file=sys.stderr,
@@ -487,6 +499,7 @@ def listener_rows(
             runs.setdefault(scenario, []).append(Row(scenario, seconds, count, size))
         finally:
             bare.stop()
+            discard(bare.out)
         for n in listeners:
             scenario = f"{senders} senders -> dicomnode x{n}"
             node = NodeProcess(
@@ -502,6 +515,7 @@ def listener_rows(
                 runs.setdefault(scenario, []).append(Row(scenario, seconds, count, size, rss))
             finally:
                 node.stop()
+                discard(node.workdir)
         progress(f"parallel round {round_ + 1}", runs)
     return [best(rows) for rows in runs.values()]
 
