@@ -29,7 +29,7 @@ from dicomnode.config import PixelConfig, RemoverConfig
 from dicomnode.dicomio import encode_instance, read_instance
 from dicomnode.errors import ConfigError, InstanceError
 from dicomnode.pixels import PixelStage, TextRemainsError, codec
-from dicomnode.pixels.boxes import Box
+from dicomnode.pixels.boxes import Box, held, touching
 from dicomnode.pixels.detect import PaddleOCRDetector, RapidOCRDetector
 from dicomnode.pixels.policy import load_policy
 from dicomnode.pixels.presence import candidates
@@ -449,3 +449,27 @@ def test_a_known_region_with_alternative_values_matches_either() -> None:
         header = {"Manufacturer": "Philips EPIQ 7G", "Rows": rows, "Columns": 800}
         found = any(r.label == "EPIQ_7G (CTP)" and r.applies(header) for r in policy.regions)
         assert found is expected, rows
+
+
+def test_pair_checks_on_many_boxes_agree_with_the_box_methods() -> None:
+    """The stage asks "does one of these touch / hold it" of every candidate against every
+    crop in numpy blocks (a frame made to have thousands of lines is array work, not a Python
+    loop over every pair): the answers are the Box methods', edges and empty boxes included."""
+    rng = np.random.default_rng(7)
+
+    def boxes(n: int) -> list[Box]:
+        x0, y0 = rng.integers(0, 200, n), rng.integers(0, 200, n)
+        w, h = rng.integers(0, 40, n), rng.integers(0, 40, n)
+        corners = zip(x0, y0, x0 + w, y0 + h, strict=True)
+        return [Box(int(a), int(b), int(c), int(d)) for a, b, c, d in corners]
+
+    many, others = boxes(2500), boxes(300)  # more than one block of rows
+    for gap in (0, 24):
+        want = [any(b.touches(o, gap) for o in others) for b in many]
+        assert touching(many, others, gap).tolist() == want
+    for fraction in (1.0, 0.9):
+        want = [any(b.intersection(o) >= fraction * b.area for o in others) for b in many]
+        assert held(many, others, fraction).tolist() == want
+    assert sum(want) and not all(want)  # both answers occur
+    assert touching(many, []).tolist() == [False] * len(many)
+    assert held([], others).tolist() == []

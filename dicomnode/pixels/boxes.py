@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["Box", "merge", "union_area"]
+import numpy as np
+
+__all__ = ["Box", "held", "merge", "touching", "union_area"]
+
+#: Rows of a pair comparison at a time: a block of 1,024 x n pairs, so that a frame made to
+#: have tens of thousands of boxes costs array work in bounded memory, not a Python loop
+#: over every pair.
+_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -117,3 +124,44 @@ def merge(boxes: list[Box], gap: int = 0) -> list[Box]:
 
 def union_area(boxes: list[Box]) -> int:
     return sum(b.area for b in merge(boxes))
+
+
+def _corners(boxes: list[Box]) -> np.ndarray:
+    return np.array([(b.x0, b.y0, b.x1, b.y1) for b in boxes], np.int64).reshape(-1, 4)
+
+
+def touching(boxes: list[Box], others: list[Box], gap: int = 0) -> np.ndarray:
+    """For each of ``boxes``, whether it lies within ``gap`` of one of ``others``
+    (:meth:`Box.touches`), as a boolean array."""
+    near = np.zeros(len(boxes), bool)
+    if not boxes or not others:
+        return near
+    b, o = _corners(boxes), _corners(others)
+    for start in range(0, len(b), _BLOCK):
+        part = b[start : start + _BLOCK, None, :]
+        near[start : start + _BLOCK] = (
+            (part[..., 0] - gap < o[None, :, 2])
+            & (o[None, :, 0] - gap < part[..., 2])
+            & (part[..., 1] - gap < o[None, :, 3])
+            & (o[None, :, 1] - gap < part[..., 3])
+        ).any(axis=1)
+    return near
+
+
+def held(boxes: list[Box], others: list[Box], fraction: float = 1.0) -> np.ndarray:
+    """For each of ``boxes``, whether one of ``others`` holds ``fraction`` of its area
+    (:meth:`Box.intersection`; 1.0: wholly inside), as a boolean array. A box without area
+    is held by any box."""
+    inside = np.zeros(len(boxes), bool)
+    if not boxes or not others:
+        return inside
+    b, o = _corners(boxes), _corners(others)
+    area = np.maximum(0, b[:, 2] - b[:, 0]) * np.maximum(0, b[:, 3] - b[:, 1])
+    need = fraction * area
+    for start in range(0, len(b), _BLOCK):
+        part = b[start : start + _BLOCK, None, :]
+        w = np.minimum(part[..., 2], o[None, :, 2]) - np.maximum(part[..., 0], o[None, :, 0])
+        h = np.minimum(part[..., 3], o[None, :, 3]) - np.maximum(part[..., 1], o[None, :, 1])
+        overlap = np.where((w > 0) & (h > 0), w * h, 0)
+        inside[start : start + _BLOCK] = (overlap >= need[start : start + _BLOCK, None]).any(axis=1)
+    return inside

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from dicomnode.errors import ConfigError
-from dicomnode.pixels.boxes import Box, merge
+from dicomnode.pixels.boxes import Box, merge, touching
 from dicomnode.pixels.subnormal import sessions_without_subnormals
 
 log = logging.getLogger(__name__)
@@ -310,18 +310,15 @@ def _looks(
     not known (the thorough check's). The enlarged look is on crops of the regions with small
     characters only: enlarging a whole crop for them is what cost four times the area."""
     padded = [r.padded(pad, width, height) for r in regions]
+    needs = [glyph_scale(r.glyph) for r in regions]
     looks: list[tuple[Box, tuple[float, ...]]] = []
     for crop in _crops(padded, pad, width, height):
-        scales = {
-            glyph_scale(r.glyph)
-            for r, p in zip(regions, padded, strict=True)
-            if p.intersection(crop)
-        }
+        scales = {need for need, near in zip(needs, touching(padded, [crop]), strict=True) if near}
         if 0.0 in scales:
             looks.append((crop, ()))
         elif scales - {2.0}:
             looks.append((crop, tuple(sorted(scales - {2.0}))))
-    small = [p for r, p in zip(regions, padded, strict=True) if glyph_scale(r.glyph) == 2.0]
+    small = [p for need, p in zip(needs, padded, strict=True) if need == 2.0]
     looks += [(crop, (2.0,)) for crop in _crops(small, pad, width, height)]
     return looks
 

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from dicomnode.errors import ConfigError
-from dicomnode.pixels.boxes import Box
+from dicomnode.pixels.boxes import Box, touching
 from dicomnode.pixels.lines_net import LineNet, crops, load_net
 
 __all__ = [
@@ -145,31 +145,10 @@ def first_and_rest(
     sent = _sent(picture, contrast, max_side)
     first = [box for box, is_first in sent if is_first]
     others = [box for box, is_first in sent if not is_first]
-    near = _beside(others, first, beside)
+    near = touching(others, first, beside)
     return first + [b for b, n in zip(others, near, strict=True) if n], [
         b for b, n in zip(others, near, strict=True) if not n
     ]
-
-
-def _beside(boxes: list[Box], others: list[Box], gap: int) -> np.ndarray:
-    """Which of ``boxes`` lie within ``gap`` of one of ``others`` (``Box.touches``), in numpy
-    blocks: a frame made to have thousands of lines costs array work, not a Python loop over
-    every pair."""
-    near = np.zeros(len(boxes), bool)
-    if not boxes or not others:
-        return near
-    b = np.array([(x.x0, x.y0, x.x1, x.y1) for x in boxes], np.int64)
-    o = np.array([(x.x0, x.y0, x.x1, x.y1) for x in others], np.int64)
-    for start in range(0, len(b), 1024):
-        part = b[start : start + 1024, None, :]
-        touch = (
-            (part[..., 0] - gap < o[None, :, 2])
-            & (o[None, :, 0] - gap < part[..., 2])
-            & (part[..., 1] - gap < o[None, :, 3])
-            & (o[None, :, 1] - gap < part[..., 3])
-        )
-        near[start : start + 1024] = touch.any(axis=1)
-    return near
 
 
 def _sent(picture: np.ndarray, contrast: int, max_side: int) -> list[tuple[Box, bool]]:

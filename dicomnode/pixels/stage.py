@@ -33,7 +33,7 @@ from dicomnode.config import PixelConfig
 from dicomnode.errors import InstanceError
 from dicomnode.limits import out_of_memory
 from dicomnode.pixels import codec
-from dicomnode.pixels.boxes import Box, merge
+from dicomnode.pixels.boxes import Box, held, merge, touching
 from dicomnode.pixels.detect import TextDetector, doubtful, find_text, line_height, make_detector
 from dicomnode.pixels.evidence import Evidence, Kind
 from dicomnode.pixels.lines import COARSE_SIDE, first_and_rest, load_model
@@ -340,10 +340,9 @@ class PixelStage:
             started = time.perf_counter()
             large = [b for b in boxes if b.height > LARGE_TEXT]
             if learned and min(height, width) >= COARSE_SIDE:
+                tall = [f for f in found if f.height > LARGE_TEXT]
                 large += [
-                    f
-                    for f in found
-                    if f.height > LARGE_TEXT and not any(f.touches(b) for b in boxes)
+                    f for f, near in zip(tall, touching(tall, boxes), strict=True) if not near
                 ]
             if large:
                 boxes += _not_in(self._wide(picture, large, phi), boxes)
@@ -354,11 +353,8 @@ class PixelStage:
             # line the model scored low is not left behind.
             started = time.perf_counter()
             looked = [f.padded(24, width, height) for f in found]  # as find_text crops them
-            more = [
-                c
-                for c in later + candidates(picture)
-                if not any(c.intersection(k) == c.area for k in looked)
-            ]
+            further = later + candidates(picture)
+            more = [c for c, seen in zip(further, held(further, looked), strict=True) if not seen]
             seconds["presence"] += time.perf_counter() - started
             if more:
                 started = time.perf_counter()
@@ -423,11 +419,8 @@ class PixelStage:
         """
         picture = codec.display(frame, photometric, ds, span)
         found = candidates(picture)
-        regions = [
-            c
-            for c in found
-            if any(c.touches(r, 24) for r in removed) or not any(c.touches(e) for e in examined)
-        ]
+        changed = touching(found, removed, 24) | ~touching(found, examined)
+        regions = [c for c, look in zip(found, changed, strict=True) if look]
         if not regions:
             return []
         found_text = self._text(picture, regions, phi)
@@ -514,7 +507,7 @@ def _learned(picture: np.ndarray, photometric: str) -> tuple[list[Box], list[Box
 
 def _not_in(more: list[Box], boxes: list[Box]) -> list[Box]:
     """The boxes of a further look that the boxes found so far do not already hold (90%)."""
-    return [b for b in more if not any(b.intersection(k) >= 0.9 * b.area for k in boxes)]
+    return [b for b, seen in zip(more, held(more, boxes, 0.9), strict=True) if not seen]
 
 
 def _readable(box: Box) -> bool:
