@@ -303,10 +303,10 @@ class PipelineConfig(_Frozen):
     cpu_priority: Literal["idle", "nice"] = Field(
         default="nice",
         description="nice: the workers share the CPU, lowered by pipeline.nice; idle: they "
-        "run only on CPU time nothing else wants (Linux SCHED_IDLE), so receiving comes "
-        "first (receive +20% on 2 busy cores), for a host that runs nothing but the node: "
-        "any other busy process leaves them no time at all (measured: workers never "
-        "finished loading in 5 minutes beside two busy loops)",
+        "run only on CPU time nothing else wants (Linux SCHED_IDLE), for a host that runs "
+        "nothing but the node: any other busy process leaves them no time at all (measured: "
+        "workers never finished loading in 5 minutes beside two busy loops); on 2 busy cores "
+        "idle received no faster than nice and was ~5% slower end to end (2026-12-04)",
     )
     nice: int = Field(
         default=10,
