@@ -463,7 +463,7 @@ def test_pair_checks_on_many_boxes_agree_with_the_box_methods() -> None:
         corners = zip(x0, y0, x0 + w, y0 + h, strict=True)
         return [Box(int(a), int(b), int(c), int(d)) for a, b, c, d in corners]
 
-    many, others = boxes(2500), boxes(300)  # more than one block of rows
+    many, others = boxes(4000), boxes(300)  # more than one block (1 << 20 pairs)
     for gap in (0, 24):
         want = [any(b.touches(o, gap) for o in others) for b in many]
         assert touching(many, others, gap).tolist() == want

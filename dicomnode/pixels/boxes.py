@@ -8,10 +8,10 @@ import numpy as np
 
 __all__ = ["Box", "held", "merge", "touching", "union_area"]
 
-#: Rows of a pair comparison at a time: a block of 1,024 x n pairs, so that a frame made to
+#: Pairs of a pair comparison at a time (~8 MB for each int64 temporary): a frame made to
 #: have tens of thousands of boxes costs array work in bounded memory, not a Python loop
 #: over every pair.
-_BLOCK = 1024
+_PAIRS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,10 @@ def touching(boxes: list[Box], others: list[Box], gap: int = 0) -> np.ndarray:
     if not boxes or not others:
         return near
     b, o = _corners(boxes), _corners(others)
-    for start in range(0, len(b), _BLOCK):
-        part = b[start : start + _BLOCK, None, :]
-        near[start : start + _BLOCK] = (
+    rows = max(1, _PAIRS // len(o))
+    for start in range(0, len(b), rows):
+        part = b[start : start + rows, None, :]
+        near[start : start + rows] = (
             (part[..., 0] - gap < o[None, :, 2])
             & (o[None, :, 0] - gap < part[..., 2])
             & (part[..., 1] - gap < o[None, :, 3])
@@ -158,10 +159,11 @@ def held(boxes: list[Box], others: list[Box], fraction: float = 1.0) -> np.ndarr
     b, o = _corners(boxes), _corners(others)
     area = np.maximum(0, b[:, 2] - b[:, 0]) * np.maximum(0, b[:, 3] - b[:, 1])
     need = fraction * area
-    for start in range(0, len(b), _BLOCK):
-        part = b[start : start + _BLOCK, None, :]
+    rows = max(1, _PAIRS // len(o))
+    for start in range(0, len(b), rows):
+        part = b[start : start + rows, None, :]
         w = np.minimum(part[..., 2], o[None, :, 2]) - np.maximum(part[..., 0], o[None, :, 0])
         h = np.minimum(part[..., 3], o[None, :, 3]) - np.maximum(part[..., 1], o[None, :, 1])
         overlap = np.where((w > 0) & (h > 0), w * h, 0)
-        inside[start : start + _BLOCK] = (overlap >= need[start : start + _BLOCK, None]).any(axis=1)
+        inside[start : start + rows] = (overlap >= need[start : start + rows, None]).any(axis=1)
     return inside
