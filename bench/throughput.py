@@ -23,7 +23,7 @@ nodes (``--nodes``) forwarding to one storescp.
 
 Prints instances/s, MB/s, ratios and peak RSS (a node: main process + listeners + workers).
 
-    .venv/bin/python bench/throughput.py [--count 200] [--rounds 2] [--only receive ...]
+    .venv/bin/python bench/throughput.py [--count 200] [--rounds 3] [--only receive ...]
 """
 
 from __future__ import annotations
@@ -593,7 +593,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="instances per series")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument(
         "--no-drain", action="store_true", help="stop the node once received (no drain time)"
     )
