@@ -29,7 +29,7 @@ from dicomnode.config import PixelConfig, RemoverConfig
 from dicomnode.dicomio import encode_instance, read_instance
 from dicomnode.errors import ConfigError, InstanceError
 from dicomnode.pixels import PixelStage, TextRemainsError, codec
-from dicomnode.pixels.boxes import Box, held, touching
+from dicomnode.pixels.boxes import Box, corners, held, touching
 from dicomnode.pixels.detect import PaddleOCRDetector, RapidOCRDetector
 from dicomnode.pixels.policy import load_policy
 from dicomnode.pixels.presence import candidates
@@ -471,5 +471,8 @@ def test_pair_checks_on_many_boxes_agree_with_the_box_methods() -> None:
         want = [any(b.intersection(o) >= fraction * b.area for o in others) for b in many]
         assert held(many, others, fraction).tolist() == want
     assert sum(want) and not all(want)  # both answers occur
+    assert (
+        touching(corners(many), corners(others), 24).tolist() == touching(many, others, 24).tolist()
+    )
     assert touching(many, []).tolist() == [False] * len(many)
     assert held([], others).tolist() == []

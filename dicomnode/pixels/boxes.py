@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Box", "held", "merge", "touching", "union_area"]
+__all__ = ["Box", "Boxes", "corners", "held", "merge", "touching", "union_area"]
 
 #: Pairs of a pair comparison at a time (~8 MB for each int64 temporary): a frame made to
 #: have tens of thousands of boxes costs array work in bounded memory, not a Python loop
@@ -126,17 +126,25 @@ def union_area(boxes: list[Box]) -> int:
     return sum(b.area for b in merge(boxes))
 
 
-def _corners(boxes: list[Box]) -> np.ndarray:
+#: Boxes for :func:`touching` and :func:`held`: a list, or its :func:`corners` (made once
+#: where the same boxes are compared again and again).
+Boxes = list[Box] | np.ndarray
+
+
+def corners(boxes: Boxes) -> np.ndarray:
+    """``x0, y0, x1, y1`` of each box, one row a box."""
+    if isinstance(boxes, np.ndarray):
+        return boxes
     return np.array([(b.x0, b.y0, b.x1, b.y1) for b in boxes], np.int64).reshape(-1, 4)
 
 
-def touching(boxes: list[Box], others: list[Box], gap: int = 0) -> np.ndarray:
+def touching(boxes: Boxes, others: Boxes, gap: int = 0) -> np.ndarray:
     """For each of ``boxes``, whether it lies within ``gap`` of one of ``others``
     (:meth:`Box.touches`), as a boolean array."""
-    near = np.zeros(len(boxes), bool)
-    if not boxes or not others:
+    b, o = corners(boxes), corners(others)
+    near = np.zeros(len(b), bool)
+    if not len(b) or not len(o):
         return near
-    b, o = _corners(boxes), _corners(others)
     rows = max(1, _PAIRS // len(o))
     for start in range(0, len(b), rows):
         part = b[start : start + rows, None, :]
@@ -149,14 +157,14 @@ def touching(boxes: list[Box], others: list[Box], gap: int = 0) -> np.ndarray:
     return near
 
 
-def held(boxes: list[Box], others: list[Box], fraction: float = 1.0) -> np.ndarray:
+def held(boxes: Boxes, others: Boxes, fraction: float = 1.0) -> np.ndarray:
     """For each of ``boxes``, whether one of ``others`` holds ``fraction`` of its area
     (:meth:`Box.intersection`; 1.0: wholly inside), as a boolean array. A box without area
     is held by any box."""
-    inside = np.zeros(len(boxes), bool)
-    if not boxes or not others:
+    b, o = corners(boxes), corners(others)
+    inside = np.zeros(len(b), bool)
+    if not len(b) or not len(o):
         return inside
-    b, o = _corners(boxes), _corners(others)
     area = np.maximum(0, b[:, 2] - b[:, 0]) * np.maximum(0, b[:, 3] - b[:, 1])
     need = fraction * area
     rows = max(1, _PAIRS // len(o))

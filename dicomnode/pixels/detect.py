@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from dicomnode.errors import ConfigError
-from dicomnode.pixels.boxes import Box, merge, touching
+from dicomnode.pixels.boxes import Box, corners, merge, touching
 from dicomnode.pixels.subnormal import sessions_without_subnormals
 
 log = logging.getLogger(__name__)
@@ -311,9 +311,10 @@ def _looks(
     characters only: enlarging a whole crop for them is what cost four times the area."""
     padded = [r.padded(pad, width, height) for r in regions]
     needs = [glyph_scale(r.glyph) for r in regions]
+    where = corners(padded)
     looks: list[tuple[Box, tuple[float, ...]]] = []
     for crop in _crops(padded, pad, width, height):
-        scales = {need for need, near in zip(needs, touching(padded, [crop]), strict=True) if near}
+        scales = {need for need, near in zip(needs, touching(where, [crop]), strict=True) if near}
         if 0.0 in scales:
             looks.append((crop, ()))
         elif scales - {2.0}:
