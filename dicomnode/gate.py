@@ -35,7 +35,10 @@ pinned by a test in tests/test_hostile_network.py that fails when its source cha
 - ``ThreadingMixIn.process_request``: new connections go to the gate, which calls it later;
 - ``AssociationServer.service_actions``: its ``gc.collect()`` every 60 accepts becomes at
   most one every 30 s (a connection flood made it a full collection per accept);
-- ``RequestHandler._create_association``/``handle``: the association's ``AssociationSocket``
+- ``RequestHandler._create_association``/``handle``: its ``deepcopy`` of the server's supported
+  contexts copies them field by field (``_Contexts``: the generic deepcopy of our 171 contexts
+  of 12 syntaxes each cost 16 ms of CPU per association, half of accepting one);
+  the association's ``AssociationSocket``
   is replaced by a ``_FramedSocket`` that takes over its state (constructing a fresh one would
   queue a second Evt5), its DIMSE provider's
   ``receive_primitive`` is wrapped per association, and the handler thread waits for the
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import gc
 import logging
 import os
@@ -388,6 +392,36 @@ class SharedCounts:
 # -- the server ------------------------------------------------------------------------------
 
 
+_IMMUTABLE = (str, int, float, type(None))
+
+
+class _Contexts(list[Any]):
+    """The server's supported presentation contexts, which pynetdicom deep-copies for each
+    association it accepts (each association negotiates on its own copy). A copy here is made
+    field by field: a context's fields are an id, a UID, flags and a list of UIDs, so a new
+    list for the list is a deep copy; 0.5 ms against the generic deepcopy's 16 ms for the
+    node's contexts. A context with any other kind of field gets the generic deepcopy."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [_copied(context, memo) for context in self]
+
+
+def _copied(context: Any, memo: dict[int, Any]) -> Any:
+    fields = vars(context)
+    plain = all(
+        isinstance(value, _IMMUTABLE)
+        or (type(value) is list and all(isinstance(item, _IMMUTABLE) for item in value))
+        for value in fields.values()
+    )
+    if not plain:
+        return copy.deepcopy(context, memo)
+    twin = copy.copy(context)
+    for name, value in fields.items():
+        if type(value) is list:
+            setattr(twin, name, list(value))
+    return twin
+
+
 class GatedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the gate in front of it (see the module docstring).
 
@@ -446,6 +480,7 @@ class GatedServer(ThreadedAssociationServer):
             evt_handlers=evt_handlers,
             request_handler=_GatedHandler,
         )
+        self.contexts = _Contexts(self.contexts)
         self._gate = _Gate(self)
         _quiet_pynetdicom_reads()
 

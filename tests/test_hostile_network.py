@@ -795,3 +795,37 @@ def test_the_listener_does_not_load_the_sender() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert done.stdout.strip() == "False"
+
+
+def test_each_association_gets_its_own_copy_of_the_contexts_made_field_by_field() -> None:
+    """pynetdicom deep-copies the server's supported contexts for every association it
+    accepts; the gate's list copies itself field by field (16 ms of CPU an association with
+    the generic copy): the same contexts, nothing shared, and the generic copy for a context
+    with a field of another kind."""
+    import copy
+
+    from pynetdicom import AE
+    from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+    from pynetdicom.sop_class import Verification
+
+    from dicomnode.gate import _Contexts
+    from dicomnode.ingest import ACCEPTED_TRANSFER_SYNTAXES
+
+    ae = AE()
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, scu_role=True, scp_role=True)
+    contexts = _Contexts(ae.supported_contexts)
+    ours, generic = copy.deepcopy(contexts), copy.deepcopy(list(contexts))
+    assert type(ours) is list and len(ours) == len(generic) == len(contexts) > 150
+    for mine, theirs, original in zip(ours, generic, contexts, strict=True):
+        assert type(mine) is PresentationContext and mine is not original
+        assert vars(mine) == vars(theirs) == vars(original)
+        assert mine.transfer_syntax is not original.transfer_syntax
+    ours[0].transfer_syntax.append("1.2.3.4")  # as negotiation may do to its own copy
+    ours[0].context_id = 7
+    assert "1.2.3.4" not in contexts[0].transfer_syntax and contexts[0].context_id is None
+    odd = copy.copy(contexts[0])
+    odd.extra = {"a": [1]}  # not a field pynetdicom has: the generic copy
+    twin = copy.deepcopy(_Contexts([odd]))[0]
+    assert twin.extra == odd.extra and twin.extra is not odd.extra
