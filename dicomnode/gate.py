@@ -407,7 +407,9 @@ class _Contexts(list[Any]):
 
 
 def _copied(context: Any, memo: dict[int, Any]) -> Any:
-    fields = vars(context)
+    fields = getattr(context, "__dict__", None)
+    if fields is None:  # a future pynetdicom's context with __slots__: the generic copy
+        return copy.deepcopy(context, memo)
     plain = all(
         isinstance(value, _IMMUTABLE)
         or (type(value) is list and all(isinstance(item, _IMMUTABLE) for item in value))

@@ -146,9 +146,8 @@ def first_and_rest(
     first = [box for box, is_first in sent if is_first]
     others = [box for box, is_first in sent if not is_first]
     near = touching(others, first, beside)
-    return first + [b for b, n in zip(others, near, strict=True) if n], [
-        b for b, n in zip(others, near, strict=True) if not n
-    ]
+    first += [b for b, n in zip(others, near, strict=True) if n]
+    return first, [b for b, n in zip(others, near, strict=True) if not n]
 
 
 def _sent(picture: np.ndarray, contrast: int, max_side: int) -> list[tuple[Box, bool]]:
