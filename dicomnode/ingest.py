@@ -102,6 +102,7 @@ from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ign
 
 from dicomnode._net import set_nodelay
 from dicomnode._received import install as install_received_files
+from dicomnode._uid_checks import cache_validator
 from dicomnode.config import NodeConfig
 from dicomnode.dicomio import header_of_data_set, read_header
 from dicomnode.gate import (
@@ -157,6 +158,8 @@ install_received_files()
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.LOG_HANDLER_LEVEL = "none"
+# Each distinct UID of a negotiation checked once (dicomnode._uid_checks).
+cache_validator()
 
 
 class Ingest:

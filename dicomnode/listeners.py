@@ -27,6 +27,8 @@ waiting, not to one the hash picked however busy it is.
 - **Allow-lists, projects, TLS** are the configuration's, read by each listener; the node
   checks the port and the TLS files before it starts any, so that a mistake is one
   start-up error, as with one listener.
+- **pydicom's reading validation** is off in them: it only ever warned, and it was a third
+  of the CPU of accepting an association (``dicomnode._uid_checks``).
 - **Crashes**: the node restarts a listener that exits without being asked
   (``dicomnode_listener_restarts_total``); a listener ends when the node dies, even by
   ``kill -9`` (PR_SET_PDEATHSIG, and a check of its parent every half second): it stops
@@ -54,6 +56,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dicomnode._uid_checks import skip_pydicom_warnings
 from dicomnode.children import STOP_SIGNALS, die_with_parent, stop_signals_held
 from dicomnode.config import Config
 from dicomnode.gate import GatedServer, SharedCounts
@@ -147,6 +150,7 @@ def _listener_main(
         return
     setup_logging(config.logging.level, config.logging.format)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    skip_pydicom_warnings()  # a process that only listens: see dicomnode._uid_checks
     refusals = _Refusals()
     ingest = Ingest(
         config.node,

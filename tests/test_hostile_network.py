@@ -35,6 +35,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import (
+    _validators,
     acse,
     association,
     dimse,
@@ -757,8 +758,11 @@ PINNED = {
     "dimse_messages.DIMSEMessage.primitive_to_message": "71fd61d5997f0f0c",
     "dimse_messages.DIMSEMessage.encode_msg": "73000c902c52832d",
     "association.Association.send_c_store": "fa5a8127f349f8e7",  # the forwarder's requests
+    # memoised by value and ENFORCE_UID_CONFORMANCE, the one setting it reads (_uid_checks)
+    "_validators.validate_ui": "3a4aa36750c3c8a5",
 }
 _MODULES = {
+    "_validators": _validators,
     "association": association,
     "transport": transport,
     "dul": dul,
