@@ -141,15 +141,18 @@ def _listener_main(
     events: Any,
     parent: int,
     sock: socket.socket,
+    pynetdicom_level: int = logging.WARNING,
 ) -> None:
-    """Entry point of listener process ``index`` (shared-count row ``row``)."""
+    """Entry point of listener process ``index`` (shared-count row ``row``); pynetdicom logs
+    at the node's level for it (``setup_logging``: quiet unless ``-v``), so that one listener
+    and several log alike."""
     signals = Signals(STOP_SIGNALS)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the spawn
     die_with_parent(signal.SIGTERM)  # stop accepting
     if os.getppid() != parent:
         return
     setup_logging(config.logging.level, config.logging.format)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
     skip_pydicom_warnings()  # a process that only listens: see dicomnode._uid_checks
     refusals = _Refusals()
     ingest = Ingest(
@@ -374,6 +377,7 @@ class ListenerPool:
                     self._events,
                     os.getpid(),
                     self._socket,  # passed as a file descriptor by multiprocessing
+                    logging.getLogger("pynetdicom").getEffectiveLevel(),
                 ),
                 name=f"dicomnode-listener-{index}",
                 daemon=True,
