@@ -6,8 +6,9 @@ primitives, negotiated, the A-ASSOCIATE-AC built and encoded: each step sets eve
 and each is checked by regular expression up to three times: pydicom's reading validation in
 ``UID()``, pynetdicom's ``_config.VALIDATORS["UI"]`` (which builds the UID again) and
 ``UID.is_valid``. Listener CPU per association (storescu, one small instance each, two
-listener processes; ``/proc``): 19.3 ms, 16.5 with :func:`cache_validator`, 14.0 with
-:func:`skip_pydicom_warnings` too.
+listener processes; ``/proc``, means of two runs of 150): 19.3 ms, 16.5 with
+:func:`cache_validator`, 14.0 with :func:`skip_pydicom_warnings` too. pynetdicom's own
+``UID.is_valid`` check (a warning of non-conformance) still runs on every use.
 
 - :func:`cache_validator`: pynetdicom's UI validator, a documented customisation point
   (``_config.VALIDATORS``), memoised by value and by ``ENFORCE_UID_CONFORMANCE``, the only

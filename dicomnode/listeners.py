@@ -27,8 +27,8 @@ waiting, not to one the hash picked however busy it is.
 - **Allow-lists, projects, TLS** are the configuration's, read by each listener; the node
   checks the port and the TLS files before it starts any, so that a mistake is one
   start-up error, as with one listener.
-- **pydicom's reading validation** is off in them: it only ever warned, and it was a third
-  of the CPU of accepting an association (``dicomnode._uid_checks``).
+- **pydicom's reading validation** is off in them: it only ever warned, and it cost ~13% of
+  the CPU of accepting an association (``dicomnode._uid_checks``).
 - **Crashes**: the node restarts a listener that exits without being asked
   (``dicomnode_listener_restarts_total``); a listener ends when the node dies, even by
   ``kill -9`` (PR_SET_PDEATHSIG, and a check of its parent every half second): it stops
