@@ -265,7 +265,7 @@ def _check_complete(ds: Dataset) -> None:
     elements = ds._dict
     if not elements:
         raise UnreadableInstanceError("the file holds no data elements")
-    last = elements[max(elements)]
+    last = elements[max(elements, key=int)]  # (ints compare in C; pydicom's tags in Python)
     if not isinstance(last, RawDataElement):
         return
     held = len(last.value or b"")
