@@ -13,7 +13,8 @@ listener processes; ``/proc``, means of two runs of 150): 19.3 ms, 16.5 with
 - :func:`cache_validator`: pynetdicom's UI validator, a documented customisation point
   (``_config.VALIDATORS``), memoised by value and by ``ENFORCE_UID_CONFORMANCE``, the only
   setting it reads (its source is pinned in tests/test_hostile_network.py). The same answers;
-  at most ``CACHED`` values are kept, so a sender inventing new UIDs costs what it did.
+  at most ``CACHED`` values of ``LONGEST`` characters or fewer are kept, so a sender inventing
+  new UIDs costs what it did, and one sending huge ones is answered without memory.
 - :func:`skip_pydicom_warnings`: pydicom's reading validation off (``IGNORE``). In its default
   mode (``WARN``) it only warns, never refuses, so nothing is decided differently: what the
   listener refuses, the gate and pynetdicom's validator decide. Only for a process that does
@@ -28,10 +29,12 @@ from typing import Any
 import pydicom.config
 from pynetdicom import _config
 
-__all__ = ["CACHED", "cache_validator", "skip_pydicom_warnings"]
+__all__ = ["CACHED", "LONGEST", "cache_validator", "skip_pydicom_warnings"]
 
-#: Distinct (UID, conformance setting) answers kept.
+#: Distinct (UID, conformance setting) answers kept, each of a value of at most ``LONGEST``
+#: characters (a UID's longest, with room for the padding of the wire): ~0.5 MB at most.
 CACHED = 4096
+LONGEST = 80
 
 
 class _CachedValidator:
@@ -45,7 +48,9 @@ class _CachedValidator:
         return self.validator(value)  # type: ignore[no-any-return]
 
     def __call__(self, value: Any) -> tuple[bool, str]:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or len(value) > LONGEST:
+            # Not kept: a request of 64 KiB may hold a "UID" of nearly that; 4,096 of them
+            # would be 256 MB. (The validator refuses such a value anyway.)
             return self.validator(value)  # type: ignore[no-any-return]
         return self._answer(str(value), bool(_config.ENFORCE_UID_CONFORMANCE))
 

@@ -16,7 +16,7 @@ from pynetdicom._validators import validate_ui
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicomnode import _uid_checks
-from dicomnode._uid_checks import CACHED, cache_validator
+from dicomnode._uid_checks import CACHED, LONGEST, cache_validator
 from tests.peers import NodeProcess, make_study, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,13 @@ def test_the_cache_is_bounded() -> None:
     for n in range(CACHED + 500):
         assert cached(f"1.2.{n}") == (True, "")
     assert cached._answer.cache_info().currsize == CACHED
+    # A huge "UID" (a request may be 64 KiB) is answered, and not kept.
+    cached._answer.cache_clear()
+    for n in range(50):
+        huge = f"1.2.{n}." + "9" * 60_000
+        assert cached(huge) == validate_ui(huge) == (False, "must not exceed 64 characters")  # type: ignore[arg-type]
+    assert cached(" " + "1" * (LONGEST - 1)) == validate_ui(" " + "1" * (LONGEST - 1))  # type: ignore[arg-type]
+    assert cached._answer.cache_info().currsize == 1
 
 
 def test_pydicom_warnings_are_skipped_only_where_asked() -> None:
