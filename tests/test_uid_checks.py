@@ -131,3 +131,47 @@ def test_listener_processes_negotiate_hostile_uids_as_before(tmp_path: Path) -> 
     # node's own line says what was refused) is not there.
     assert "sop-class-not-supported" in log
     assert "Invalid value for VR UI" not in log and "Non-conformant" not in log
+
+
+def test_with_pydicom_warnings_skipped_the_listener_reads_the_same_values(tmp_path: Path) -> None:
+    """What the listener reads of a data set (``read_header``: the projects' conditions) is the
+    same with pydicom's reading validation off as on, for an instance full of malformed
+    values (tests/test_hostile_logs.py's), and so is every value pydicom decodes of it."""
+    import io
+    import warnings
+
+    import pydicom.config
+
+    from dicomnode.dicomio import read_header
+    from tests.test_hostile_logs import _malformed_instance
+
+    data = _malformed_instance()
+    path = tmp_path / "malformed.dcm"
+    path.write_bytes(data)
+    keywords = sorted(
+        {pydicom.datadict.keyword_for_tag(e.tag) for e in pydicom.dcmread(io.BytesIO(data))} - {""}
+    )
+    assert len(keywords) > 50
+
+    def read() -> tuple[object, list[tuple[str, str]]]:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        values = []
+        for element in ds.iterall():
+            try:
+                values.append((str(element.tag), repr(element.value)))
+            except Exception as exc:  # the same failure either way counts as the same
+                values.append((str(element.tag), type(exc).__name__))
+        return read_header(path, keywords, max_bytes=1 << 20), values
+
+    before = pydicom.config.settings.reading_validation_mode
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
+            warned = read()
+            pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+            ignored = read()
+    finally:
+        pydicom.config.settings.reading_validation_mode = before
+    assert warned == ignored
+    assert warned[0] is not None and len(warned[1]) > 50
