@@ -18,13 +18,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, cast
 
-import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
 from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -149,7 +148,15 @@ def read_instance(
             "object needs that",
             reason="too-deep",
         ) from None
-    except (EOFError, OSError, ValueError, KeyError, struct.error, NotImplementedError) as exc:
+    except (
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        struct.error,
+        NotImplementedError,
+        BytesLengthException,  # a value of the file meta or the character set of a bad length
+    ) as exc:
         raise UnreadableInstanceError(
             f"cannot parse the DICOM data ({type(exc).__name__}): the file is truncated or "
             "malformed"
@@ -210,15 +217,53 @@ def _parse(fp: BinaryIO, limit: int) -> FileDataset:
     meta = _read_file_meta_info(fp)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         fp.seek(start)
-        return pydicom.dcmread(fp)
-    buffer = DicomBytesIO(_inflate(fp, limit))
+        return read_partial(fp, stop_when=_Once())
+    data = _inflate(fp, limit)
+    buffer = DicomBytesIO(data)
     name = getattr(fp, "name", None)
     if isinstance(name, str):
         buffer.name = name
-    dataset = read_dataset(cast(BinaryIO, buffer), is_implicit_VR=False, is_little_endian=True)
+    dataset = read_dataset(
+        cast(BinaryIO, buffer),
+        is_implicit_VR=False,
+        is_little_endian=True,
+        stop_when=_Once(),
+    )
     ds = FileDataset(buffer, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
     ds.set_original_encoding(False, True, dataset._character_set)
     return ds
+
+
+class _Once:
+    """Refuses an element that occurs twice in the data set as pydicom reads it (its
+    ``stop_when``, called with each element's tag before the value is read; it never stops
+    the reading). pydicom keeps the later of two elements with one tag, silently: found by
+    mutating a test instance byte by byte, InstitutionName's tag turned into Manufacturer's
+    put the hospital's name into Manufacturer, which the profile keeps. PS3.5 7.1: each
+    element at most once; which value is the real one cannot be told."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+        self._first: tuple[int, int] | None = None
+
+    def __call__(self, tag: BaseTag, _vr: str | None, length: int) -> bool:
+        seen = self._seen
+        if not seen:
+            # pydicom looks at the first element once more (with a length of 0) when the
+            # data set is not encoded as the transfer syntax says: the same element.
+            if self._first is None:
+                self._first = (tag, length)
+                return False
+            if self._first != (tag, 0):
+                seen.add(self._first[0])
+        if tag in seen:
+            raise UnreadableInstanceError(
+                f"element {tag} occurs twice in the data set: which value is the real one "
+                "cannot be told; resend it from the source, or report the sender's export "
+                "to its vendor"
+            )
+        seen.add(tag)
+        return False
 
 
 _INFLATE_CHUNK = 1024 * 1024
@@ -261,20 +306,23 @@ def _inflate(fp: BinaryIO, limit: int) -> bytes:
 
 
 def _check_complete(ds: Dataset) -> None:
-    """pydicom keeps the bytes it found when a file ends early; we refuse such a file."""
+    """pydicom reads a value that declares more bytes than the file has left as whatever is
+    left, and goes on; we refuse such a file. Any element, not only the last tag: found by
+    mutating a test instance, a length past the end on an element that was not the last
+    one took every later element (names, IDs, address) into a kept Manufacturer."""
     elements = ds._dict
     if not elements:
         raise UnreadableInstanceError("the file holds no data elements")
-    last = elements[max(elements, key=int)]  # (ints compare in C; pydicom's tags in Python)
-    if not isinstance(last, RawDataElement):
-        return
-    held = len(last.value or b"")
-    if last.length not in (_UNDEFINED, held):
-        raise UnreadableInstanceError(
-            f"the file is truncated: element {last.tag} should hold {last.length} bytes "
-            f"and holds {held}; resend it from the source",
-            reason="truncated",
-        )
+    for elem in elements.values():
+        if type(elem) is not RawDataElement:
+            continue
+        held = len(elem.value or b"")
+        if held != elem.length and elem.length != _UNDEFINED:
+            raise UnreadableInstanceError(
+                f"the file is truncated: element {elem.tag} should hold {elem.length} bytes "
+                f"and holds {held}; resend it from the source",
+                reason="truncated",
+            )
 
 
 def read_header(
