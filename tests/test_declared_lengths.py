@@ -11,14 +11,20 @@ an attribute the 2024b table does not list, was kept as text.
 
 from __future__ import annotations
 
+import io
 import struct
 
+import pydicom
 import pytest
-from pydicom.datadict import keyword_dict
+from pydicom.datadict import DicomDictionary, keyword_dict
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from dicomnode.dicomio import read_instance
-from dicomnode.errors import InstanceError
-from tests.phi import planted_dataset, to_bytes
+from dicomnode.errors import InstanceError, ScrubError
+from dicomnode.scrub import Scrubber
+from tests.phi import PHI, leaks, planted_dataset, to_bytes
+from tests.test_trust import _element, scrub_bytes
 
 MANUFACTURER = keyword_dict["Manufacturer"]
 
@@ -72,3 +78,96 @@ def test_a_bad_length_in_the_file_meta_is_unreadable_not_an_internal_error() -> 
     with pytest.raises(InstanceError) as refused:
         read_instance(bytes(data))
     assert refused.value.reason in ("unreadable", "truncated")
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_kept_value_that_took_the_rest_of_the_file_is_emptied(
+    scrubber: Scrubber, implicit: bool
+) -> None:
+    """Manufacturer's length set to exactly what is left of the file: nothing runs past the
+    end, and its value is every later element, PHI and all."""
+    data = bytearray(to_bytes(planted_dataset(implicit=implicit)))
+    if implicit:
+        at = data.index(struct.pack("<HHI", 0x0008, 0x0070, 4))
+        data[at + 4 : at + 8] = struct.pack("<I", len(data) - at - 8)
+    else:
+        at = _explicit_header(data, MANUFACTURER, b"LO")
+        data[at + 6 : at + 8] = struct.pack("<H", len(data) - at - 8)
+    held = read_instance(bytes(data)).get_item(MANUFACTURER)
+    assert held is not None and PHI["pid"].encode() in held.value  # what the value holds now
+    out = scrub_bytes(scrubber, bytes(data))
+    assert leaks(out) == []
+    assert pydicom.dcmread(io.BytesIO(out)).Manufacturer in ("", None)
+
+
+def test_a_kept_value_that_took_the_next_elements_of_its_item_is_emptied(
+    scrubber: Scrubber,
+) -> None:
+    """The same inside a sequence item the profile walks (PS3.15 keeps Manufacturer there
+    too): the item's name went into the value before it."""
+    ds = planted_dataset()
+    item = Dataset()
+    item.Manufacturer = "ACME"
+    item.PersonName = PHI["nested_name"]
+    ds.SourceImageSequence = Sequence([item])
+    data = bytearray(to_bytes(ds))
+    person = _element(keyword_dict["PersonName"], "PN", PHI["nested_name"].encode() + b" ")
+    acme = _element(MANUFACTURER, "LO", b"ACME")
+    assert data.count(acme + person) == 1
+    at = data.index(acme + person)
+    data[at + 6 : at + 8] = struct.pack("<H", 4 + len(person))  # ACME and the name
+    out = scrub_bytes(scrubber, bytes(data))
+    assert leaks(out, {"nested": PHI["nested_name"], "family": "Vandersloot"}) == []
+    again = pydicom.dcmread(io.BytesIO(out))
+    assert again.SourceImageSequence[0].Manufacturer in ("", None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"ACME\x00\x00",  # NUL padding at the end: what some devices send
+        b"ACME \x1b$B\x33\x34",  # an ISO 2022 escape: a code extension, not a control
+    ],
+)
+def test_kept_text_that_is_text_is_kept(scrubber: Scrubber, value: bytes) -> None:
+    data = to_bytes(planted_dataset())
+    acme = _element(MANUFACTURER, "LO", b"ACME")
+    out = scrub_bytes(scrubber, data.replace(acme, _element(MANUFACTURER, "LO", value)))
+    assert b"ACME" in out
+
+
+@pytest.mark.parametrize("junk", [b"AC\x00ME ", b"ACME\x10\x00 \x00", b"AC\rME", b"\x08\x00p\x00"])
+def test_kept_text_with_control_characters_is_emptied(scrubber: Scrubber, junk: bytes) -> None:
+    data = to_bytes(planted_dataset())
+    acme = _element(MANUFACTURER, "LO", b"ACME")
+    out = scrub_bytes(scrubber, data.replace(acme, _element(MANUFACTURER, "LO", junk)))
+    assert pydicom.dcmread(io.BytesIO(out)).Manufacturer in ("", None)
+
+
+def test_a_kept_binary_value_of_the_wrong_length_is_emptied(scrubber: Scrubber) -> None:
+    """Single Collimation Width is one FD (8 bytes); 24 bytes are not that attribute, and
+    may be anything (here a name, read as numbers)."""
+    tag = keyword_dict["SingleCollimationWidth"]
+    assert DicomDictionary[tag][:2] == ("FD", "1")
+    ds = planted_dataset()
+    ds.SingleCollimationWidth = 0.625
+    data = to_bytes(ds)
+    one = _element(tag, "FD", struct.pack("<d", 0.625))
+    assert data.count(one) == 1
+    kept = pydicom.dcmread(io.BytesIO(scrub_bytes(scrubber, data)))
+    assert kept.SingleCollimationWidth == 0.625
+    name = PHI["name"].encode()[:16] + b"\x00" * 8
+    out = scrub_bytes(scrubber, data.replace(one, _element(tag, "FD", name)))
+    assert PHI["name"].encode()[:16] not in out
+    assert pydicom.dcmread(io.BytesIO(out)).SingleCollimationWidth in ("", None, b"")
+
+
+def test_a_pixel_description_of_the_wrong_length_is_refused(scrubber: Scrubber) -> None:
+    data = to_bytes(planted_dataset())
+    rows = _element(keyword_dict["Rows"], "US", struct.pack("<H", 4))
+    assert data.count(rows) == 1
+    with pytest.raises(ScrubError) as refused:
+        scrub_bytes(
+            scrubber, data.replace(rows, _element(keyword_dict["Rows"], "US", b"\x04\x00" * 2))
+        )
+    assert refused.value.reason == "pixel-decode-failed"

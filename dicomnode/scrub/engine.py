@@ -360,6 +360,10 @@ class Scrubber:
                     value = elem.value
                     if value and not _GRAMMAR[expected].match(value):
                         self._invalid(ds, tag, expected, state)
+                elif expected in _SHAPED_VRS and type(elem) is RawDataElement:
+                    value = elem.value
+                    if value and _not_its_vr(tag, expected, value):
+                        self._invalid(ds, tag, expected, state)
                 continue
             base = group & 0xFF00
             if base in (0x5000, 0x6000) and self._whole_group_removed(base):
@@ -441,9 +445,13 @@ class Scrubber:
         """Keep, with the checks a kept value still needs: sequences are walked, UIDs must
         be registered (or well formed under Retain UIDs), ages over 89 are given as 90, a
         code must not be one of the instance's names or IDs, and a value that is not what its
-        VR says ("Smith" as an Instance Number) is emptied: it is not the attribute it claims
-        to be, and it may be anything."""
+        VR says ("Smith" as an Instance Number, text with control characters, a binary value
+        of the wrong length: :func:`_not_its_vr`) is emptied: it is not the attribute it
+        claims to be, and it may be anything."""
         vr = _DICTIONARY_VR.get(tag) or vr_of(elem)
+        if isinstance(elem, RawDataElement) and elem.value and _not_its_vr(tag, vr, elem.value):
+            self._invalid(ds, tag, vr, state)
+            return
         if vr in _GRAMMAR and (isinstance(elem, RawDataElement) or vr in _STRING_GRAMMARS):
             value = elem.value if isinstance(elem, RawDataElement) else _raw_bytes(elem)
             if value and not _GRAMMAR[vr].match(value):
@@ -695,6 +703,10 @@ class Scrubber:
                 )
             elements[tag] = elem
         value = elem.value if isinstance(elem, RawDataElement) else None
+        if value and _not_its_vr(tag, expected, value):
+            self._forget_private(elem, state)
+            del elements[tag]  # not what the table says this slot holds
+            return
         if expected == "SQ":
             self._recurse(ds, tag, state, mode, (*path, tag))
         elif expected == "UI":
@@ -1146,6 +1158,39 @@ _REQUIRED_VALUE = frozenset({iod.AttributeType.TYPE1, iod.AttributeType.TYPE1C})
 _REQUIRED = _REQUIRED_VALUE | {iod.AttributeType.TYPE2, iod.AttributeType.TYPE2C}
 # Kept values of these VRs are still looked at (see Scrubber._keep).
 _CHECKED_VRS = frozenset({"SQ", "UI", "AS", "CS"})
+# Bytes that no text value holds (PS3.5 6.1.2.3, 6.2): control characters but ESC (code
+# extensions), and in the VRs of several lines TAB, LF, FF and CR as well. NUL is allowed
+# only as padding at the end (some devices pad text with it).
+_ONE_LINE_JUNK = re.compile(rb"[\x00-\x1a\x1c-\x1f]")
+_LINES_JUNK = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_NOT_TEXT: dict[str, re.Pattern[bytes]] = {
+    **dict.fromkeys(("LO", "SH", "PN", "UC", "UR"), _ONE_LINE_JUNK),
+    **dict.fromkeys(("ST", "LT", "UT"), _LINES_JUNK),
+}
+# Public attributes of a binary VR with a fixed number of values: their length in bytes is
+# that number times the VR's size.
+_FIXED_VM: dict[int, int] = {
+    tag: int(entry[1])
+    for tag, entry in DicomDictionary.items()
+    if entry[1].isdigit() and entry[0].split(" or ")[0] in _BINARY_SIZE
+}
+_SHAPED_VRS = frozenset(_NOT_TEXT) | frozenset(_BINARY_SIZE)
+
+
+def _not_its_vr(tag: int, vr: str, value: bytes) -> bool:
+    """Whether raw bytes cannot be a value of ``vr``: text with control characters in it, or
+    a binary value of the wrong length. A length that a damaged or hostile file declares too
+    long takes the elements after it into the value, headers and all (found by mutating a
+    test file: PatientName, IDs and addresses inside a kept Manufacturer); their tags and
+    lengths are such bytes."""
+    junk = _NOT_TEXT.get(vr)
+    if junk is not None:
+        return junk.search(value.rstrip(b"\x00")) is not None
+    size = _BINARY_SIZE.get(vr)
+    if size is None:
+        return False
+    count = _FIXED_VM.get(tag)
+    return len(value) % size != 0 or (count is not None and len(value) != count * size)
 
 
 def _grammar(value: bytes) -> re.Pattern[bytes]:
