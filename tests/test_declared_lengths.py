@@ -57,6 +57,18 @@ def test_a_length_past_the_end_is_refused_in_implicit_vr_too() -> None:
     assert refused.value.reason == "truncated"
 
 
+def test_a_length_past_the_end_is_refused_on_an_element_out_of_order() -> None:
+    """The last element of the file is not the one of the highest tag: an InstitutionAddress
+    after the pixel data, declaring 512 bytes and holding 20 (a check of the highest tag
+    alone, as before, read the rest of the file into it)."""
+    data = to_bytes(planted_dataset()) + struct.pack("<HH2sH", 0x0008, 0x0081, b"ST", 512)
+    data += b"17 Larkspur Crescent"
+    with pytest.raises(InstanceError) as refused:
+        read_instance(data)
+    assert refused.value.reason == "truncated"
+    assert "(0008,0081)" in str(refused.value)
+
+
 def test_an_element_that_occurs_twice_is_refused() -> None:
     # InstitutionName's tag turned into Manufacturer's: the later value would have replaced
     # "ACME" silently, and been kept.
@@ -160,6 +172,16 @@ def test_a_kept_binary_value_of_the_wrong_length_is_emptied(scrubber: Scrubber) 
     out = scrub_bytes(scrubber, data.replace(one, _element(tag, "FD", name)))
     assert PHI["name"].encode()[:16] not in out
     assert pydicom.dcmread(io.BytesIO(out)).SingleCollimationWidth in ("", None, b"")
+
+
+def test_a_safe_private_value_that_is_not_text_is_removed(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    ge = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+    ge.add_new(0x9E, "LO", "fgre3d\x00\x10\x00Zanzibar")  # Internal Pulse Sequence Name
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert b"Zanzibar" not in out and b"fgre3d" not in out
+    ge.add_new(0x9E, "LO", "fgre3d")
+    assert b"fgre3d" in scrub_bytes(scrubber, to_bytes(ds))
 
 
 def test_a_pixel_description_of_the_wrong_length_is_refused(scrubber: Scrubber) -> None:
