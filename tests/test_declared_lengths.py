@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence
 from dicomnode.dicomio import read_instance
 from dicomnode.errors import InstanceError, ScrubError
 from dicomnode.scrub import Scrubber
+from dicomnode.scrub.actions import Action
 from tests.phi import PHI, leaks, planted_dataset, to_bytes
 from tests.test_trust import _element, scrub_bytes
 
@@ -193,3 +194,51 @@ def test_a_pixel_description_of_the_wrong_length_is_refused(scrubber: Scrubber) 
             scrubber, data.replace(rows, _element(keyword_dict["Rows"], "US", b"\x04\x00" * 2))
         )
     assert refused.value.reason == "pixel-decode-failed"
+
+
+def test_the_patients_dates_in_an_alternative_calendar_are_removed(scrubber: Scrubber) -> None:
+    ds = planted_dataset()
+    ds.add_new(0x00100033, "LO", PHI["birth"])
+    ds.add_new(0x00100034, "LO", "20240101")
+    ds.add_new(0x00102295, "LO", "BREED-REG-889911")
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert leaks(out) == []
+    assert b"20240101" not in out and b"BREED-REG" not in out
+
+
+# What the default configuration keeps of the Patient group (0010) without the table listing
+# it: kinds of subjects, codes and measurements, none a date, a name or an identifier of the
+# patient. A newer dictionary that adds an attribute here fails this test, so that someone
+# decides.
+KEPT_PATIENT_ATTRIBUTES = {
+    "TypeOfPatientID",
+    "SubjectRelativePositionInImage",
+    "PatientAlternativeCalendar",
+    "QualityControlSubject",
+    "StrainDescription",
+    "StrainNomenclature",
+    "StrainStockNumber",
+    "StrainSource",
+    "GeneticModificationsDescription",
+    "GeneticModificationsNomenclature",
+    "PatientBodyMassIndex",
+    "MeasuredAPDimension",
+    "MeasuredLateralDimension",
+    "ExaminedBodyThickness",
+    "PatientSpeciesDescription",
+    "AnatomicalOrientationType",
+    "PatientBreedDescription",
+    "ResponsiblePersonRole",
+}
+
+
+def test_every_unlisted_patient_attribute_that_is_kept_was_decided(scrubber: Scrubber) -> None:
+    kept = {
+        DicomDictionary[tag][4]
+        for tag, rule in scrubber.profile.public.items()
+        if tag >> 16 == 0x0010
+        and rule.source == "dictionary"
+        and rule.action is Action.KEEP
+        and DicomDictionary.get(tag, ("",))[0] != "SQ"
+    }
+    assert kept == KEPT_PATIENT_ATTRIBUTES
