@@ -156,6 +156,7 @@ def read_instance(
         struct.error,
         NotImplementedError,
         BytesLengthException,  # a value of the file meta or the character set of a bad length
+        TypeError,  # pydicom's, on a character set that decodes to a number
     ) as exc:
         raise UnreadableInstanceError(
             f"cannot parse the DICOM data ({type(exc).__name__}): the file is truncated or "
@@ -165,7 +166,14 @@ def read_instance(
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
         raise UnreadableInstanceError("the file meta information has no Transfer Syntax UID")
-    if meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
+    try:
+        directory = meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10"
+    except Exception:  # pydicom's own, for a VR or value it cannot decode
+        raise UnreadableInstanceError(
+            "the file meta information's Media Storage SOP Class UID cannot be decoded; "
+            "resend it from the source"
+        ) from None
+    if directory:
         raise UnsupportedInstanceError("a DICOMDIR is a media directory, not an instance")
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         try:

@@ -93,6 +93,25 @@ def test_a_bad_length_in_the_file_meta_is_unreadable_not_an_internal_error() -> 
     assert refused.value.reason in ("unreadable", "truncated")
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # a character set declared US: pydicom decodes numbers, then fails on them (TypeError)
+        (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100", b"\x08\x00\x05\x00US\x0a\x00ISO_IR 100"),
+        # a VR that does not exist in the file meta (NotImplementedError when it is read)
+        (b"\x02\x00\x02\x00UI", b"\x02\x00\x02\x00U "),
+    ],
+)
+def test_a_header_pydicom_cannot_decode_is_unreadable_not_an_internal_error(
+    old: bytes, new: bytes
+) -> None:
+    data = to_bytes(planted_dataset())
+    assert data.count(old) == 1
+    with pytest.raises(InstanceError) as refused:
+        read_instance(data.replace(old, new))
+    assert refused.value.reason == "unreadable"
+
+
 @pytest.mark.parametrize("implicit", [False, True])
 def test_a_kept_value_that_took_the_rest_of_the_file_is_emptied(
     scrubber: Scrubber, implicit: bool
