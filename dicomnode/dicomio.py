@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -175,9 +175,13 @@ def read_instance(
         ) from None
     if directory:
         raise UnsupportedInstanceError("a DICOMDIR is a media directory, not an instance")
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+    for keyword, tag in (("SOPClassUID", 0x00080016), ("SOPInstanceUID", 0x00080018)):
         try:
-            present = bool(ds.get(keyword))
+            # decoded on a copy: the scrubber must see the element as the sender sent it
+            elem = ds.get_item(tag)
+            if isinstance(elem, RawDataElement):
+                elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+            present = elem is not None and bool(elem.value)
         except Exception:  # a value pydicom cannot decode is as good as none here
             present = False
         if not present:

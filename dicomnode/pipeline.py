@@ -46,6 +46,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 
 from dicomnode.children import STOP_SIGNALS, die_with_parent, stop_signals_held
@@ -98,15 +100,25 @@ class Stage(Protocol):
 
 
 def header_snapshot(ds: Dataset, keywords: frozenset[str]) -> dict[str, Any]:
-    """Plain values of some attributes as received (the pixel policy decides on these)."""
+    """Plain values of some attributes as received (the pixel policy decides on these).
+
+    Raw elements are decoded on a copy, as ``conditions`` does: the data set is left exactly
+    as read. Decoding in place (``ds.get``, as this did) stored pydicom's reading, at the VR
+    the sender declared, and the scrubber checks raw elements only (declared VRs, values
+    that cannot be of their VR): Manufacturer holding the rest of the file went out whole,
+    Rows declared AS was kept as text (found by tools/mutate_instances.py)."""
     snapshot: dict[str, Any] = {}
     for keyword in keywords:
         try:
-            value = (
-                ds.get(keyword)
-                if keyword != "ImplementationVersionName"
-                else (ds.file_meta.get(keyword) if hasattr(ds, "file_meta") else None)
-            )
+            if keyword == "ImplementationVersionName":
+                meta = getattr(ds, "file_meta", None)
+                value = meta.get(keyword) if meta is not None else None
+            else:
+                tag = tag_for_keyword(keyword)
+                elem = ds.get_item(tag) if tag is not None else None
+                if isinstance(elem, RawDataElement):
+                    elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+                value = elem.value if elem is not None else None
         except Exception:
             continue  # an undecodable value cannot match a condition
         if value is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -20,10 +22,16 @@ from pydicom.datadict import DicomDictionary, keyword_dict
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicomnode.batch import build_stages, clean_file
+from dicomnode.config import Config
 from dicomnode.dicomio import read_instance
 from dicomnode.errors import InstanceError, ScrubError
+from dicomnode.pipeline import header_snapshot
+from dicomnode.pixels.boxes import Box
+from dicomnode.pixels.policy import load_policy
 from dicomnode.scrub import Scrubber
 from dicomnode.scrub.actions import Action
+from tests.conftest import SECRET
 from tests.phi import PHI, leaks, planted_dataset, to_bytes
 from tests.test_trust import _element, scrub_bytes
 
@@ -261,3 +269,70 @@ def test_every_unlisted_patient_attribute_that_is_kept_was_decided(scrubber: Scr
         and DicomDictionary.get(tag, ("",))[0] != "SQ"
     }
     assert kept == KEPT_PATIENT_ATTRIBUTES
+
+
+def _through_the_stages(tmp_path: Path, data: bytes) -> tuple[str | None, bytes | None]:
+    """An instance cleaned by the node's own stages (the pixel stage's header snapshot
+    first, then the scrubber, then the pixel stage), as ``dicomnode scrub`` and the workers
+    clean it: the reason it was refused, or the clean copy."""
+    source = tmp_path / "in.dcm"
+    source.write_bytes(data)
+    outcome = clean_file(build_stages(Config(), SECRET), source, tmp_path / "out")
+    return outcome.reason, outcome.output.read_bytes() if outcome.output else None
+
+
+def test_through_the_stages_a_kept_value_that_took_the_rest_of_the_file_is_emptied(
+    tmp_path: Path,
+) -> None:
+    """The pixel stage's snapshot of the header decoded Manufacturer in place, at the VR the
+    sender declared, and the scrubber checks raw elements: the whole rest of the file went
+    out in Manufacturer (found by tools/mutate_instances.py, which cleans as here)."""
+    data = bytearray(to_bytes(planted_dataset()))
+    at = _explicit_header(data, MANUFACTURER, b"LO")
+    data[at + 6 : at + 8] = struct.pack("<H", len(data) - at - 8)
+    reason, out = _through_the_stages(tmp_path, bytes(data))
+    assert reason is None and out is not None
+    assert leaks(out) == []
+
+
+def test_through_the_stages_a_declared_vr_is_still_checked(tmp_path: Path) -> None:
+    data = to_bytes(planted_dataset())
+    rows = _element(keyword_dict["Rows"], "US", struct.pack("<H", 4))
+    assert data.count(rows) == 1
+    reason, _ = _through_the_stages(
+        tmp_path, data.replace(rows, _element(keyword_dict["Rows"], "AS", b"\x00\x04"))
+    )
+    assert reason == "vr-mismatch"
+
+
+def test_the_header_snapshot_leaves_the_data_set_as_read() -> None:
+    ds = read_instance(to_bytes(planted_dataset()))
+    before = {tag: type(elem) for tag, elem in ds._dict.items()}
+    snapshot = header_snapshot(ds, frozenset({"Manufacturer", "Rows", "SeriesDescription"}))
+    assert snapshot["Manufacturer"] == "ACME" and snapshot["Rows"] == 4
+    assert {tag: type(elem) for tag, elem in ds._dict.items()} == before
+
+
+def test_ultrasound_regions_that_cannot_be_read_refuse_the_instance(tmp_path: Path) -> None:
+    site = tmp_path / "regions.yaml"
+    site.write_text(
+        "regions:\n"
+        "  - label: keep the ultrasound regions\n"
+        "    when: [[{field: SequenceOfUltrasoundRegions, op: present}]]\n"
+        "    keep_only: SequenceOfUltrasoundRegions\n"
+    )
+    policy = load_policy(site_regions=site)
+    region = Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 10, 20
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 99, 199
+    header: dict[str, Any] = {"Rows": 480, "Columns": 640, "Modality": "US"}
+    header["SequenceOfUltrasoundRegions"] = Sequence([region])
+    assert policy.decide(header).keep_only == (Box(10, 20, 100, 200, source="region"),)
+    region.RegionLocationMaxX1 = "Zebulon"  # what a sender may write, read as text
+    with pytest.raises(InstanceError) as refused:
+        policy.decide(header)
+    assert refused.value.reason == "pixel-decode-failed"
+    assert "Zebulon" not in str(refused.value)
+    header["Rows"] = "\x00\x04"  # and a Rows that is no number is no internal error either
+    del header["SequenceOfUltrasoundRegions"]
+    assert policy.decide(header) is not None

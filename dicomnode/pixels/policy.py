@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydicom.datadict import keyword_dict, repeater_has_keyword
 
+from dicomnode.errors import InstanceError
 from dicomnode.pixels.boxes import Box
 from dicomnode.scrub.profile import rules_dir
 from dicomnode.validate import parse_model, read_yaml
@@ -321,8 +322,8 @@ class PixelPolicy:
         )
 
     def _regions(self, header: Mapping[str, Any]) -> tuple[tuple[Box, ...], tuple[Box, ...]]:
-        rows = int(header.get("Rows") or 0) or 1 << 16
-        cols = int(header.get("Columns") or 0) or 1 << 16
+        rows = _size(header.get("Rows"))
+        cols = _size(header.get("Columns"))
         boxes: list[Box] = []
         keep: list[Box] = []
         texts: dict[str, str] = {}
@@ -334,17 +335,34 @@ class PixelPolicy:
             for x0, y0, x1, y1 in region.boxes:
                 boxes.append(Box(x0, y0, x1, y1, source="region").clipped(cols, rows))
             if region.keep_only == "SequenceOfUltrasoundRegions":
-                for item in header.get("SequenceOfUltrasoundRegions") or []:
-                    keep.append(
-                        Box(
-                            int(item.RegionLocationMinX0),
-                            int(item.RegionLocationMinY0),
-                            int(item.RegionLocationMaxX1) + 1,
-                            int(item.RegionLocationMaxY1) + 1,
-                            source="region",
+                try:
+                    for item in header.get("SequenceOfUltrasoundRegions") or []:
+                        keep.append(
+                            Box(
+                                int(item.RegionLocationMinX0),
+                                int(item.RegionLocationMinY0),
+                                int(item.RegionLocationMaxX1) + 1,
+                                int(item.RegionLocationMaxY1) + 1,
+                                source="region",
+                            )
                         )
-                    )
+                except Exception as exc:  # pydicom's, or int() of what a sender wrote
+                    raise InstanceError(
+                        f"the region rule {region.label!r} keeps only the ultrasound regions, "
+                        f"and they cannot be read ({type(exc).__name__}); ask the sender to "
+                        "fix the Sequence of Ultrasound Regions",
+                        reason="pixel-decode-failed",
+                    ) from None
         return tuple(b for b in boxes if b.area > 0), tuple(keep)
+
+
+def _size(value: Any) -> int:
+    """Rows or Columns as the header says, or a size larger than any frame when that is not
+    a number (a region clipped to it is the region; the codec refuses such a frame later)."""
+    try:
+        return int(value or 0) or 1 << 16
+    except (TypeError, ValueError):
+        return 1 << 16
 
 
 def _region(spec: _RegionSpec) -> _Region:
