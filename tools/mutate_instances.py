@@ -1,0 +1,229 @@
+"""Byte-level mutation campaign against the offline cleaner: what a damaged or hostile file
+does to it.
+
+Each mutant is one of tests/phi.py's planted instances (PHI everywhere it can hide; explicit
+and implicit VR, deflated, big endian, and a JPEG one) with one to five changes of its bytes:
+a VR swapped for another, a bit flipped, a byte set, a length nudged, a span deleted or
+copied elsewhere, the file cut short, a sequence delimiter inserted, the transfer syntax
+swapped. Each is cleaned by ``batch.clean_file`` (the node's stages, default configuration)
+in this process, under a time limit, and the outcome is counted:
+
+- refused with a reason (``truncated``, ``unreadable``, ``vr-mismatch``...): fail closed, fine;
+- an internal error (an exception the code did not expect): a bug, even though the node
+  would quarantine it: the operator gets no reason;
+- a hang (over ``--seconds``);
+- a leak: a cleaned copy holding one of the planted strings (``tests.phi.leaks``). Triage each:
+  a mutation that turns a tag into a kept attribute's (InstitutionName into Manufacturer)
+  moves PHI into a value the profile keeps, as a sender could; a length or a structure that
+  carries PHI past the cleaning is a bug.
+
+Every finding's mutant is written to ``--out`` for a test. Exit status 1 on an internal error
+or a hang. The run of 2026-12-05 (seeds 1-7, 3,600 mutants) found a length past the end of
+the file on an element that was not the highest tag, a duplicate tag, two pydicom exceptions
+read as internal errors, and (0010,0033/0034); see tests/test_declared_lengths.py.
+
+    python tools/mutate_instances.py --seed 1 --count 400 --out /tmp/mutants
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import random
+import signal
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+
+from dicomnode.batch import build_stages, clean_file
+from dicomnode.config import Config
+from tests.conftest import SECRET
+from tests.phi import leaks, planted_dataset, to_bytes
+
+VRS = [
+    vr.encode()
+    for vr in "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
+    "UC UI UL UN UR US UT UV".split()
+]
+ODD_VRS = [b"XX", b"\x00\x00", b"U "]
+SYNTAXES = [
+    b"1.2.840.10008.1.2\x00",
+    b"1.2.840.10008.1.2.1",
+    b"1.2.840.10008.1.2.2",
+    b"1.2.840.10008.1.2.1.99",
+    b"1.2.840.10008.1.2.4.50",
+    b"1.2.840.10008.1.2.5\x00",
+]
+DELIMITERS = [
+    b"\xfe\xff\x00\xe0\xff\xff\xff\xff",  # an item of undefined length
+    b"\xfe\xff\x0d\xe0\x00\x00\x00\x00",  # an item delimiter
+    b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",  # a sequence delimiter
+]
+_DATA_SET = 132  # mutations start after the preamble
+
+
+def bases() -> dict[str, bytes]:
+    """The planted instance in every encoding the campaign mutates."""
+
+    def encoded(syntax: str) -> bytes:
+        ds = planted_dataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        buffer = io.BytesIO()
+        little = syntax != ExplicitVRBigEndian
+        ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=little)
+        return buffer.getvalue()
+
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm", download=False))
+    planted = planted_dataset()
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "InstitutionName",
+        "ReferringPhysicianName",
+        "OtherPatientIDsSequence",
+        "RequestAttributesSequence",
+        "ImageComments",
+    ):
+        setattr(jpeg, keyword, planted.get(keyword))
+    buffer = io.BytesIO()
+    jpeg.save_as(buffer, enforce_file_format=True)
+    return {
+        "explicit": to_bytes(planted_dataset()),
+        "implicit": to_bytes(planted_dataset(implicit=True)),
+        "deflated": encoded(DeflatedExplicitVRLittleEndian),
+        "big-endian": encoded(ExplicitVRBigEndian),
+        "jpeg": buffer.getvalue(),
+    }
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """One to five random changes of ``data``'s bytes after the preamble."""
+    out = bytearray(data)
+    for _ in range(rng.choice([1, 1, 1, 2, 3, 5])):
+        if len(out) <= _DATA_SET + 1:
+            break  # cut short already: nothing left to change
+        kind = rng.randrange(9)
+        at = rng.randrange(_DATA_SET, len(out))
+        vr_spots = [i for i in range(_DATA_SET, len(out) - 8) if bytes(out[i : i + 2]) in VRS]
+        if kind == 0 and vr_spots:  # a declared VR swapped
+            spot = rng.choice(vr_spots)
+            out[spot : spot + 2] = rng.choice(VRS + ODD_VRS)
+        elif kind == 1:
+            out[at] ^= 1 << rng.randrange(8)
+        elif kind == 2:
+            out[at] = rng.choice([0, 0xFF, 0xFE, 0x20, rng.randrange(256)])
+        elif kind == 3 and vr_spots:  # a 2-byte length nudged
+            spot = rng.choice(vr_spots) + 2
+            value = rng.choice([0, 1, 2, 3, 0xFFFF, 0xFFFE, rng.randrange(65536)])
+            out[spot : spot + 2] = value.to_bytes(2, "little")
+        elif kind == 4:
+            del out[at : at + rng.randrange(1, 16)]
+        elif kind == 5:  # a span copied elsewhere
+            start = rng.randrange(_DATA_SET, len(out))
+            out[at:at] = out[start : start + rng.randrange(4, 64)]
+        elif kind == 6:
+            del out[at:]
+        elif kind == 7:
+            out[at:at] = rng.choice(DELIMITERS)
+        elif kind == 8:  # the transfer syntax swapped for one of the same length
+            for syntax in SYNTAXES:
+                found = out.find(syntax, 0, 400)
+                if found >= 0:
+                    other = rng.choice(SYNTAXES)
+                    if len(other) == len(syntax):
+                        out[found : found + len(syntax)] = other
+                    break
+    return bytes(out)
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(*_args: Any) -> None:
+    raise _Hang
+
+
+def campaign(
+    seed: int, count: int, out: Path, seconds: int = 20, which: list[str] | None = None
+) -> dict[str, Any]:
+    """Clean ``count`` mutants; returns the counts and the findings (also written to
+    ``out``)."""
+    warnings.simplefilter("ignore")  # pydicom warns of every oddity a mutant has
+    rng = random.Random(seed)
+    stages = build_stages(Config(), SECRET)
+    originals = {k: v for k, v in bases().items() if which is None or k in which}
+    names = sorted(originals)
+    out.mkdir(parents=True, exist_ok=True)
+    source, cleaned = out / "mutant.dcm", out / "cleaned"
+    counts: collections.Counter[str] = collections.Counter()
+    findings: list[dict[str, Any]] = []
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for index in range(count):
+            base = rng.choice(names)
+            data = mutate(originals[base], rng)
+            source.write_bytes(data)
+            finding: dict[str, Any] | None = None
+            started = time.perf_counter()
+            signal.alarm(seconds)
+            try:
+                outcome = clean_file(stages, source, cleaned)
+            except _Hang:
+                finding = {"kind": "hang"}
+            except Exception as exc:
+                detail = traceback.format_exc(limit=-3)
+                finding = {"kind": "internal", "error": f"{type(exc).__name__}: {exc}"[:300]}
+                finding["where"] = detail[-800:]
+            finally:
+                signal.alarm(0)
+            if finding is None and outcome.output is not None:
+                counts["cleaned"] += 1
+                leaked = leaks(outcome.output.read_bytes())
+                outcome.output.unlink()
+                if leaked:
+                    finding = {"kind": "leak", "strings": leaked}
+            elif finding is None:
+                counts[f"refused: {outcome.reason}"] += 1
+            if finding is not None:
+                counts[finding["kind"]] += 1
+                name = f"{finding['kind']}-{seed}-{index}-{base}.dcm"
+                (out / name).write_bytes(data)
+                findings.append({**finding, "mutant": name})
+            if time.perf_counter() - started > seconds / 2:
+                counts["slow"] += 1
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        source.unlink(missing_ok=True)
+    return {"seed": seed, "counts": dict(counts), "findings": findings}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--out", type=Path, default=Path("mutants"))
+    parser.add_argument("--seconds", type=int, default=20, help="a mutant's time limit")
+    parser.add_argument("--base", action="append", help="only these bases (repeatable)")
+    args = parser.parse_args()
+    result = campaign(args.seed, args.count, args.out, args.seconds, args.base)
+    print(f"seed {result['seed']}: {result['counts']}")
+    for finding in result["findings"]:
+        print(finding)
+    bad = [f for f in result["findings"] if f["kind"] in ("internal", "hang")]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
