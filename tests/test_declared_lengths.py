@@ -19,6 +19,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.datadict import DicomDictionary, keyword_dict
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -336,3 +337,26 @@ def test_ultrasound_regions_that_cannot_be_read_refuse_the_instance(tmp_path: Pa
     header["Rows"] = "\x00\x04"  # and a Rows that is no number is no internal error either
     del header["SequenceOfUltrasoundRegions"]
     assert policy.decide(header) is not None
+
+
+def test_nothing_before_the_scrubber_decodes_the_data_set_in_place(tmp_path: Path) -> None:
+    """The scrubber checks declared VRs and lengths on raw elements only: whatever runs
+    before it (the header snapshot, the identity it captures for the pixel stage, the
+    reader's own checks) must leave every element as read."""
+    stages = build_stages(Config(), SECRET)
+    scrub = stages[0]
+    seen: dict[int, type] = {}
+    original = scrub.scrubber.scrub
+
+    def record(ds: Dataset) -> Any:
+        seen.update({tag: type(elem) for tag, elem in ds._dict.items()})
+        return original(ds)
+
+    scrub.scrubber.scrub = record  # type: ignore[method-assign]
+    source = tmp_path / "in.dcm"
+    source.write_bytes(to_bytes(planted_dataset()))
+    assert clean_file(stages, source, tmp_path / "out").output is not None
+    as_read = {tag: type(elem) for tag, elem in read_instance(source)._dict.items()}
+    assert seen == as_read
+    assert set(as_read.values()) <= {RawDataElement, DataElement}
+    assert as_read[MANUFACTURER] is RawDataElement
