@@ -167,6 +167,15 @@ def read_instance(
     if "TransferSyntaxUID" not in meta:
         raise UnreadableInstanceError("the file meta information has no Transfer Syntax UID")
     try:
+        syntax = meta.TransferSyntaxUID
+    except Exception:  # pydicom's own, for a VR or value it cannot decode
+        syntax = None
+    if not isinstance(syntax, str):  # (a UID is a str) a VR that made it a number, or bytes
+        raise UnreadableInstanceError(
+            "the file meta information's Transfer Syntax UID is not a UID; resend it from "
+            "the source"
+        )
+    try:
         directory = meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10"
     except Exception:  # pydicom's own, for a VR or value it cannot decode
         raise UnreadableInstanceError(

@@ -109,6 +109,8 @@ def test_a_bad_length_in_the_file_meta_is_unreadable_not_an_internal_error() -> 
         (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100", b"\x08\x00\x05\x00US\x0a\x00ISO_IR 100"),
         # a VR that does not exist in the file meta (NotImplementedError when it is read)
         (b"\x02\x00\x02\x00UI", b"\x02\x00\x02\x00U "),
+        # the transfer syntax declared UL: numbers, which the pixel stage took for a UID
+        (b"\x02\x00\x10\x00UI\x14\x00", b"\x02\x00\x10\x00UL\x14\x00"),
     ],
 )
 def test_a_header_pydicom_cannot_decode_is_unreadable_not_an_internal_error(
