@@ -72,11 +72,19 @@ DELIMITERS = [
 _DATA_SET = 132  # mutations start after the preamble
 
 
+def _planted(implicit: bool = False) -> pydicom.Dataset:
+    """tests/phi.py's instance with a fixed implementation UID (it draws one): the same
+    bytes every run, so that a seed gives the same mutants."""
+    ds = planted_dataset(implicit=implicit)
+    ds.file_meta.ImplementationClassUID = "2.25.1"
+    return ds
+
+
 def bases() -> dict[str, bytes]:
     """The planted instance in every encoding the campaign mutates."""
 
     def encoded(syntax: str) -> bytes:
-        ds = planted_dataset()
+        ds = _planted()
         ds.file_meta.TransferSyntaxUID = syntax
         buffer = io.BytesIO()
         little = syntax != ExplicitVRBigEndian
@@ -84,7 +92,7 @@ def bases() -> dict[str, bytes]:
         return buffer.getvalue()
 
     jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm", download=False))
-    planted = planted_dataset()
+    planted = _planted()
     for keyword in (
         "PatientName",
         "PatientID",
@@ -99,8 +107,8 @@ def bases() -> dict[str, bytes]:
     buffer = io.BytesIO()
     jpeg.save_as(buffer, enforce_file_format=True)
     return {
-        "explicit": to_bytes(planted_dataset()),
-        "implicit": to_bytes(planted_dataset(implicit=True)),
+        "explicit": to_bytes(_planted()),
+        "implicit": to_bytes(_planted(implicit=True)),
         "deflated": encoded(DeflatedExplicitVRLittleEndian),
         "big-endian": encoded(ExplicitVRBigEndian),
         "jpeg": buffer.getvalue(),
