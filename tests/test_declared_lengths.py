@@ -18,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.datadict import DicomDictionary, keyword_dict
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -362,3 +363,19 @@ def test_nothing_before_the_scrubber_decodes_the_data_set_in_place(tmp_path: Pat
     assert seen == as_read
     assert set(as_read.values()) <= {RawDataElement, DataElement}
     assert as_read[MANUFACTURER] is RawDataElement
+
+
+def test_a_basic_offset_table_longer_than_the_pixel_data_is_a_decode_failure(
+    tmp_path: Path,
+) -> None:
+    """pydicom raises struct.error on it, which came out as pixel-stage-failed with no
+    reason an operator can use (found by the campaign)."""
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm", download=False))
+    data = bytearray(ds.PixelData)
+    assert data[:4] == b"\xfe\xff\x00\xe0"  # the Basic Offset Table's item
+    data[4:8] = struct.pack("<I", 0x10000000)
+    ds.PixelData = bytes(data)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    reason, out = _through_the_stages(tmp_path, buffer.getvalue())
+    assert reason == "pixel-decode-failed" and out is None

@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -288,7 +289,8 @@ def _check_pixel_data(ds: Dataset, shape: Geometry, syntax: UID) -> None:
         for fragments in itertools.islice(found, shape.frames):
             count += 1
             _check_frame(_head(fragments), count, shape, syntax)
-    except (ValueError, IndexError, KeyError, EOFError) as exc:
+    except (ValueError, IndexError, KeyError, EOFError, struct.error) as exc:
+        # (struct.error: pydicom's, on a Basic Offset Table longer than the data)
         if isinstance(exc, streams.StreamError):
             raise PixelDecodeError(
                 f"frame {count} cannot be decoded: {exc}; the instance was not decoded"
