@@ -14,10 +14,11 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from pydicom import filereader as _filereader
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileDataset
@@ -331,19 +332,80 @@ def _check_complete(ds: Dataset) -> None:
     left, and goes on; we refuse such a file. Any element, not only the last tag: found by
     mutating a test instance, a length past the end on an element that was not the last
     one took every later element (names, IDs, address) into a kept Manufacturer."""
-    elements = ds._dict
-    if not elements:
+    if not ds._dict:
         raise UnreadableInstanceError("the file holds no data elements")
-    for elem in elements.values():
+    _check_held(ds, "the file is truncated")
+
+
+def _check_held(ds: Dataset, what: str) -> None:
+    """Every raw element of ``ds`` holds the bytes it declares (see :func:`_check_complete`)."""
+    for elem in ds._dict.values():
         if type(elem) is not RawDataElement:
             continue
         held = len(elem.value or b"")
         if held != elem.length and elem.length != _UNDEFINED:
             raise UnreadableInstanceError(
-                f"the file is truncated: element {elem.tag} should hold {elem.length} bytes "
-                f"and holds {held}; resend it from the source",
+                f"{what}: element {elem.tag} should hold {elem.length} bytes and holds "
+                f"{held}; resend it from the source",
                 reason="truncated",
             )
+
+
+def _read_item(
+    fp: BinaryIO,
+    is_implicit_VR: bool,  # (pydicom's parameter names)
+    is_little_endian: bool,
+    encoding: str | MutableSequence[str],
+    offset: int = 0,
+) -> Dataset | None:
+    """pydicom 3.0's ``read_sequence_item`` (pinned in tests/test_declared_lengths.py), with
+    each item checked as the data set is: an element that occurs twice in one item
+    (:class:`_Once`), a value longer than what is left of its item, or one shorter than it
+    declares, refuses the instance. pydicom keeps the later of two elements in an item, and
+    reads an element that runs past its item's end into the next item, silently.
+
+    Installed as ``pydicom.filereader.read_sequence_item`` at import, so that every sequence
+    is read so: those pydicom reads at once (undefined length), and those decoded later (the
+    scrubber's items, pydicom's ``convert_SQ``), all through ``read_sequence``."""
+    item_tell = fp.tell() + offset
+    header = fp.read(8)
+    if len(header) < 8:
+        raise OSError(f"No tag to read at file position {fp.tell() + offset:X}")
+    group, element, length = struct.unpack("<HHL" if is_little_endian else ">HHL", header)
+    if (group, element) == (0xFFFE, 0xE0DD):
+        return None  # the sequence delimiter: no more items
+    start = fp.tell()
+    defined = length != _UNDEFINED
+    ds = read_dataset(
+        fp,
+        is_implicit_VR,
+        is_little_endian,
+        length if defined else None,
+        stop_when=_Once(),
+        parent_encoding=encoding,
+        at_top_level=False,
+    )
+    ds.is_undefined_length_sequence_item = not defined
+    ds.seq_item_tell = item_tell
+    if defined and fp.tell() > start + length:
+        raise UnreadableInstanceError(
+            f"an element of the sequence item at byte {item_tell} runs past the end of the "
+            f"item ({length} bytes): the item's length or an element's is wrong; resend it "
+            "from the source",
+            reason="truncated",
+        )
+    _check_held(ds, "a sequence item is truncated")
+    return ds
+
+
+#: pydicom's own, which :func:`_read_item` stands in for (its source is pinned by a test).
+PYDICOM_READ_SEQUENCE_ITEM = _filereader.read_sequence_item
+
+
+def install_checked_items() -> None:
+    """Read every sequence item with :func:`_read_item` (this process, every read)."""
+    assert callable(getattr(_filereader, "read_sequence_item", None))
+    _filereader.read_sequence_item = _read_item
 
 
 def read_header(
@@ -608,3 +670,8 @@ def raw(
 ) -> RawDataElement:
     """A raw element holding already-encoded ``value``."""
     return RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, little, True, False)
+
+
+# Every sequence item this process reads is checked (see _read_item): the reader's callers are
+# the workers, the CLI and the review page, all of them reading what senders sent.
+install_checked_items()

@@ -11,6 +11,8 @@ an attribute the 2024b table does not list, was kept as text.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
 import struct
 from pathlib import Path
@@ -24,6 +26,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicomnode import dicomio
 from dicomnode.batch import build_stages, clean_file
 from dicomnode.config import Config
 from dicomnode.dicomio import read_instance
@@ -379,3 +382,66 @@ def test_a_basic_offset_table_longer_than_the_pixel_data_is_a_decode_failure(
     ds.save_as(buffer, enforce_file_format=True)
     reason, out = _through_the_stages(tmp_path, buffer.getvalue())
     assert reason == "pixel-decode-failed" and out is None
+
+
+def _coded(undefined: bool) -> bytes:
+    """The planted instance with an Anatomic Region Sequence of two coded items (kept and
+    walked by the profile), its sequence and items of defined or undefined length."""
+    ds = planted_dataset()
+    items = []
+    for value, meaning in (("T-D3000", "Chest"), ("T-D4000", "Abdomen")):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SRT", meaning
+        item.is_undefined_length_sequence_item = undefined
+        items.append(item)
+    ds.AnatomicRegionSequence = Sequence(items)
+    ds["AnatomicRegionSequence"].is_undefined_length = undefined
+    return to_bytes(ds)
+
+
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined", "undefined"])
+def test_an_element_that_occurs_twice_in_a_sequence_item_is_refused(
+    scrubber: Scrubber, undefined: bool
+) -> None:
+    """An undefined-length sequence is read with the file, a defined one when the scrubber
+    walks it: both refuse (pydicom kept the later of the two, silently)."""
+    data = _coded(undefined)
+    meaning = struct.pack("<HH", 0x0008, 0x0104) + b"LO\x06\x00Chest "
+    assert data.count(meaning) == 1
+    twice = data.replace(meaning, struct.pack("<HH", 0x0008, 0x0100) + b"LO\x06\x00Chest ")
+    with pytest.raises(InstanceError) as refused:
+        scrub_bytes(scrubber, twice)
+    assert refused.value.reason == "unreadable"
+    assert "occurs twice" in str(refused.value)
+    assert leaks(scrub_bytes(scrubber, data)) == []  # and as it was, it is cleaned
+
+
+def test_an_element_that_runs_past_the_end_of_its_item_is_refused(scrubber: Scrubber) -> None:
+    """The first item's Code Meaning declaring 12 bytes more than its item has: it took the
+    start of the second item (pydicom reads on, into the next item)."""
+    data = _coded(undefined=False)
+    meaning = struct.pack("<HH", 0x0008, 0x0104) + b"LO\x06\x00Chest "
+    assert data.count(meaning) == 1
+    longer = data.replace(meaning, struct.pack("<HH", 0x0008, 0x0104) + b"LO\x12\x00Chest ")
+    with pytest.raises(InstanceError) as refused:
+        scrub_bytes(scrubber, longer)
+    assert refused.value.reason == "truncated"
+
+
+# pydicom's functions dicomio._read_item stands in for (read_sequence calls it for each item):
+# a change there is a change of what _read_item must do.
+PYDICOM_PINNED = {
+    "read_sequence": "83bf8104cc41310e",
+    "read_sequence_item": "7ec24b7ad0ea31c6",
+}
+
+
+def test_the_pydicom_code_the_item_checks_stand_in_for_is_unchanged() -> None:
+    assert pydicom.__version__.startswith("3.0."), pydicom.__version__
+    assert dicomio._filereader.read_sequence_item is dicomio._read_item  # installed
+    now = {
+        "read_sequence": inspect.getsource(dicomio._filereader.read_sequence),
+        "read_sequence_item": inspect.getsource(dicomio.PYDICOM_READ_SEQUENCE_ITEM),
+    }
+    digests = {k: hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in now.items()}
+    assert digests == PYDICOM_PINNED, digests
