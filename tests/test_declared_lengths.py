@@ -445,3 +445,22 @@ def test_the_pydicom_code_the_item_checks_stand_in_for_is_unchanged() -> None:
     }
     digests = {k: hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in now.items()}
     assert digests == PYDICOM_PINNED, digests
+
+
+def test_unlisted_retired_attributes_are_removed(scrubber: Scrubber) -> None:
+    """A retired attribute is in no current IOD, and holds what no rule reads: Original Image
+    Identification (AT, 1-n) held ImageComments' text after a mutated tag, and was kept."""
+    ds = planted_dataset()
+    ds.add_new(0x00205000, "AT", [0x50617469, 0x656E7420])  # "Pati" "ent " as tags
+    ds.TherapyDescription = "seen by Dr Underhill"  # (0018,5021) LO, retired
+    ds.HardcopyCreationDeviceID = "HC-SWITHIN-2"  # (0018,1011) LO, retired
+    out = pydicom.dcmread(io.BytesIO(scrub_bytes(scrubber, to_bytes(ds))))
+    for keyword in (
+        "OriginalImageIdentification",
+        "TherapyDescription",
+        "HardcopyCreationDeviceID",
+    ):
+        assert keyword not in out
+    rules = scrubber.profile.public
+    assert rules[keyword_dict["HardcopyCreationDeviceID"]].source == "local: unlisted retired"
+    assert rules[keyword_dict["SingleCollimationWidth"]].action is Action.KEEP  # not retired

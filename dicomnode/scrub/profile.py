@@ -398,13 +398,24 @@ def _compile(options: frozenset[Option], site_file: Path | None, _stamp: object 
         for keyword in keywords
     }
 
-    # Every dictionary attribute no layer lists: kept, or handled by its VR.
+    # Every dictionary attribute no layer lists: kept, or handled by its VR, or (retired)
+    # handled as local.yaml says.
+    retired_row = local.get("unlisted_retired")
+    retired = (
+        Rule(SITE_ACTIONS[retired_row["action"]], "local: unlisted retired")
+        if retired_row
+        else None
+    )
     listed = set(public)
     for tag, vr in _dictionary_vrs().items():
         if tag in listed or tag >> 16 in (0x0000, 0x0002, 0x0004):
             continue
-        by_vr = None if tag in keep_unlisted else unlisted.get(vr)
-        public[tag] = by_vr or Rule(Action.KEEP, "dictionary")
+        if tag in keep_unlisted:
+            public[tag] = Rule(Action.KEEP, "dictionary")
+        elif retired is not None and DicomDictionary[tag][3] == "Retired":
+            public[tag] = retired
+        else:
+            public[tag] = unlisted.get(vr) or Rule(Action.KEEP, "dictionary")
 
     clean_words: list[str] = []
     if site_file is not None:
