@@ -230,6 +230,25 @@ def test_a_pixel_description_of_the_wrong_length_is_refused(scrubber: Scrubber) 
     assert refused.value.reason == "pixel-decode-failed"
 
 
+@pytest.mark.parametrize(
+    "keyword",
+    [
+        "DeviceID",
+        "SecondaryCaptureDeviceID",
+        "SubstanceAdministrationDeviceID",
+        "NTPSourceAddress",
+        "OwnerID",
+    ],
+)
+def test_unlisted_identifiers_of_devices_sites_and_users_are_removed(
+    scrubber: Scrubber, keyword: str
+) -> None:
+    ds = planted_dataset()
+    setattr(ds, keyword, "SN-4471-AXW")
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert leaks(out) == [] and keyword not in pydicom.dcmread(io.BytesIO(out))
+
+
 def test_the_patients_dates_in_an_alternative_calendar_are_removed(scrubber: Scrubber) -> None:
     ds = planted_dataset()
     ds.add_new(0x00100033, "LO", PHI["birth"])
