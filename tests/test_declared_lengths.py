@@ -418,20 +418,29 @@ def _coded(undefined: bool) -> bytes:
     return to_bytes(ds)
 
 
+def _code_meaning(tag: int, length: int) -> bytes:
+    """The first item's "Chest" (explicit VR, LO), as ``tag`` declaring ``length`` bytes."""
+    return struct.pack("<HH2sH", 0x0008, tag, b"LO", length) + b"Chest "
+
+
+def _refusal(scrubber: Scrubber, data: bytes, old: bytes, new: bytes) -> InstanceError:
+    """What cleaning ``data`` with ``old`` (found once) replaced by ``new`` raises."""
+    assert data.count(old) == 1
+    with pytest.raises(InstanceError) as refused:
+        scrub_bytes(scrubber, data.replace(old, new))
+    return refused.value
+
+
 @pytest.mark.parametrize("undefined", [False, True], ids=["defined", "undefined"])
 def test_an_element_that_occurs_twice_in_a_sequence_item_is_refused(
     scrubber: Scrubber, undefined: bool
 ) -> None:
     """An undefined-length sequence is read with the file, a defined one when the scrubber
-    walks it: both refuse (pydicom kept the later of the two, silently)."""
+    walks it: both refuse (pydicom kept the later of the two, silently). Code Meaning's tag
+    turned into Code Value's."""
     data = _coded(undefined)
-    meaning = struct.pack("<HH", 0x0008, 0x0104) + b"LO\x06\x00Chest "
-    assert data.count(meaning) == 1
-    twice = data.replace(meaning, struct.pack("<HH", 0x0008, 0x0100) + b"LO\x06\x00Chest ")
-    with pytest.raises(InstanceError) as refused:
-        scrub_bytes(scrubber, twice)
-    assert refused.value.reason == "unreadable"
-    assert "occurs twice" in str(refused.value)
+    refused = _refusal(scrubber, data, _code_meaning(0x0104, 6), _code_meaning(0x0100, 6))
+    assert refused.reason == "unreadable" and "occurs twice" in str(refused)
     assert leaks(scrub_bytes(scrubber, data)) == []  # and as it was, it is cleaned
 
 
@@ -439,12 +448,8 @@ def test_an_element_that_runs_past_the_end_of_its_item_is_refused(scrubber: Scru
     """The first item's Code Meaning declaring 12 bytes more than its item has: it took the
     start of the second item (pydicom reads on, into the next item)."""
     data = _coded(undefined=False)
-    meaning = struct.pack("<HH", 0x0008, 0x0104) + b"LO\x06\x00Chest "
-    assert data.count(meaning) == 1
-    longer = data.replace(meaning, struct.pack("<HH", 0x0008, 0x0104) + b"LO\x12\x00Chest ")
-    with pytest.raises(InstanceError) as refused:
-        scrub_bytes(scrubber, longer)
-    assert refused.value.reason == "truncated"
+    refused = _refusal(scrubber, data, _code_meaning(0x0104, 6), _code_meaning(0x0104, 18))
+    assert refused.reason == "truncated"
 
 
 # pydicom's functions dicomio._read_item stands in for (read_sequence calls it for each item):
