@@ -49,8 +49,10 @@ from pydantic import (
     field_validator,
 )
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+
+from dicomnode.dicomio import decoded_copy
 
 __all__ = [
     "CALLED_AE",
@@ -260,10 +262,7 @@ def header_values(ds: Dataset, fields: Iterable[str]) -> dict[str, tuple[str, ..
         if tag is None or tag not in ds:
             continue
         try:
-            elem = ds.get_item(tag)
-            if isinstance(elem, RawDataElement):
-                elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
-            values = _strings(elem)
+            values = _strings(decoded_copy(ds, tag))
         except Exception:  # undecodable: as good as missing, never an error
             continue
         if values is not None:

@@ -41,6 +41,7 @@ from dicomnode.limits import TooLargeError
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "decoded_copy",
     "encode_chunks",
     "encode_instance",
     "encode_items",
@@ -187,10 +188,7 @@ def read_instance(
         raise UnsupportedInstanceError("a DICOMDIR is a media directory, not an instance")
     for keyword, tag in (("SOPClassUID", 0x00080016), ("SOPInstanceUID", 0x00080018)):
         try:
-            # decoded on a copy: the scrubber must see the element as the sender sent it
-            elem = ds.get_item(tag)
-            if isinstance(elem, RawDataElement):
-                elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+            elem = decoded_copy(ds, tag)
             present = elem is not None and bool(elem.value)
         except Exception:  # a value pydicom cannot decode is as good as none here
             present = False
@@ -200,6 +198,17 @@ def read_instance(
                 reason="not-an-instance",
             )
     return ds
+
+
+def decoded_copy(ds: Dataset, tag: int) -> DataElement | None:
+    """The element ``tag`` of ``ds`` decoded, leaving ``ds`` exactly as read (pydicom's
+    ``ds[tag]`` stores what it decodes, at the VR the sender declared, and the scrubber checks
+    declared VRs and value shapes on raw elements only). Raises what pydicom raises for a
+    value it cannot decode."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        return convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+    return elem
 
 
 def _size_of(source: str | Path | bytes | BinaryIO) -> int | None:

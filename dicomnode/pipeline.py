@@ -47,12 +47,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 
 from dicomnode.children import STOP_SIGNALS, die_with_parent, stop_signals_held
 from dicomnode.config import Config, PixelConfig, ScrubConfig
-from dicomnode.dicomio import encode_chunks, read_instance
+from dicomnode.dicomio import decoded_copy, encode_chunks, read_instance
 from dicomnode.errors import InstanceError
 from dicomnode.filters import FilterAction, Filters
 from dicomnode.limits import apply_worker_limits, lift_from_idle, out_of_memory
@@ -115,9 +114,7 @@ def header_snapshot(ds: Dataset, keywords: frozenset[str]) -> dict[str, Any]:
                 value = meta.get(keyword) if meta is not None else None
             else:
                 tag = tag_for_keyword(keyword)
-                elem = ds.get_item(tag) if tag is not None else None
-                if isinstance(elem, RawDataElement):
-                    elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+                elem = decoded_copy(ds, tag) if tag is not None else None
                 value = elem.value if elem is not None else None
         except Exception:
             continue  # an undecodable value cannot match a condition
