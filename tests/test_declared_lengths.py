@@ -331,6 +331,34 @@ def test_through_the_stages_a_declared_vr_is_still_checked(tmp_path: Path) -> No
     assert reason == "vr-mismatch"
 
 
+@pytest.mark.parametrize(
+    ("vr", "value", "reason"),
+    [
+        (b"WS", b"\x00\x00", "vr-mismatch"),  # no such VR: pydicom's NotImplementedError
+        (b"AE", b"1 ", "vr-mismatch"),  # text: decoded by pydicom before the check, kept
+        (b"SQ", b"\x00\x00", "vr-mismatch"),
+        (b"US", b"\x00\x00\x00\x00", "pixel-decode-failed"),
+    ],
+)
+def test_pixel_representation_is_checked_before_a_sequence_is_decoded(
+    tmp_path: Path, vr: bytes, value: bytes, reason: str
+) -> None:
+    """pydicom reads the Pixel Representation of a data set, in place, when it decodes one
+    of its sequences (to resolve US/SS in the items), and the planted instance has
+    sequences before group 0028: the scrubber failed with pydicom's error on a VR that does
+    not exist, and let one declared as text through its VR check."""
+    data = to_bytes(planted_dataset())
+    pixel_representation = keyword_dict["PixelRepresentation"]
+    old = _element(pixel_representation, "US", b"\x00\x00")
+    assert data.count(old) == 1
+    header = struct.pack("<HH", 0x0028, 0x0103) + vr
+    if vr == b"SQ":
+        new = header + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    else:
+        new = header + struct.pack("<H", len(value)) + value
+    assert _through_the_stages(tmp_path, data.replace(old, new)) == (reason, None)
+
+
 def test_the_header_snapshot_leaves_the_data_set_as_read() -> None:
     ds = read_instance(to_bytes(planted_dataset()))
     before = {tag: type(elem) for tag, elem in ds._dict.items()}

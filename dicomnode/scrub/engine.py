@@ -94,6 +94,7 @@ PATIENT_IDENTITY_REMOVED = 0x00120062
 DEIDENTIFICATION_METHOD = 0x00120063
 DEIDENTIFICATION_CODES = 0x00120064
 TEMPORAL_MODIFIED = 0x00280303
+PIXEL_REPRESENTATION = 0x00280103
 
 # UIDs DICOM itself defines (SOP classes, transfer syntaxes, coding schemes, well-known
 # instances): the only UIDs kept as they are, whatever they look like.
@@ -555,10 +556,26 @@ class Scrubber:
                 "no real object needs that, and it cannot be cleaned with certainty",
                 reason="too-deep",
             )
+        self._pixel_representation_first(ds, state)
         elem = ds[tag]  # decodes the sequence; its items' elements stay raw
         if elem.VR != "SQ":
             return
         state.items.extend((item, mode, path) for item in reversed(elem.value))
+
+    def _pixel_representation_first(self, ds: Dataset, state: _Instance) -> None:
+        """Check Pixel Representation before a sequence of its data set is decoded.
+
+        pydicom reads it then, in place, to resolve US or SS in the items: a value declared
+        with a VR that does not exist failed there with pydicom's error, and one declared as
+        text was decoded before :meth:`_trust_vr` saw it and kept (found by the mutation
+        campaign). So it gets the checks its own turn in the walk gives it, first.
+        """
+        elem = _elements(ds).get(PIXEL_REPRESENTATION)
+        if not isinstance(elem, RawDataElement):
+            return
+        elem = self._trust_vr(ds, PIXEL_REPRESENTATION, elem, "US", state)
+        if elem.value and _not_its_vr(PIXEL_REPRESENTATION, "US", elem.value):
+            self._invalid(ds, PIXEL_REPRESENTATION, "US", state)
 
     # -- identity --------------------------------------------------------------------------
 
