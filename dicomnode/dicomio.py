@@ -38,9 +38,23 @@ from dicomnode import __version__, limits
 from dicomnode.errors import UnreadableInstanceError, UnsupportedInstanceError
 from dicomnode.limits import TooLargeError
 
+# What pydicom raises on data it cannot read: cut short, a tag where none can be, a length
+# that does not fit its VR, a VR that does not exist, a character set that is a number.
+READ_ERRORS = (
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    struct.error,
+    NotImplementedError,
+    BytesLengthException,
+    TypeError,
+)
+
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "READ_ERRORS",
     "decoded_copy",
     "encode_chunks",
     "encode_instance",
@@ -150,16 +164,7 @@ def read_instance(
             "object needs that",
             reason="too-deep",
         ) from None
-    except (
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        struct.error,
-        NotImplementedError,
-        BytesLengthException,  # a value of the file meta or the character set of a bad length
-        TypeError,  # pydicom's, on a character set that decodes to a number
-    ) as exc:
+    except READ_ERRORS as exc:
         raise UnreadableInstanceError(
             f"cannot parse the DICOM data ({type(exc).__name__}): the file is truncated or "
             "malformed"
@@ -176,6 +181,13 @@ def read_instance(
         raise UnreadableInstanceError(
             "the file meta information's Transfer Syntax UID is not a UID; resend it from "
             "the source"
+        )
+    if not UID(syntax).is_transfer_syntax:
+        # A private or damaged one: pydicom guessed an encoding to read the data set, and
+        # the clean copy would be written under a syntax no receiver knows.
+        raise UnsupportedInstanceError(
+            "the file meta information's Transfer Syntax UID is not one DICOM defines, so the "
+            "data set's encoding is a guess; resend it in a standard transfer syntax"
         )
     try:
         directory = meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10"

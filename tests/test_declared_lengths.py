@@ -516,3 +516,31 @@ def test_unlisted_retired_attributes_are_removed(scrubber: Scrubber) -> None:
     rules = scrubber.profile.public
     assert rules[keyword_dict["HardcopyCreationDeviceID"]].source == "local: unlisted retired"
     assert rules[keyword_dict["SingleCollimationWidth"]].action is Action.KEEP  # not retired
+
+
+@pytest.mark.parametrize("syntax", [b"1.2.840.10008.1.2.19", b"1.2.840.1000\xca.1.2.1\x00"])
+def test_a_transfer_syntax_dicom_does_not_define_is_refused(syntax: bytes) -> None:
+    """pydicom guesses an encoding for a transfer syntax it does not know and reads the data
+    set; the clean copy went out under the same unknown syntax (or, with a byte that is not
+    ASCII in it, failed to be written: an internal error found by the campaign)."""
+    data = to_bytes(planted_dataset())
+    standard = b"1.2.840.10008.1.2.1\x00"
+    assert data.count(standard) == 1 and len(syntax) == len(standard)
+    with pytest.raises(InstanceError) as refused:
+        read_instance(data.replace(standard, syntax))
+    assert refused.value.reason == "unsupported"
+    assert "1.2.840" not in str(refused.value)
+
+
+def test_a_sequence_whose_items_cannot_be_read_is_unreadable(tmp_path: Path) -> None:
+    """Four bytes after the last item of a kept sequence of defined length: no item tag fits in
+    them. pydicom's OSError came out of the scrubber as scrub-failed (OSError), an error no
+    operator could act on (found by the campaign)."""
+    data = to_bytes(planted_dataset())
+    header = struct.pack("<HH", 0x0008, 0x1140) + b"SQ\x00\x00"  # Referenced Image, kept
+    at = data.index(header) + len(header)
+    (length,) = struct.unpack_from("<I", data, at)
+    end = at + 4 + length
+    damaged = data[:at] + struct.pack("<I", length + 4) + data[at + 4 : end] + bytes(4)
+    reason, _ = _through_the_stages(tmp_path, damaged + data[end:])
+    assert reason == "unreadable"

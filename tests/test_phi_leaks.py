@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -111,3 +113,36 @@ def test_non_ascii_phi_is_removed(scrubber: Scrubber) -> None:
         assert value.encode("utf-8") not in out
     # The kanji name is the patient's own (a placeholder); the other names are unknown words.
     assert pydicom.dcmread(io.BytesIO(out)).SeriesDescription == "Thorax [NAME]"
+
+
+def test_kept_text_that_mentions_the_patient_loses_the_mention(scrubber: Scrubber) -> None:
+    """Frame Label (LO) is in no row of Table E.1-1 and is kept by the dictionary, like
+    Manufacturer: a modality that labels frames with the family name, or a software version
+    holding the MRN, must not take them out (found by the mutation campaign's multi-frame
+    base). What does not mention the instance's identity is kept as it was."""
+    ds = planted_dataset()
+    content = pydicom.Dataset()
+    content.FrameLabel = PHI["name_family"]
+    content.FrameComments = "fine"
+    frame = pydicom.Dataset()
+    frame.FrameContentSequence = [content]
+    ds.PerFrameFunctionalGroupsSequence = [frame]
+    ds.SoftwareVersions = ["VA48A", "build " + PHI["pid"]]
+    ds.ManufacturerModelName = "SOMATOM Definition AS+"
+    out = pydicom.dcmread(io.BytesIO(scrub_bytes(scrubber, to_bytes(ds))))
+    assert leaks(encode_instance(out)) == []
+    assert out.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0].FrameLabel == "[NAME]"
+    assert out.SoftwareVersions == ["VA48A", "build [ID]"]
+    assert out.ManufacturerModelName == "SOMATOM Definition AS+"
+    assert out.Manufacturer == "ACME"
+
+
+def test_what_a_site_rule_keeps_is_kept_as_it_is(
+    make_scrubber: Callable[..., Scrubber], tmp_path: Path
+) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("name: test site\nrules:\n  - keyword: FrameLabel\n    action: keep\n")
+    ds = planted_dataset()
+    ds.FrameLabel = PHI["name_family"]
+    out = pydicom.dcmread(io.BytesIO(scrub_bytes(make_scrubber(site_rules=site), to_bytes(ds))))
+    assert out.FrameLabel == PHI["name_family"]

@@ -43,8 +43,13 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from dicomnode import __version__
-from dicomnode.dicomio import encode_items, raw, vr_of
-from dicomnode.errors import InstanceError, ScrubError, UnsupportedInstanceError
+from dicomnode.dicomio import READ_ERRORS, encode_items, raw, vr_of
+from dicomnode.errors import (
+    InstanceError,
+    ScrubError,
+    UnreadableInstanceError,
+    UnsupportedInstanceError,
+)
 from dicomnode.scrub import iod
 from dicomnode.scrub.actions import Action, DateMode, Option
 from dicomnode.scrub.freetext import Identity, Kind, TextCleaner
@@ -146,6 +151,8 @@ class _Text:
     tag: int
     vr: str
     keep_unknown: bool  # a safe private text: only identifiers go, other words stay
+    # a kept value: cleaned (as keep_unknown) only when it mentions the instance's identity
+    mentions_only: bool = False
 
 
 @dataclass
@@ -205,6 +212,13 @@ class Scrubber:
             tag: (rule, _DICTIONARY_VR.get(tag), self._identity_kinds.get(tag))
             for tag, rule in profile.public.items()
         }
+        # Kept text checked for mentions of the instance's identity: not the identifying
+        # attributes themselves (an option keeps them on purpose), nor what a site rule keeps.
+        self._site_kept = frozenset(
+            tag
+            for tag, rule in profile.public.items()
+            if rule.action is Action.KEEP and rule.source.startswith("site ")
+        )
         self._provenance_cache: dict[tuple[Any, ...], dict[int, Any]] = {}
         self._appliers: dict[Action, Callable[..., Any]] = {
             Action.REMOVE: self._remove,
@@ -361,10 +375,15 @@ class Scrubber:
                     value = elem.value
                     if value and not _GRAMMAR[expected].match(value):
                         self._invalid(ds, tag, expected, state)
-                elif expected in _SHAPED_VRS and type(elem) is RawDataElement:
-                    value = elem.value
-                    if value and _not_its_vr(tag, expected, value):
-                        self._invalid(ds, tag, expected, state)
+                elif (
+                    expected in _SHAPED_VRS
+                    and type(elem) is RawDataElement
+                    and elem.value
+                    and _not_its_vr(tag, expected, elem.value)
+                ):
+                    self._invalid(ds, tag, expected, state)
+                elif expected in FREE_TEXT_VRS and kind is None and tag not in self._site_kept:
+                    state.texts.append(_Text(ds, tag, expected, True, mentions_only=True))
                 continue
             base = group & 0xFF00
             if base in (0x5000, 0x6000) and self._whole_group_removed(base):
@@ -460,6 +479,11 @@ class Scrubber:
                 return
             if vr == "CS" and value and not self._code_of_words(value):
                 state.texts.append(_Text(ds, tag, vr, keep_unknown=True))
+        elif vr in FREE_TEXT_VRS and tag not in self._identity_kinds and tag not in self._site_kept:
+            # Kept text that names the patient (a Frame Label holding the family name): the
+            # mention goes, the rest stays (see _clean_texts). A site rule's keep is the
+            # site's decision.
+            state.texts.append(_Text(ds, tag, vr, keep_unknown=True, mentions_only=True))
         if vr == "SQ" or (vr == "UN" and tag in _SQ_TAGS):
             self._recurse(ds, tag, state, mode, (*path, tag))
         elif vr == "UI":
@@ -557,7 +581,14 @@ class Scrubber:
                 reason="too-deep",
             )
         self._pixel_representation_first(ds, state)
-        elem = ds[tag]  # decodes the sequence; its items' elements stay raw
+        try:
+            elem = ds[tag]  # decodes the sequence; its items' elements stay raw
+        except READ_ERRORS as exc:
+            raise UnreadableInstanceError(
+                f"the items of {_keyword(tag)} {_tag_text(tag)} cannot be read "
+                f"({type(exc).__name__}): the sequence is malformed or cut short; resend the "
+                "instance from the source"
+            ) from None
         if elem.VR != "SQ":
             return
         state.items.extend((item, mode, path) for item in reversed(elem.value))
@@ -573,7 +604,8 @@ class Scrubber:
         elem = _elements(ds).get(PIXEL_REPRESENTATION)
         if not isinstance(elem, RawDataElement):
             return
-        elem = self._trust_vr(ds, PIXEL_REPRESENTATION, elem, "US", state)
+        if elem.VR is not None and elem.VR != "US":
+            elem = self._trust_vr(ds, PIXEL_REPRESENTATION, elem, "US", state)
         if elem.value and _not_its_vr(PIXEL_REPRESENTATION, "US", elem.value):
             self._invalid(ds, PIXEL_REPRESENTATION, "US", state)
 
@@ -832,6 +864,10 @@ class Scrubber:
             if vr == "CS" and self._code_of_words(_raw_bytes(elem)):
                 continue  # a code made of words, not a name (see _keep)
             values = _text_values(elem, state.encodings)
+            if text.mentions_only and not any(
+                self.cleaner.mentions(v, state.identity) for v in values
+            ):
+                continue
             cleaned = [
                 self.cleaner.clean(v, state.identity, keep_unknown=text.keep_unknown)
                 for v in values

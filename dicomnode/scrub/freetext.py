@@ -751,6 +751,11 @@ class TextCleaner:
         done = self._cleaned[key] = self._clean(text, identity, keep_unknown)
         return done
 
+    def mentions(self, text: str, identity: Identity) -> bool:
+        """Whether ``text`` holds one of the instance's identifying values (a name, an ID, a
+        phone number, a place, the birth date), as :meth:`clean` would find it."""
+        return bool(text and identity and self._matcher(identity).spans(text))
+
     def _matcher(self, identity: Identity) -> _Matcher:
         matcher = self._matchers.get(identity.key)
         if matcher is None:
