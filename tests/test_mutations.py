@@ -10,6 +10,12 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
+from dicomnode.batch import build_stages, clean_file
+from tests.conftest import SECRET
+from tests.phi import leaks
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,10 +39,60 @@ def test_mutated_instances_are_refused_or_cleaned_never_leaked(tmp_path: Path) -
     assert sum(n for k, n in counts.items() if k.startswith("refused")) > 200
 
 
+def test_mutants_of_the_report_and_the_multiframe_under_other_options(tmp_path: Path) -> None:
+    """The structured report's content tree and the functional groups, cleaned (not
+    removed) under Clean Structured Content, with UIDs and full dates retained: what the
+    options keep on purpose is no leak, nothing else may be."""
+    options = [
+        "retain-uids",
+        "retain-long-full-dates",
+        "clean-structured-content",
+        "clean-descriptors",
+        "retain-safe-private",
+    ]
+    result = _tool().campaign(
+        seed=8,
+        count=300,
+        out=tmp_path,
+        which=["sr", "multiframe", "undefined-lengths"],
+        options=options,
+    )
+    assert result["findings"] == [], result["findings"]
+    assert result["counts"].get("cleaned", 0) > 30
+
+
+@pytest.mark.parametrize(
+    "options",
+    [None, ["retain-long-full-dates", "clean-structured-content", "retain-uids"]],
+    ids=["default", "structured"],
+)
+def test_every_base_unmutated_is_cleaned_without_a_leak(
+    tmp_path: Path, options: list[str] | None
+) -> None:
+    """A base the node refuses, or whose leaks the oracle cannot see, makes its mutants
+    worthless: a check of Pixel Representation broke every implicit VR file with a
+    sequence, and the deflated copies hid every planted string from the oracle."""
+    tool = _tool()
+    stages = build_stages(tool.config(options), SECRET)
+    exempt = {"uid_root"} if options else set()
+    for name, data in tool.bases().items():
+        source = tmp_path / f"{name}.dcm"
+        source.write_bytes(data)
+        # the oracle sees the planted strings in every base, the deflated one included
+        assert {"name", "pid", "birth", "institution"} <= set(leaks(tool.readable(data))), name
+        outcome = clean_file(stages, source, tmp_path / "out")
+        assert outcome.reason is None, (name, outcome.message)
+        assert outcome.output is not None
+        assert set(leaks(tool.readable(outcome.output.read_bytes()))) <= exempt, name
+
+
 def test_the_mutations_change_the_instances_and_are_repeatable() -> None:
     tool = _tool()
     originals = tool.bases()
-    assert set(originals) == {"explicit", "implicit", "deflated", "big-endian", "jpeg"}
+    assert set(originals) == {
+        "explicit", "implicit", "deflated", "big-endian", "jpeg", "undefined-lengths", "sr",
+        "multiframe",
+    }  # fmt: skip
     assert tool.bases() == originals  # the same bytes every run: a seed means its mutants
     first = tool.mutate(originals["explicit"], random.Random(3))
     assert first == tool.mutate(originals["explicit"], random.Random(3))

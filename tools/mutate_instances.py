@@ -32,10 +32,12 @@ import collections
 import io
 import random
 import signal
+import struct
 import sys
 import time
 import traceback
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from dicomnode.batch import build_stages, clean_file
 from dicomnode.config import Config
 from tests.conftest import SECRET
-from tests.phi import leaks, planted_dataset, to_bytes
+from tests.phi import PHI, leaks, planted_dataset, to_bytes
 
 VRS = [
     vr.encode()
@@ -80,8 +82,116 @@ def _planted(implicit: bool = False) -> pydicom.Dataset:
     return ds
 
 
+def _code(value: str, meaning: str) -> pydicom.Dataset:
+    code = pydicom.Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
+    return code
+
+
+def _content(value_type: str, concept: pydicom.Dataset, **values: Any) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = value_type
+    item.ConceptNameCodeSequence = [concept]
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _without_pixels(ds: pydicom.Dataset) -> pydicom.Dataset:
+    for keyword in (
+        "Rows Columns SamplesPerPixel PhotometricInterpretation BitsAllocated BitsStored "
+        "HighBit PixelRepresentation RescaleIntercept RescaleSlope PixelData ImageType "
+        "ImagePositionPatient ImageOrientationPatient PixelSpacing SliceThickness KVP"
+    ).split():
+        delattr(ds, keyword)
+    for tag in [elem.tag for elem in ds if elem.tag.group in (0x5000, 0x6000)]:
+        del ds[tag]
+    return ds
+
+
+def _structured_report() -> pydicom.Dataset:
+    """A Comprehensive SR whose content tree holds the PHI three levels down: text, a
+    person's name, a date, a UID reference, and observers' names and organisation (kept
+    or cleaned as the site's options say, never sent as they are)."""
+    ds = _without_pixels(_planted())
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    ds.Modality = "SR"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.ConceptNameCodeSequence = [_code("18748-4", "Diagnostic Imaging Report")]
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "VERIFIED"
+    observer = pydicom.Dataset()
+    observer.VerifyingObserverName = PHI["referring"]
+    observer.VerifyingOrganization = PHI["institution"]
+    observer.VerificationDateTime = "20210314101500"
+    observer.VerifyingObserverIdentificationCodeSequence = []
+    ds.VerifyingObserverSequence = [observer]
+    inner = _content("CONTAINER", _code("121070", "Findings"), ContinuityOfContent="SEPARATE")
+    inner.ContentSequence = [
+        _content("TEXT", _code("121071", "Finding"), TextValue=PHI["free_text"]),
+        _content("PNAME", _code("121008", "Person Observer Name"), PersonName=PHI["nested_name"]),
+        _content("DATE", _code("111536", "Date of exam"), Date="20210314"),
+        _content("UIDREF", _code("121232", "Source series"), UID=PHI["uid_root"] + ".7"),
+        _content("TEXT", _code("121106", "Comment"), TextValue="seen by " + PHI["operator"]),
+    ]
+    ds.ContentSequence = [
+        _content("TEXT", _code("121060", "History"), TextValue=PHI["free_text"]),
+        inner,
+    ]
+    return ds
+
+
+def _multiframe() -> pydicom.Dataset:
+    """An Enhanced CT of two frames whose functional groups hold frame comments, a frame
+    label and a private element with PHI in them, beside the geometry they must keep."""
+    ds = _planted()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.NumberOfFrames = 2
+    ds.PixelData = bytes(range(64))
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        delattr(ds, keyword)
+    measures = pydicom.Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.5, 0.5], 5
+    orientation = pydicom.Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared = pydicom.Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    shared.PlaneOrientationSequence = [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for number in (1, 2):
+        content = pydicom.Dataset()
+        content.FrameAcquisitionNumber = number
+        content.FrameAcquisitionDateTime = "20210314101500"
+        content.FrameComments = PHI["free_text"]
+        content.FrameLabel = PHI["name_family"]
+        position = pydicom.Dataset()
+        position.ImagePositionPatient = [0, 0, 5 * number]
+        frame = pydicom.Dataset()
+        frame.FrameContentSequence = [content]
+        frame.PlanePositionSequence = [position]
+        block = frame.private_block(0x0029, "ACME PRIVATE 1", create=True)
+        block.add_new(0x01, "LO", PHI["private_text"])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    return ds
+
+
+def _undefined_lengths(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Every sequence and item of undefined length, ended by delimiters (pydicom writes new
+    ones with their lengths), as many modalities write them."""
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            elem.is_undefined_length = True
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = True
+    return ds
+
+
 def bases() -> dict[str, bytes]:
-    """The planted instance in every encoding the campaign mutates."""
+    """The planted instance in every encoding the campaign mutates, and as a structured
+    report and a multi-frame image."""
 
     def encoded(syntax: str) -> bytes:
         ds = _planted()
@@ -112,6 +222,9 @@ def bases() -> dict[str, bytes]:
         "deflated": encoded(DeflatedExplicitVRLittleEndian),
         "big-endian": encoded(ExplicitVRBigEndian),
         "jpeg": buffer.getvalue(),
+        "undefined-lengths": to_bytes(_undefined_lengths(_planted())),
+        "sr": to_bytes(_structured_report()),
+        "multiframe": to_bytes(_multiframe()),
     }
 
 
@@ -121,7 +234,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     for _ in range(rng.choice([1, 1, 1, 2, 3, 5])):
         if len(out) <= _DATA_SET + 1:
             break  # cut short already: nothing left to change
-        kind = rng.randrange(9)
+        kind = rng.randrange(12)
         at = rng.randrange(_DATA_SET, len(out))
         vr_spots = [i for i in range(_DATA_SET, len(out) - 8) if bytes(out[i : i + 2]) in VRS]
         if kind == 0 and vr_spots:  # a declared VR swapped
@@ -152,6 +265,23 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
                     if len(other) == len(syntax):
                         out[found : found + len(syntax)] = other
                     break
+        elif kind >= 9:  # aimed at the sequences: an item's or a sequence's length, or inside
+            little = out.find(b"1.2.840.10008.1.2.2", 0, 400) < 0
+            marks = [b"\xfe\xff\x00\xe0" if little else b"\xff\xfe\xe0\x00", b"SQ\x00\x00"]
+            mark = marks[kind == 10]
+            spots = [i for i in range(_DATA_SET, len(out) - 8) if out.startswith(mark, i)]
+            if not spots:
+                continue
+            spot = rng.choice(spots) + 4
+            if kind == 11:  # a byte inside the item, near its start
+                inside = min(len(out) - 1, spot + 4 + rng.randrange(48))
+                out[inside] = rng.choice([0, 0xFF, rng.randrange(256)]) ^ out[inside]
+                continue
+            old = int.from_bytes(out[spot : spot + 4], "little" if little else "big")
+            value = rng.choice(
+                [0, 0xFFFFFFFF, old + 2, old - 2, old + 8, old - 8, old * 2, rng.randrange(4096)]
+            )
+            out[spot : spot + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little" if little else "big")
     return bytes(out)
 
 
@@ -163,14 +293,48 @@ def _alarm(*_args: Any) -> None:
     raise _Hang
 
 
+# What a profile option keeps on purpose, so not a leak under it.
+KEPT_ON_PURPOSE = {
+    "retain-uids": {"uid_root"},
+    "retain-device-identity": {"serial", "station"},
+    "retain-institution-identity": {"institution"},
+}
+
+
+def readable(data: bytes) -> bytes:
+    """A Part 10 file's bytes with a deflated data set inflated after them: the planted
+    strings are looked for in what a reader gets, not in the compressed stream (a deflated
+    copy hid every leak from the campaign before)."""
+    if b"1.2.840.10008.1.2.1.99" not in data[:512]:
+        return data
+    meta_end = _DATA_SET + 12 + struct.unpack_from("<I", data, _DATA_SET + 8)[0]
+    try:
+        return data + zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[meta_end:])
+    except zlib.error:
+        return data  # not deflate: the bytes as they are
+
+
+def config(options: list[str] | None = None) -> Config:
+    """The default configuration, or it with the profile options ``options`` instead."""
+    if options is None:
+        return Config()
+    return Config.model_validate({"scrub": {"options": options}})
+
+
 def campaign(
-    seed: int, count: int, out: Path, seconds: int = 20, which: list[str] | None = None
+    seed: int,
+    count: int,
+    out: Path,
+    seconds: int = 20,
+    which: list[str] | None = None,
+    options: list[str] | None = None,
 ) -> dict[str, Any]:
     """Clean ``count`` mutants; returns the counts and the findings (also written to
     ``out``)."""
     warnings.simplefilter("ignore")  # pydicom warns of every oddity a mutant has
     rng = random.Random(seed)
-    stages = build_stages(Config(), SECRET)
+    stages = build_stages(config(options), SECRET)
+    exempt = set().union(*(KEPT_ON_PURPOSE.get(o, set()) for o in options or ()))
     originals = {k: v for k, v in bases().items() if which is None or k in which}
     names = sorted(originals)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,10 +362,13 @@ def campaign(
                 signal.alarm(0)
             if finding is None and outcome.output is not None:
                 counts["cleaned"] += 1
-                leaked = leaks(outcome.output.read_bytes())
+                leaked = sorted(set(leaks(readable(outcome.output.read_bytes()))) - exempt)
                 outcome.output.unlink()
                 if leaked:
                     finding = {"kind": "leak", "strings": leaked}
+            elif finding is None and "could not be applied (" in (outcome.message or ""):
+                # the scrubber's wrapper around an exception it did not expect
+                finding = {"kind": "internal", "error": outcome.message}
             elif finding is None:
                 counts[f"refused: {outcome.reason}"] += 1
             if finding is not None:
@@ -224,8 +391,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("mutants"))
     parser.add_argument("--seconds", type=int, default=20, help="a mutant's time limit")
     parser.add_argument("--base", action="append", help="only these bases (repeatable)")
+    parser.add_argument(
+        "--options",
+        help="the profile options, comma-separated, instead of the default configuration's "
+        "(e.g. retain-uids,retain-long-full-dates,clean-structured-content)",
+    )
     args = parser.parse_args()
-    result = campaign(args.seed, args.count, args.out, args.seconds, args.base)
+    options = args.options.split(",") if args.options is not None else None
+    result = campaign(args.seed, args.count, args.out, args.seconds, args.base, options)
     print(f"seed {result['seed']}: {result['counts']}")
     for finding in result["findings"]:
         print(finding)
