@@ -965,14 +965,35 @@ class _GatedHandler(RequestHandler):
         try:
             super().handle()
             if self._association is not None:
-                self._association.join()
-                self._association.dul.join(5)
+                self._wait_for(self._association)
         finally:
             if self._association is not None:
                 _discard_partial(self._association)
             if self._wakeup is not None:
                 self._wakeup.close()
             self.server._count_out(str(self.client_address[0]), association=True)
+
+    @staticmethod
+    def _wait_for(assoc: Association) -> None:
+        """Wait for the association to end, and end it when its connection ended before a
+        request came through.
+
+        pynetdicom's acceptor waits node.network_timeout_s for the A-ASSOCIATE request
+        primitive, even after its DUL thread has aborted a malformed request and closed the
+        connection: a mutated request held a slot for a minute, and 16 of them refused every
+        sender. A ``None`` in the queue is what its wait gets on a timeout.
+        """
+        while assoc.is_alive():
+            assoc.join(1.0)
+            dul = assoc.dul
+            if (
+                assoc.is_alive()
+                and dul.ident is not None
+                and not dul.is_alive()
+                and assoc.requestor.primitive is None
+            ):
+                dul.to_user_queue.put(None)
+        assoc.dul.join(5)
 
 
 def _discard_partial(assoc: Association) -> None:
@@ -1158,7 +1179,17 @@ class _MessageGuard:
             if stored and not self._discarding:
                 # before the handler can run: the last fragment wakes its thread
                 self._keep_head(str(path), fragment)
-            self._deliver(single)
+            try:
+                self._deliver(single)
+            except Exception as exc:
+                # pynetdicom decodes the command set in its reactor thread when a message is
+                # complete, and an exception there ended the thread: the association was
+                # never closed and kept its slot (16 malformed messages took every slot).
+                self._kill(
+                    f"sent a DIMSE message that cannot be decoded ({type(exc).__name__})",
+                    "malformed-message",
+                )
+                return
             done = self._assoc.dimse.message is None  # that fragment completed the message
             if stored and not self._discarding:
                 self._write_out(target, len(fragment) - 1, done)
@@ -1246,13 +1277,13 @@ class _MessageGuard:
             f"({limit // MIB} MB): the rest is read and dropped, the store will be refused",
         )
 
-    def _kill(self, why: str) -> None:
+    def _kill(self, why: str, reason: str = "message-too-large") -> None:
         """Abort through pynetdicom's own path for an invalid message (Evt19: A-ABORT);
         returns None, for ``_check`` to drop the fragment."""
         self._dead = True
         _discard_partial(self._assoc)
         self._server.refusals.refuse(
-            "message-too-large", f"aborted association with {self._assoc.requestor.address}: {why}"
+            reason, f"aborted association with {self._assoc.requestor.address}: {why}"
         )
         self._assoc.dul.event_queue.put("Evt19")
 

@@ -480,6 +480,73 @@ def test_slots_go_to_accepted_associations_only(node: NodeProcess, tmp_path: Pat
     assert_memory_bounded(node)
 
 
+def _store_command(context_id: int) -> bytes:
+    """A P-DATA-TF holding one C-STORE-RQ command set that announces a data set (implicit
+    VR, PS3.7 9.3.1) in context ``context_id``."""
+    elements = b""
+    for tag, value in (
+        (0x0002, b"1.2.840.10008.5.1.4.1.1.2\x00"),  # Affected SOP Class UID: CT
+        (0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
+        (0x0110, struct.pack("<H", 1)),  # Message ID
+        (0x0700, struct.pack("<H", 0)),  # Priority
+        (0x0800, struct.pack("<H", 0)),  # a data set follows
+        (0x1000, b"1.2.3.4\x00"),  # Affected SOP Instance UID
+    ):
+        elements += struct.pack("<HHI", 0, tag, len(value)) + value
+    command = struct.pack("<HHII", 0, 0, 4, len(elements)) + elements
+    pdv = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command
+    return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+
+
+def echo(port: int) -> bool:
+    """A C-ECHO from a well-behaved SCU succeeds."""
+    ae = pynetdicom.AE(ae_title=CALLER)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return status is not None and status.Status == 0
+
+
+def _slots_back(node: NodeProcess) -> None:
+    wait_for(lambda: node.metrics()["dicomnode_open_associations"] == 0, 3, "every slot to be free")
+
+
+def test_a_message_that_cannot_be_decoded_aborts_and_frees_its_slot(node: NodeProcess) -> None:
+    """A C-STORE in a presentation context the node never accepted: pynetdicom's decoding
+    raised in its reactor thread, the thread died, and the association kept its slot for
+    good: 16 such messages refused every sender (found by tools/mutate_network.py)."""
+    log = Log(node)
+    for n in range(20):  # more than node.max_associations (16)
+        answer = associate(node.port, f"127.0.0.{150 + n // 8}")
+        assert isinstance(answer, socket.socket), answer
+        with answer as sock:
+            sock.sendall(_store_command(context_id=3))
+            assert read_until_closed(sock, 3)[:1] == b"\x07"  # A-ABORT
+    log.wait_for("sent a DIMSE message that cannot be decoded (KeyError)")
+    _slots_back(node)
+    assert echo(node.port)
+    assert not [line for line in log.lines() if "Traceback" in line or "Exception in" in line]
+
+
+def test_a_malformed_association_request_frees_its_slot_at_once(node: NodeProcess) -> None:
+    """A request whose items do not add up (nine bytes of the calling AE title missing, the
+    PDU's length as declared): pynetdicom aborts it and closes the connection, but its
+    acceptor then waited node.network_timeout_s (60 s) for a request primitive with the slot
+    held (found by tools/mutate_network.py)."""
+    request = association_request()
+    body = request[6:]
+    broken = body[:30] + body[39:] + bytes(9)  # the items start inside another field
+    for n in range(20):
+        with connect(node.port, f"127.0.0.{170 + n // 8}") as sock:
+            sock.sendall(request[:6] + broken)
+            read_until_closed(sock, 3)
+    _slots_back(node)
+    assert echo(node.port)
+
+
 @pytest.mark.parametrize("first_pdu", [0x01, 0x04], ids=["A-ASSOCIATE-RQ", "P-DATA-TF"])
 def test_a_4gb_pdu_is_refused_before_any_allocation(node: NodeProcess, first_pdu: int) -> None:
     log = Log(node)
@@ -760,6 +827,8 @@ PINNED = {
     "association.Association.send_c_store": "fa5a8127f349f8e7",  # the forwarder's requests
     # memoised by value and ENFORCE_UID_CONFORMANCE, the one setting it reads (_uid_checks)
     "_validators.validate_ui": "3a4aa36750c3c8a5",
+    # its acceptor's wait for the request ends on a None (gate._GatedHandler._wait_for)
+    "association.Association.run_reactor": "ed8bbbe3b3d6ddae",
 }
 _MODULES = {
     "_validators": _validators,
