@@ -1,0 +1,47 @@
+"""A mutation campaign on the network path: damaged and hostile associations never take the
+node down, hold its slots, lose an acknowledged instance or carry a planted string out
+(``tools/mutate_network.py``, which found the two slot leaks test_hostile_network.py pins)."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.peers
+
+
+def _tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "mutate_network", ROOT / "tools" / "mutate_network.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mutated_associations_never_stop_the_node_or_lose_an_instance(tmp_path: Path) -> None:
+    result = _tool().campaign(seed=3, count=150, out=tmp_path)
+    assert result["findings"] == [], result["findings"]
+    counts = result["counts"]
+    # both outcomes are exercised: stores that still went through, and refusals
+    assert counts.get("acknowledged", 0) > 10, counts
+    assert counts.get("not acknowledged", 0) > 50, counts
+    assert counts.get("delivered", 0) > 10 and counts.get("quarantined", 0) > 5, counts
+
+
+def test_each_mutant_has_its_own_instance_and_the_mutations_repeat() -> None:
+    tool = _tool()
+    assert len(tool.instance_uid(7)) == len(tool.instance_uid(12345)) == len(tool._UID)
+    assert tool.instance_uid(7) != tool.instance_uid(8)
+    stream = bytes(range(256)) * 8
+    first = tool.mutate(stream, random.Random(4))
+    assert first == tool.mutate(stream, random.Random(4)) and first != stream

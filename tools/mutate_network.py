@@ -1,0 +1,304 @@
+"""Byte-level mutation campaign against a running node: what a damaged or hostile
+association does to it.
+
+A real pynetdicom association (A-ASSOCIATE-RQ, a C-STORE of tests/phi.py's planted instance
+in P-DATA-TF PDUs, A-RELEASE-RQ) is recorded once through a forwarder, then replayed to the
+node with one to four changes of its bytes: a bit flipped, a byte set, a span deleted or
+copied, the stream cut, a PDU's or a PDV item's length nudged, a fragment's control header
+(command / data set, last or not) changed. Each mutant gets its own SOP Instance UID (same
+length), so each clean copy is its own file. The node is the CLI in a subprocess
+(``tests.peers.NodeProcess``), folder destination, default configuration.
+
+Findings:
+
+- the node down, or a C-ECHO from a well-behaved SCU failing after a mutant;
+- a traceback or an ``internal-error`` in the node's log;
+- an acknowledged instance (a C-STORE-RSP with status 0x0000 came back) that is neither
+  delivered nor in quarantine once the node is idle: received and lost;
+- a delivered copy holding a planted string (``tests.phi.leaks``).
+
+    python tools/mutate_network.py --seed 1 --count 300 --out /tmp/network
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pydicom
+from pynetdicom import AE
+
+from dicomnode.scrub.pseudonym import Pseudonymizer
+from tests.conftest import SECRET
+from tests.peers import NodeProcess
+from tests.phi import PHI, leaks, planted_dataset
+
+CALLER = "MUTANT"
+_UID = (PHI["uid_root"] + ".1.1.1").encode()  # the planted SOP Instance UID
+_C_STORE_RSP = b"\x00\x00\x00\x01\x02\x00\x00\x00\x01\x80"  # (0000,0100) US 0x8001
+_SUCCESS = b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00"  # (0000,0900) US 0x0000
+
+
+def instance_uid(index: int) -> bytes:
+    """Mutant ``index``'s SOP Instance UID, as long as the planted one (PDV lengths hold)."""
+    tail = f".{10000 + index}".encode()
+    return _UID[: -len(tail)] + tail
+
+
+def record(port: int) -> bytes:
+    """What a pynetdicom SCU sends to store the planted instance on the node at ``port``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent: list[bytes] = []
+
+    def forward() -> None:
+        client, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", port))
+        with client, upstream:
+
+            def back() -> None:
+                with contextlib.suppress(OSError):
+                    while data := upstream.recv(65536):
+                        client.sendall(data)
+
+            threading.Thread(target=back, daemon=True).start()
+            with contextlib.suppress(OSError):
+                while data := client.recv(65536):
+                    sent.append(data)
+                    upstream.sendall(data)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    ds = planted_dataset()
+    ae = AE(ae_title=CALLER)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", listener.getsockname()[1], ae_title="DICOMNODE")
+    if not assoc.is_established:
+        raise SystemExit("the node did not accept the recording association")
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    thread.join(10)
+    listener.close()
+    if status is None or status.Status != 0:
+        raise SystemExit(f"the recording C-STORE failed: {status}")
+    return b"".join(sent)
+
+
+def _pdus(stream: bytes) -> list[int]:
+    """Where each PDU of ``stream`` starts."""
+    starts, at = [], 0
+    while at + 6 <= len(stream):
+        starts.append(at)
+        at += 6 + struct.unpack_from(">I", stream, at + 2)[0]
+    return starts
+
+
+def mutate(stream: bytes, rng: random.Random) -> bytes:
+    """One to four random changes of an association's bytes."""
+    out = bytearray(stream)
+    for _ in range(rng.choice([1, 1, 2, 4])):
+        if len(out) < 8:
+            break
+        kind = rng.randrange(8)
+        at = rng.randrange(len(out))
+        starts = _pdus(bytes(out))
+        data_pdus = [s for s in starts if out[s] == 0x04]
+        if kind == 0:
+            out[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            out[at] = rng.choice([0, 0xFF, rng.randrange(256)])
+        elif kind == 2:
+            del out[at : at + rng.randrange(1, 16)]
+        elif kind == 3:
+            start = rng.randrange(len(out))
+            out[at:at] = out[start : start + rng.randrange(2, 64)]
+        elif kind == 4:
+            del out[at:]
+        elif kind == 5 and starts:  # a PDU's length
+            spot = rng.choice(starts) + 2
+            old = struct.unpack_from(">I", out, spot)[0]
+            new = rng.choice(
+                [0, 1, old - 1, old + 1, old + 100, 0xFFFFFFFF, rng.randrange(1 << 16)]
+            )
+            struct.pack_into(">I", out, spot, new & 0xFFFFFFFF)
+        elif kind == 6 and data_pdus:  # the first PDV item's length
+            spot = rng.choice(data_pdus) + 6
+            if spot + 4 <= len(out):
+                old = struct.unpack_from(">I", out, spot)[0]
+                new = rng.choice([0, 1, 2, old - 1, old + 1, old * 2, 0xFFFFFFFF])
+                struct.pack_into(">I", out, spot, new & 0xFFFFFFFF)
+        elif kind == 7 and data_pdus:  # a PDV's context ID or control header
+            spot = rng.choice(data_pdus) + 10 + rng.randrange(2)
+            if spot < len(out):
+                out[spot] = rng.choice([0, 1, 2, 3, 0xFF, rng.randrange(256)])
+    return bytes(out)
+
+
+def replay(port: int, data: bytes, first: int, seconds: float) -> bytes:
+    """Send ``data`` as an SCU would: its first ``first`` bytes (the A-ASSOCIATE-RQ), then,
+    once the node has answered (or half of ``seconds`` has passed), the rest; returns the
+    node's answers until it closes or ``seconds`` pass."""
+    received = bytearray()
+    started = time.monotonic()
+
+    def read(until: float, stop_on_answer: bool) -> bool:
+        """Read until ``until``; False once the node has closed the connection."""
+        before = len(received)
+        while time.monotonic() < until:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            received.extend(chunk)
+            if stop_on_answer and len(received) > before:
+                return True
+        return True
+
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as sock:
+        sock.settimeout(0.1)
+        with contextlib.suppress(OSError):
+            sock.sendall(data[:first])
+        if read(started + seconds / 2, stop_on_answer=True):
+            with contextlib.suppress(OSError):
+                sock.sendall(data[first:])
+            read(started + seconds, stop_on_answer=False)
+    return bytes(received)
+
+
+def acknowledged(answer: bytes) -> bool:
+    """Whether the node's answer holds a C-STORE-RSP with status Success."""
+    at = answer.find(_C_STORE_RSP)
+    return at >= 0 and answer.find(_SUCCESS, at - 64 if at >= 64 else 0) >= 0
+
+
+def echo(port: int) -> bool:
+    ae = AE(ae_title=CALLER)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return status is not None and status.Status == 0
+
+
+_BAD_LOG = re.compile(r"Traceback|internal-error|Exception in thread")
+
+
+def campaign(seed: int, count: int, out: Path, seconds: float = 3, parallel: int = 4) -> dict:
+    """Replay ``count`` mutants to a fresh node; returns the counts and the findings."""
+    warnings.simplefilter("ignore")
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    node = NodeProcess(
+        out / "node",
+        node={
+            "request_timeout_s": 2,
+            "max_connections_per_address": 64,
+            "allowed_callers": [{"ae_title": CALLER}],
+        },
+    )
+    node.start()
+    counts: Counter[str] = Counter()
+    findings: list[dict[str, Any]] = []
+    try:
+        base = record(node.port)
+        assert base.count(_UID) == 2, "the UID in the command and in the data set"
+        first = _pdus(base)[1]  # the A-ASSOCIATE-RQ's length
+        mutants = []
+        for index in range(count):
+            mutants.append((index, mutate(base.replace(_UID, instance_uid(index)), rng)))
+
+        def one(job: tuple[int, bytes]) -> tuple[int, bool]:
+            index, data = job
+            return index, acknowledged(replay(node.port, data, first, seconds))
+
+        acked: list[int] = []
+        with ThreadPoolExecutor(parallel) as pool:
+            for done, (index, ok) in enumerate(pool.map(one, mutants), 1):
+                counts["acknowledged" if ok else "not acknowledged"] += 1
+                if ok:
+                    acked.append(index)
+                if done % 50 == 0 and (node.proc.poll() is not None or not echo(node.port)):
+                    findings.append({"kind": "down", "after": done})
+                    break
+        if node.proc.poll() is None and not echo(node.port):
+            findings.append({"kind": "echo failed at the end"})
+        node.wait_idle(300)
+        # Every association ends within the request timeout once its peer is gone.
+        deadline = time.monotonic() + 30
+        while node.metrics().get("dicomnode_open_associations", 0) and time.monotonic() < deadline:
+            time.sleep(1)
+        still = node.metrics().get("dicomnode_open_associations", 0)
+        if still:
+            findings.append({"kind": "associations left open", "count": still})
+        pseudo = Pseudonymizer(SECRET)
+        pseudonyms = {pseudo.uid(instance_uid(i).decode()): i for i in range(count)}
+        pseudonyms[pseudo.uid(_UID.decode())] = -1  # the recording
+        found: set[int] = set()
+        orphans = 0  # copies of a mutant whose data set's UID was itself mutated
+        for path in node.out.rglob("*.dcm"):
+            data = path.read_bytes()
+            counts["delivered"] += 1
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            if uid in pseudonyms:
+                found.add(pseudonyms[uid])
+            else:
+                orphans += 1
+            leaked = leaks(data)
+            if leaked:
+                findings.append({"kind": "leak", "strings": leaked, "copy": str(path)})
+        for path in (node.spool / "quarantine").rglob("*.dcm"):
+            counts["quarantined"] += 1
+            data = path.read_bytes()
+            held = [i for i in range(count) if instance_uid(i) in data]
+            found.update(held)
+            orphans += not held
+        unmatched = [i for i in acked if i not in found]
+        if len(unmatched) > orphans:
+            # more acknowledged instances unaccounted for than copies no mutant claims
+            findings.extend({"kind": "lost", "mutant": i} for i in unmatched)
+        for line in node.log.read_text(errors="replace").splitlines():
+            if _BAD_LOG.search(line):
+                findings.append({"kind": "log", "line": line[:300]})
+        for index, data in mutants:
+            if any(f.get("mutant") == index for f in findings):
+                (out / f"mutant-{seed}-{index}.bin").write_bytes(data)
+    finally:
+        node.stop()
+    return {"seed": seed, "counts": dict(counts), "findings": findings}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=Path("network-mutants"))
+    parser.add_argument("--parallel", type=int, default=4, help="associations at once")
+    args = parser.parse_args()
+    result = campaign(args.seed, args.count, args.out, parallel=args.parallel)
+    print(f"seed {result['seed']}: {result['counts']}")
+    for finding in result["findings"]:
+        print(finding)
+    return 1 if result["findings"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
