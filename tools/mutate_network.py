@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import random
 import re
 import socket
@@ -188,6 +189,18 @@ def acknowledged(answer: bytes) -> bool:
     return at >= 0 and answer.find(_SUCCESS, at - 64 if at >= 64 else 0) >= 0
 
 
+def without_pixel_data(data: bytes) -> bytes:
+    """A clean copy's bytes without its Pixel Data value: a mutation that copies header bytes
+    into the planted 32 pixel bytes makes them pixel values (an image whose grey levels
+    spell an ID, as a sender could make one), not a header the node failed to clean."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    elem = ds.get_item(0x7FE00010)
+    if elem is None or getattr(elem, "value_tell", None) is None:
+        return data
+    start = elem.value_tell
+    return data[:start] + data[start + (elem.length if elem.length != 0xFFFFFFFF else 0) :]
+
+
 def echo(port: int) -> bool:
     ae = AE(ae_title=CALLER)
     ae.add_requested_context("1.2.840.10008.1.1")
@@ -262,7 +275,7 @@ def campaign(seed: int, count: int, out: Path, seconds: float = 3, parallel: int
                 found.add(pseudonyms[uid])
             else:
                 orphans += 1
-            leaked = leaks(data)
+            leaked = leaks(without_pixel_data(data))
             if leaked:
                 findings.append({"kind": "leak", "strings": leaked, "copy": str(path)})
         for path in (node.spool / "quarantine").rglob("*.dcm"):
