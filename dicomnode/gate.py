@@ -70,6 +70,7 @@ import copy
 import gc
 import logging
 import os
+import queue
 import selectors
 import socket
 import ssl
@@ -957,6 +958,7 @@ class _GatedHandler(RequestHandler):
         )
         _MessageGuard.install(assoc, self.server)
         _StoreDispatch.install(assoc)
+        _quiet_after_abort(assoc)
         Responses.install(assoc)
         self._association = assoc
         return assoc
@@ -994,6 +996,36 @@ class _GatedHandler(RequestHandler):
             ):
                 dul.to_user_queue.put(None)
         assoc.dul.join(5)
+
+
+# Primitives from the node's own side (A-ASSOCIATE-AC/RJ, P-DATA, A-RELEASE, A-ABORT): PS3.8
+# 9.2 has none of them in Sta13, where the association no longer exists.
+_LOCAL_EVENTS = frozenset({"Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+
+
+def _quiet_after_abort(assoc: Association) -> None:
+    """Once the association was aborted, drop what the node's side still sends and close.
+
+    A peer that sends P-DATA before the A-ASSOCIATE-AC (pipelining) is aborted by the DUL
+    while the ACSE is still deciding; the accept then reached the state machine in Sta13,
+    which raised in the DUL's thread: a traceback in the log for each such connection, as
+    many as a stranger cares to open. Here the accept is taken off the queue (as its action
+    would) and the connection closed at once, as the ARTIM timer's expiry (Evt18) would
+    close it node.network_timeout_s later: the association thread waits for that, slot held.
+    """
+    dul = assoc.dul
+    machine = dul.state_machine
+    act = machine.do_action
+
+    def do_action(event: str) -> None:
+        if machine.current_state == "Sta13" and event in _LOCAL_EVENTS:
+            with contextlib.suppress(queue.Empty):
+                dul.to_provider_queue.get(False)
+            dul.event_queue.put("Evt18")
+            return
+        act(event)
+
+    machine.do_action = do_action  # type: ignore[method-assign]
 
 
 def _discard_partial(assoc: Association) -> None:

@@ -547,6 +547,21 @@ def test_a_malformed_association_request_frees_its_slot_at_once(node: NodeProces
     assert echo(node.port)
 
 
+def test_a_peer_that_sends_data_before_the_accept_leaves_no_traceback(node: NodeProcess) -> None:
+    """P-DATA right behind the A-ASSOCIATE-RQ, before the node has answered: the DUL aborts
+    while the ACSE is still deciding, and the accept then raised in the DUL's thread (a
+    traceback in the log for each connection a stranger opens) or, without the traceback,
+    kept the connection and its slot for node.network_timeout_s."""
+    log = Log(node)
+    for n in range(10):
+        with connect(node.port, f"127.0.0.{190 + n // 8}") as sock:
+            sock.sendall(association_request() + _store_command(context_id=1))
+            read_until_closed(sock, 3)
+    _slots_back(node)
+    assert echo(node.port)
+    assert not [line for line in log.lines() if "Traceback" in line or "Exception in" in line]
+
+
 @pytest.mark.parametrize("first_pdu", [0x01, 0x04], ids=["A-ASSOCIATE-RQ", "P-DATA-TF"])
 def test_a_4gb_pdu_is_refused_before_any_allocation(node: NodeProcess, first_pdu: int) -> None:
     log = Log(node)
@@ -828,6 +843,7 @@ PINNED = {
     # memoised by value and ENFORCE_UID_CONFORMANCE, the one setting it reads (_uid_checks)
     "_validators.validate_ui": "3a4aa36750c3c8a5",
     # its acceptor's wait for the request ends on a None (gate._GatedHandler._wait_for)
+    "fsm.StateMachine.do_action": "9a883f44c7f31641",  # replaced per association (_quiet_after_abort)
     "association.Association.run_reactor": "ed8bbbe3b3d6ddae",
 }
 _MODULES = {
