@@ -87,6 +87,7 @@ from typing import Any, NamedTuple
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -1004,28 +1005,41 @@ _LOCAL_EVENTS = frozenset({"Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 
 
 def _quiet_after_abort(assoc: Association) -> None:
-    """Once the association was aborted, drop what the node's side still sends and close.
+    """Once the association has ended on the node's side (Sta13: its A-ABORT or A-RELEASE-RP
+    sent), read nothing more and close at once, as ARTIM's expiry (Evt18) would.
 
-    A peer that sends P-DATA before the A-ASSOCIATE-AC (pipelining) is aborted by the DUL
-    while the ACSE is still deciding; the accept then reached the state machine in Sta13,
-    which raised in the DUL's thread: a traceback in the log for each such connection, as
-    many as a stranger cares to open. Here the accept is taken off the queue (as its action
-    would) and the connection closed at once, as the ARTIM timer's expiry (Evt18) would
-    close it node.network_timeout_s later: the association thread waits for that, slot held.
+    pynetdicom goes on reading in Sta13 until the peer closes or ARTIM expires
+    (node.network_timeout_s): a PDU the peer declared and never finished held the association
+    and its slot for a minute after the abort (found by tools/mutate_network.py). And a peer
+    that sends P-DATA before the A-ASSOCIATE-AC (pipelining) is aborted by the DUL while the
+    ACSE is still deciding; the accept then reached the state machine in Sta13, which raised
+    in the DUL's thread (a traceback in the log per connection): it is taken off the queue,
+    as its action would take it.
     """
     dul = assoc.dul
     machine = dul.state_machine
     act = machine.do_action
 
     def do_action(event: str) -> None:
-        if machine.current_state == "Sta13" and event in _LOCAL_EVENTS:
+        state = machine.current_state
+        if state == "Sta13" and event in _LOCAL_EVENTS:
             with contextlib.suppress(queue.Empty):
                 dul.to_provider_queue.get(False)
-            dul.event_queue.put("Evt18")
             return
+        if event == "Evt18" and (event, state) not in TRANSITION_TABLE:
+            return  # the close queued below, after the connection had closed anyway
         act(event)
+        if machine.current_state == "Sta13" and state != "Sta13":
+            _stop_reading(dul.socket)
+            dul.event_queue.put("Evt18")
 
     machine.do_action = do_action  # type: ignore[method-assign]
+
+
+def _stop_reading(framed: Any) -> None:
+    """Read no more of the peer (the DUL then goes to its event queue, not the socket)."""
+    if isinstance(framed, _FramedSocket):
+        framed._closing = True
 
 
 def _discard_partial(assoc: Association) -> None:
@@ -1057,6 +1071,7 @@ class _FramedSocket(PduWriter):
     _server: GatedServer
     _peer: str
     _aborted: bool
+    _closing: bool  # the node is ending the association: nothing more is read
     _wakeup: Wakeup | None
 
     @classmethod
@@ -1076,6 +1091,7 @@ class _FramedSocket(PduWriter):
         framed._server = server
         framed._peer = peer
         framed._aborted = False
+        framed._closing = False
         framed._wakeup = wakeup
         framed._send_lock = threading.Lock()
         return framed
@@ -1085,7 +1101,7 @@ class _FramedSocket(PduWriter):
         """Data to read (pynetdicom's answer); when there is none and the DUL has nothing
         else to do, wait for data or a wake-up (at most ``REACTOR_TICK_S``) before answering,
         instead of pynetdicom's 1 ms sleep between looks."""
-        if self._aborted:
+        if self._aborted or self._closing:
             return False
         if self._replay or super().ready:
             return True
@@ -1314,6 +1330,7 @@ class _MessageGuard:
         returns None, for ``_check`` to drop the fragment."""
         self._dead = True
         _discard_partial(self._assoc)
+        _stop_reading(self._assoc.dul.socket)  # the abort first, not the peer's next PDU
         self._server.refusals.refuse(
             reason, f"aborted association with {self._assoc.requestor.address}: {why}"
         )

@@ -524,7 +524,7 @@ def test_a_message_that_cannot_be_decoded_aborts_and_frees_its_slot(node: NodePr
         assert isinstance(answer, socket.socket), answer
         with answer as sock:
             sock.sendall(_store_command(context_id=3))
-            assert read_until_closed(sock, 3)[:1] == b"\x07"  # A-ABORT
+            assert read_until_closed(sock, 5)[:1] == b"\x07"  # A-ABORT
     log.wait_for("sent a DIMSE message that cannot be decoded (KeyError)")
     _slots_back(node)
     assert echo(node.port)
@@ -542,7 +542,7 @@ def test_a_malformed_association_request_frees_its_slot_at_once(node: NodeProces
     for n in range(20):
         with connect(node.port, f"127.0.0.{170 + n // 8}") as sock:
             sock.sendall(request[:6] + broken)
-            read_until_closed(sock, 3)
+            read_until_closed(sock, 5)
     _slots_back(node)
     assert echo(node.port)
 
@@ -556,10 +556,24 @@ def test_a_peer_that_sends_data_before_the_accept_leaves_no_traceback(node: Node
     for n in range(10):
         with connect(node.port, f"127.0.0.{190 + n // 8}") as sock:
             sock.sendall(association_request() + _store_command(context_id=1))
-            read_until_closed(sock, 3)
+            read_until_closed(sock, 5)
     _slots_back(node)
     assert echo(node.port)
     assert not [line for line in log.lines() if "Traceback" in line or "Exception in" in line]
+
+
+def test_a_pdu_left_unfinished_after_an_abort_does_not_hold_the_slot(node: NodeProcess) -> None:
+    """The node aborts (a C-STORE in a context it never accepted) while the peer has begun a
+    P-DATA of 60,000 bytes and sends no more: pynetdicom went on reading it, and the
+    association kept its slot for node.network_timeout_s (found by tools/mutate_network.py)."""
+    started = time.monotonic()
+    answer = associate(node.port, "127.0.0.160")
+    assert isinstance(answer, socket.socket), answer
+    with answer as sock:
+        sock.sendall(_store_command(context_id=3) + struct.pack(">BBL", 0x04, 0, 60000) + bytes(10))
+        assert read_until_closed(sock, 5)[:1] == b"\x07"  # A-ABORT, then closed
+        _slots_back(node)  # with the peer's socket still open
+    assert time.monotonic() - started < 10  # not node.network_timeout_s (60 s)
 
 
 @pytest.mark.parametrize("first_pdu", [0x01, 0x04], ids=["A-ASSOCIATE-RQ", "P-DATA-TF"])

@@ -148,10 +148,10 @@ def mutate(stream: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
-def replay(port: int, data: bytes, first: int, seconds: float) -> bytes:
+def replay(port: int, data: bytes, first: int, seconds: float) -> tuple[bytes, bool]:
     """Send ``data`` as an SCU would: its first ``first`` bytes (the A-ASSOCIATE-RQ), then,
     once the node has answered (or half of ``seconds`` has passed), the rest; returns the
-    node's answers until it closes or ``seconds`` pass."""
+    node's answers until it closes or ``seconds`` pass, and whether it closed."""
     received = bytearray()
     started = time.monotonic()
 
@@ -176,11 +176,18 @@ def replay(port: int, data: bytes, first: int, seconds: float) -> bytes:
         sock.settimeout(0.1)
         with contextlib.suppress(OSError):
             sock.sendall(data[:first])
-        if read(started + seconds / 2, stop_on_answer=True):
+        open_ = read(started + seconds / 2, stop_on_answer=True)
+        if open_:
             with contextlib.suppress(OSError):
                 sock.sendall(data[first:])
-            read(started + seconds, stop_on_answer=False)
-    return bytes(received)
+            open_ = read(started + seconds, stop_on_answer=False)
+    return bytes(received), not open_
+
+
+def ended(answer: bytes) -> bool:
+    """Whether the node's answer ends the association (A-ASSOCIATE-RJ, A-RELEASE-RP or
+    A-ABORT): then it must close the connection, not leave it to the peer."""
+    return any(answer[at] in (0x03, 0x06, 0x07) for at in _pdus(answer))
 
 
 def acknowledged(answer: bytes) -> bool:
@@ -194,10 +201,10 @@ def without_pixel_data(data: bytes) -> bytes:
     into the planted 32 pixel bytes makes them pixel values (an image whose grey levels
     spell an ID, as a sender could make one), not a header the node failed to clean."""
     ds = pydicom.dcmread(io.BytesIO(data))
-    elem = ds.get_item(0x7FE00010)
+    elem: Any = ds.get_item(0x7FE00010)
     if elem is None or getattr(elem, "value_tell", None) is None:
         return data
-    start = elem.value_tell
+    start: int = elem.value_tell
     return data[:start] + data[start + (elem.length if elem.length != 0xFFFFFFFF else 0) :]
 
 
@@ -209,13 +216,15 @@ def echo(port: int) -> bool:
         return False
     status = assoc.send_c_echo()
     assoc.release()
-    return status is not None and status.Status == 0
+    return bool(status is not None and status.Status == 0)
 
 
 _BAD_LOG = re.compile(r"Traceback|internal-error|Exception in thread")
 
 
-def campaign(seed: int, count: int, out: Path, seconds: float = 3, parallel: int = 4) -> dict:
+def campaign(
+    seed: int, count: int, out: Path, seconds: float = 3, parallel: int = 4
+) -> dict[str, Any]:
     """Replay ``count`` mutants to a fresh node; returns the counts and the findings."""
     warnings.simplefilter("ignore")
     rng = random.Random(seed)
@@ -229,6 +238,8 @@ def campaign(seed: int, count: int, out: Path, seconds: float = 3, parallel: int
         },
     )
     node.start()
+    assert node.proc is not None
+    process = node.proc
     counts: Counter[str] = Counter()
     findings: list[dict[str, Any]] = []
     try:
@@ -239,20 +250,23 @@ def campaign(seed: int, count: int, out: Path, seconds: float = 3, parallel: int
         for index in range(count):
             mutants.append((index, mutate(base.replace(_UID, instance_uid(index)), rng)))
 
-        def one(job: tuple[int, bytes]) -> tuple[int, bool]:
+        def one(job: tuple[int, bytes]) -> tuple[int, bool, bool]:
             index, data = job
-            return index, acknowledged(replay(node.port, data, first, seconds))
+            answer, closed = replay(node.port, data, first, seconds)
+            return index, acknowledged(answer), ended(answer) and not closed
 
         acked: list[int] = []
         with ThreadPoolExecutor(parallel) as pool:
-            for done, (index, ok) in enumerate(pool.map(one, mutants), 1):
+            for done, (index, ok, kept_open) in enumerate(pool.map(one, mutants), 1):
                 counts["acknowledged" if ok else "not acknowledged"] += 1
                 if ok:
                     acked.append(index)
-                if done % 50 == 0 and (node.proc.poll() is not None or not echo(node.port)):
+                if kept_open:
+                    findings.append({"kind": "kept open after the end", "mutant": index})
+                if done % 50 == 0 and (process.poll() is not None or not echo(node.port)):
                     findings.append({"kind": "down", "after": done})
                     break
-        if node.proc.poll() is None and not echo(node.port):
+        if process.poll() is None and not echo(node.port):
             findings.append({"kind": "echo failed at the end"})
         node.wait_idle(300)
         # Every association ends within the request timeout once its peer is gone.
