@@ -1231,8 +1231,8 @@ class _MessageGuard:
                 self._deliver(single)
             except Exception as exc:
                 # pynetdicom decodes the command set in its reactor thread when a message is
-                # complete, and an exception there ended the thread: the association was
-                # never closed and kept its slot (16 malformed messages took every slot).
+                # complete, and an exception there ended the thread: a traceback in the log
+                # and the connection dropped with no A-ABORT and no reason logged.
                 self._kill(
                     f"sent a DIMSE message that cannot be decoded ({type(exc).__name__})",
                     "malformed-message",
