@@ -3,10 +3,13 @@ fails under CI=true (a skipped test is not a passing one)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 import pydicom
@@ -17,6 +20,17 @@ from dicomnode.scrub import Scrubber, build_scrubber
 
 SECRET = b"test-secret-0123456789abcdef0123456789"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def load_tool(name: str) -> ModuleType:
+    """A script of ``tools/`` as a module (they are scripts, not a package)."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(name, root / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def unavailable(message: str) -> NoReturn:

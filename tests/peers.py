@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import AE
 
 from dicomnode._scu import unread_rejection
 from tests.conftest import SECRET, require_tool, unavailable
@@ -108,6 +109,18 @@ def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def echo(port: int, calling: str, called: str = "DICOMNODE") -> bool:
+    """A C-ECHO from a well-behaved SCU (pynetdicom) succeeds."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status is not None and status.Status == 0)
 
 
 def make_study(

@@ -49,7 +49,16 @@ from pynetdicom import (
 from dicomnode.gate import RefusalLog
 from dicomnode.scrub.pseudonym import Pseudonymizer
 from tests.conftest import SECRET, require_tool
-from tests.peers import PEER_ENV, ROOT, NodeProcess, acknowledged, make_study, running, wait_for
+from tests.peers import (
+    PEER_ENV,
+    ROOT,
+    NodeProcess,
+    acknowledged,
+    echo,
+    make_study,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -498,18 +507,6 @@ def _store_command(context_id: int) -> bytes:
     return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
 
 
-def echo(port: int) -> bool:
-    """A C-ECHO from a well-behaved SCU succeeds."""
-    ae = pynetdicom.AE(ae_title=CALLER)
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return status is not None and status.Status == 0
-
-
 def _slots_back(node: NodeProcess) -> None:
     wait_for(lambda: node.metrics()["dicomnode_open_associations"] == 0, 3, "every slot to be free")
 
@@ -528,7 +525,7 @@ def test_a_message_that_cannot_be_decoded_aborts_and_frees_its_slot(node: NodePr
             assert read_until_closed(sock, 5)[:1] == b"\x07"  # A-ABORT
     log.wait_for("sent a DIMSE message that cannot be decoded (KeyError)")
     _slots_back(node)
-    assert echo(node.port)
+    assert echo(node.port, CALLER)
     assert not [line for line in log.lines() if "Traceback" in line or "Exception in" in line]
 
 
@@ -545,7 +542,7 @@ def test_a_malformed_association_request_frees_its_slot_at_once(node: NodeProces
             sock.sendall(request[:6] + broken)
             read_until_closed(sock, 5)
     _slots_back(node)
-    assert echo(node.port)
+    assert echo(node.port, CALLER)
 
 
 def test_a_peer_that_sends_data_before_the_accept_leaves_no_traceback(node: NodeProcess) -> None:
@@ -559,7 +556,7 @@ def test_a_peer_that_sends_data_before_the_accept_leaves_no_traceback(node: Node
             sock.sendall(association_request() + _store_command(context_id=1))
             read_until_closed(sock, 5)
     _slots_back(node)
-    assert echo(node.port)
+    assert echo(node.port, CALLER)
     assert not [line for line in log.lines() if "Traceback" in line or "Exception in" in line]
 
 

@@ -4,30 +4,19 @@ cleaned without a planted string left; never an internal error, a hang or a leak
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from dicomnode.batch import build_stages, clean_file
-from tests.conftest import SECRET
+from tests.conftest import SECRET, load_tool
 from tests.phi import leaks
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "mutate_instances", ROOT / "tools" / "mutate_instances.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("mutate_instances")
 
 
 def test_mutated_instances_are_refused_or_cleaned_never_leaked(tmp_path: Path) -> None:

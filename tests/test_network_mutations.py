@@ -1,31 +1,22 @@
 """A mutation campaign on the network path: damaged and hostile associations never take the
 node down, hold its slots, lose an acknowledged instance or carry a planted string out
-(``tools/mutate_network.py``, which found the two slot leaks test_hostile_network.py pins)."""
+(``tools/mutate_network.py``, which found what test_hostile_network.py's slot tests pin)."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import load_tool
 
 pytestmark = pytest.mark.peers
 
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "mutate_network", ROOT / "tools" / "mutate_network.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("mutate_network")
 
 
 def test_mutated_associations_never_stop_the_node_or_lose_an_instance(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from pynetdicom import AE
 
 from dicomnode.scrub.pseudonym import Pseudonymizer
 from tests.conftest import SECRET
-from tests.peers import NodeProcess
+from tests.peers import NodeProcess, echo
 from tests.phi import PHI, leaks, planted_dataset
 
 CALLER = "MUTANT"
@@ -210,17 +210,6 @@ def without_pixel_data(data: bytes) -> bytes:
     return data[:start] + data[start + (elem.length if elem.length != 0xFFFFFFFF else 0) :]
 
 
-def echo(port: int) -> bool:
-    ae = AE(ae_title=CALLER)
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status is not None and status.Status == 0)
-
-
 _BAD_LOG = re.compile(r"Traceback|internal-error|Exception in thread")
 
 
@@ -265,10 +254,10 @@ def campaign(
                     acked.append(index)
                 if kept_open:
                     findings.append({"kind": "kept open after the end", "mutant": index})
-                if done % 50 == 0 and (process.poll() is not None or not echo(node.port)):
+                if done % 50 == 0 and (process.poll() is not None or not echo(node.port, CALLER)):
                     findings.append({"kind": "down", "after": done})
                     break
-        if process.poll() is None and not echo(node.port):
+        if process.poll() is None and not echo(node.port, CALLER):
             findings.append({"kind": "echo failed at the end"})
         node.wait_idle(300)
         # Every association ends within the request timeout once its peer is gone.
