@@ -821,3 +821,51 @@ def test_each_detected_box_keeps_its_own_score() -> None:
         values = probability[box.y0 : box.y1, box.x0 : box.x1]
         inside.append(float(values[values > 0.3].mean()))
     assert inside[0] < inside[1] and boxes[0].score < boxes[1].score, (inside, boxes)
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (128, 96), (16, 8), (4, 4), (130, 128), (7, 9)])
+def test_the_fast_enlargement_and_cells_are_opencv_s(shape: tuple[int, int]) -> None:
+    """The floor's enlargement by four and the 8 x 8 cells of the ink shares are made without
+    OpenCV's resize where the sizes allow it: the same pixels as its nearest-neighbour and
+    area resizes, at any size (those that do not divide fall back to them)."""
+    rng = np.random.default_rng(sum(shape))
+    height, width = shape
+    small = rng.integers(0, 256, (max(1, height // 4), max(1, width // 4)), dtype=np.uint8)
+    expected = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(lines._four_times(small, width, height), expected)
+    for share in (0.0, 0.02, 0.5, 1.0):
+        mask = ((rng.random(shape) < share) * 255).astype(np.uint8)
+        size = ((width + 7) // 8, (height + 7) // 8)
+        cells = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)
+        assert np.array_equal(lines._cells(mask), cells)
+    # Every count of set pixels in a cell, once each (the one mean that is a half: 32 of 64).
+    counts = np.zeros((8, 8 * 65), np.uint8)
+    for k in range(65):
+        block = np.zeros(64, np.uint8)
+        block[:k] = 255
+        counts[:, 8 * k : 8 * k + 8] = block.reshape(8, 8)
+    area = cv2.resize(counts, (65, 1), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(lines._cells(counts), area)
+
+
+def test_the_grey_plane_is_what_display_shows() -> None:
+    """The learned check looks at a grey frame's one plane (``codec.display_grey``): the
+    same pixels as each plane of ``codec.display``, for both photometric interpretations and
+    any depth; a colour frame has no single plane."""
+    rng = np.random.default_rng(5)
+    ds = Dataset()
+    for frame in (
+        rng.integers(-1024, 3000, (40, 30)).astype(np.int16),
+        rng.integers(0, 4096, (40, 30)).astype(np.uint16),
+        rng.integers(0, 256, (40, 30)).astype(np.uint8),
+    ):
+        for photometric in ("MONOCHROME1", "MONOCHROME2"):
+            span = codec.value_span(frame)
+            grey = codec.display_grey(frame, photometric, span)
+            shown = codec.display(frame, photometric, ds, span)
+            assert grey is not None and grey.ndim == 2
+            for plane in range(3):
+                assert np.array_equal(grey, shown[:, :, plane])
+    colour = rng.integers(0, 256, (40, 30, 3)).astype(np.uint8)
+    assert codec.display_grey(colour, "RGB") is None
+    assert codec.display_grey(colour, "MONOCHROME2") is None

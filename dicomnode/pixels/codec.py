@@ -446,12 +446,29 @@ def display(
         return np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8))
     if photometric == "YBR_FULL":
         frame = convert_color_space(frame, "YBR_FULL", "RGB")
-    picture = frame if frame.dtype == np.uint8 else _to_uint8(frame.astype(np.float32), span)
-    if photometric == "MONOCHROME1":
-        picture = 255 - picture
+    picture = _stretched(frame, photometric, span)
     if picture.ndim == 2:  # (OpenCV copies a plane to three ~25 times faster than numpy)
         return cv2.cvtColor(np.ascontiguousarray(picture), cv2.COLOR_GRAY2RGB)
     return np.ascontiguousarray(picture)
+
+
+def display_grey(
+    frame: np.ndarray, photometric: str, span: tuple[float, float] | None = None
+) -> np.ndarray | None:
+    """The one plane of what :func:`display` shows for a grey frame (MONOCHROME1 or 2, one
+    sample per pixel), None for any other: what the learned presence check looks at, without
+    the three planes made and one copied back out (~0.13 ms of a 512x512 frame)."""
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or frame.ndim != 2:
+        return None
+    return np.ascontiguousarray(_stretched(frame, photometric, span))
+
+
+def _stretched(frame: np.ndarray, photometric: str, span: tuple[float, float] | None) -> np.ndarray:
+    """A frame's values as 8 bits (:func:`_to_uint8`), MONOCHROME1 turned over."""
+    picture = frame if frame.dtype == np.uint8 else _to_uint8(frame.astype(np.float32), span)
+    if photometric == "MONOCHROME1":
+        picture = 255 - picture
+    return picture
 
 
 def value_span(frame: np.ndarray) -> tuple[float, float]:

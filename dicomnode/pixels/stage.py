@@ -314,11 +314,14 @@ class PixelStage:
         seconds: dict[str, float] = {}
         started = time.perf_counter()
         span = codec.value_span(frame)
-        picture = codec.display(frame, photometric, ds, span)
+        learned = check is Presence.LEARNED
+        # A grey frame is looked at by the learned check in its one plane; its three are
+        # made only when something is to be looked at closer (not on a text-free frame).
+        grey = codec.display_grey(frame, photometric, span) if learned else None
+        picture = codec.display(frame, photometric, ds, span) if grey is None else grey
         height, width = picture.shape[:2]
         regions = [b.clipped(width, height) for b in decision.regions]
         regions = [b for b in regions if b.area > 0]
-        learned = check is Presence.LEARNED
         later: list[Box] = []  # the learned check's lines to look at once text was found
         if learned:
             found, later = _learned(picture, photometric)
@@ -327,6 +330,10 @@ class PixelStage:
         else:
             found = candidates(picture)
         seconds["presence"] = time.perf_counter() - started
+        if not (found or regions or decision.keep_only):
+            return FrameResult(None, [], seconds)  # nothing to remove, nothing to look at
+        if grey is not None:
+            picture = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
         boxes: list[Box] = []
         if found:
             started = time.perf_counter()
