@@ -451,6 +451,33 @@ def test_a_known_region_with_alternative_values_matches_either() -> None:
         assert found is expected, rows
 
 
+def test_the_policy_finds_the_regions_each_rule_alone_finds() -> None:
+    """The policy runs each distinct test of its ~100 known regions once an instance (most
+    begin alike): the regions it finds, in their order, are those whose own rule holds."""
+    policy = load_policy()
+    headers = [
+        {"Modality": modality, "Manufacturer": maker, "Rows": rows, "Columns": columns,
+         "ManufacturerModelName": model, "ImageType": image_type, "BurnedInAnnotation": burned}
+        for modality in ("US", "CT", "PT", "MR")
+        for maker in ("GE MEDICAL SYSTEMS", "Philips", "SIEMENS", "Zonare", "EPIQ")
+        for rows, columns in ((600, 800), (768, 1024), (512, 512), (480, 640))
+        for model in ("LOGIQE9", "iU22", "EPIQ 7", "ACUSON S3000", "Z_ONE", "")
+        for image_type, burned in ((["ORIGINAL", "PRIMARY"], "NO"), ("DERIVED\\SECONDARY", "YES"))
+    ]  # fmt: skip
+    matched = 0
+    for header in headers:
+        expected: list[Box] = []
+        for region in policy.regions:
+            if region.applies(header):
+                whole = [(0, 0, header["Columns"], header["Rows"])] if region.whole_image else []
+                for x0, y0, x1, y1 in whole + list(region.boxes):
+                    box = Box(x0, y0, x1, y1, source="region")
+                    expected.append(box.clipped(header["Columns"], header["Rows"]))
+        assert list(policy.decide(header).regions) == expected, header
+        matched += bool(expected)
+    assert 0 < matched < len(headers)
+
+
 def test_pair_checks_on_many_boxes_agree_with_the_box_methods() -> None:
     """The stage asks "does one of these touch / hold it" of every candidate against every
     crop in numpy blocks (a frame made to have thousands of lines is array work, not a Python

@@ -283,6 +283,27 @@ class _Region:
         return True
 
 
+def _holds(
+    plan: tuple[tuple[int, ...], ...],
+    tests: list[_Test],
+    known: list[bool | None],
+    header: Mapping[str, Any],
+    texts: dict[str, str],
+) -> bool:
+    """:meth:`_Region.applies` for a region's groups of test numbers, each test's outcome
+    kept in ``known`` for the instance's other regions."""
+    for group in plan:
+        for index in group:
+            held = known[index]
+            if held is None:
+                held = known[index] = tests[index].holds(header, texts)
+            if held:
+                break
+        else:
+            return False
+    return True
+
+
 class PixelPolicy:
     def __init__(self, spec: _PolicyFile, regions: list[_Region], source: str) -> None:
         self.spec = spec
@@ -302,6 +323,14 @@ class PixelPolicy:
             for group in region.when:
                 fields.update(c.field for c in group)
         self.fields = frozenset(fields)
+        # Each distinct test once, and every region's groups as their numbers: an instance
+        # runs a test once however many regions begin with it (Modality contains US, ...).
+        number: dict[_Test, int] = {}
+        self._plans = [
+            tuple(tuple(number.setdefault(t, len(number)) for t in group) for group in r.when)
+            for r in regions
+        ]
+        self._tests = list(number)
 
     def decide(self, header: Mapping[str, Any]) -> Decision:
         regions, keep = self._regions(header)
@@ -327,8 +356,10 @@ class PixelPolicy:
         boxes: list[Box] = []
         keep: list[Box] = []
         texts: dict[str, str] = {}
-        for region in self.regions:
-            if not region.applies(header, texts):
+        tests = self._tests
+        known: list[bool | None] = [None] * len(tests)
+        for region, plan in zip(self.regions, self._plans, strict=True):
+            if not _holds(plan, tests, known, header, texts):
                 continue
             if region.whole_image:
                 boxes.append(Box(0, 0, cols, rows, source="region"))
