@@ -75,6 +75,32 @@ def test_every_base_unmutated_is_cleaned_without_a_leak(
         assert set(leaks(tool.readable(outcome.output.read_bytes()))) <= exempt, name
 
 
+def test_real_scanners_files_unmutated_are_cleaned_without_a_leak(tmp_path: Path) -> None:
+    """The vendor bases (pydicom's test files of GE, RT, SR, ECG, RLE, JPEG-LS, JPEG 2000...
+    with the planted identity): each is cleaned, and no planted string is left."""
+    tool = _tool()
+    stages = build_stages(tool.config(None), SECRET)
+    bases = tool.vendor_bases()
+    assert len(bases) == len(tool.VENDOR_FILES)
+    for name, data in bases.items():
+        source = tmp_path / f"{name}.dcm"
+        source.write_bytes(data)
+        assert {"name", "pid", "institution"} <= set(leaks(tool.readable(data))), name
+        outcome = clean_file(stages, source, tmp_path / "out")
+        assert outcome.reason is None, (name, outcome.message)
+        assert outcome.output is not None
+        assert not leaks(tool.readable(outcome.output.read_bytes())), name
+
+
+def test_mutants_of_real_scanners_files_are_refused_or_cleaned(tmp_path: Path) -> None:
+    """Seed 101 of the vendor campaign: its 84th mutant, an RLE frame eight bytes short,
+    made pylibjpeg-rle panic, which went past every ``except Exception`` (test_pixel_codec)."""
+    result = _tool().campaign(seed=101, count=300, out=tmp_path, vendor=True)
+    assert result["findings"] == [], result["findings"]
+    assert result["counts"].get("refused: pixel-decode-failed", 0) >= 1
+    assert result["counts"].get("cleaned", 0) > 50
+
+
 def test_the_mutations_change_the_instances_and_are_repeatable() -> None:
     tool = _tool()
     originals = tool.bases()

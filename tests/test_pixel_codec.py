@@ -189,3 +189,32 @@ def test_colour_reencoding_keeps_a_valid_photometric(
     dciodvfy = require_tool("dciodvfy")
     new = _dciodvfy_errors(dciodvfy, out) - _dciodvfy_errors(dciodvfy, source)
     assert not new, f"dciodvfy reports new errors: {sorted(new)}"
+
+
+def test_an_rle_frame_that_makes_the_decoder_panic_is_refused(tmp_path: Path) -> None:
+    """pylibjpeg-rle (Rust) panics on some corrupt RLE segments: pyo3's PanicException is a
+    BaseException, which ``except Exception`` let through, and the worker died on it (each
+    such instance cost worker restarts before its quarantine). Found by the file campaign
+    on a real scanner's RLE file (``tools/mutate_instances.py --vendor``): eight bytes gone
+    from the first segment. It is ``pixel-decode-failed``, here and through the stages."""
+    from pydicom.encaps import encapsulate
+
+    from dicomnode.batch import build_stages, clean_file
+    from dicomnode.config import Config
+    from tests.conftest import SECRET
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_RLE.dcm")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[:1671] + frame[1679:]])
+    with pytest.raises(BaseException) as raw:  # what the decoder does with it
+        for _ in pydicom.pixels.iter_pixels(ds):
+            pass
+    assert codec.panicked(raw.value) and not isinstance(raw.value, Exception)
+    with pytest.raises(codec.PixelDecodeError, match="cannot decode the pixel data"):
+        list(codec.open_frames(ds).frames())
+    ds.PatientName = "Test^Rle"
+    path = tmp_path / "panic.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    outcome = clean_file(build_stages(Config(), SECRET), path, tmp_path / "out")
+    assert outcome.reason == "pixel-decode-failed", outcome.message
+    assert outcome.output is None

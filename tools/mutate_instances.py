@@ -17,6 +17,11 @@ in this process, under a time limit, and the outcome is counted:
   moves PHI into a value the profile keeps, as a sender could; a length or a structure that
   carries PHI past the cleaning is a bug.
 
+``--vendor`` mutates real scanners' and toolkits' files instead (``VENDOR_FILES``, pydicom's
+test data, with the planted identity in their patient and study attributes): private groups,
+RT, SR, waveforms and the compressed syntaxes as vendors write them. Its first run (seed 101)
+found an RLE frame that made pylibjpeg-rle panic (a ``BaseException``), killing the worker.
+
 Every finding's mutant is written to ``--out`` for a test. Exit status 1 on an internal error
 or a hang. The run of 2026-12-05 (seeds 1-7, 3,600 mutants) found a length past the end of
 the file on an element that was not the highest tag, a duplicate tag, two pydicom exceptions
@@ -228,6 +233,51 @@ def bases() -> dict[str, bytes]:
     }
 
 
+#: Files of pydicom's test data written by real scanners and toolkits: GE CT and MR with their
+#: private groups, in five encodings and three compressions, RT plan, dose and structure set,
+#: two structured reports, an ECG waveform, RLE colour of 8 and 16 bits, YBR 4:2:2, a
+#: multi-frame liver slice, JPEG-LS and JPEG 2000 (:func:`vendor_bases`, ``--vendor``).
+VENDOR_FILES = (
+    "CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
+    "ExplVR_BigEnd.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_jp2klossless.dcm", "emri_small_jpeg_2k_lossless.dcm", "rtplan.dcm",
+    "rtdose_1frame.dcm", "rtstruct.dcm", "reportsi.dcm", "test-SR.dcm", "waveform_ecg.dcm",
+    "SC_rgb_rle.dcm", "SC_rgb_rle_16bit_2frame.dcm", "SC_ybr_full_422_uncompressed.dcm",
+    "liver_1frame.dcm",
+)  # fmt: skip
+#: What each vendor file gets of the planted instance (their own values are test data).
+_IDENTITY = (
+    "PatientName", "PatientID", "PatientBirthDate", "InstitutionName",
+    "ReferringPhysicianName", "OtherPatientIDsSequence", "RequestAttributesSequence",
+    "ImageComments", "AccessionNumber", "StationName", "OperatorsName",
+)  # fmt: skip
+
+
+def vendor_bases() -> dict[str, bytes]:
+    """The files of ``VENDOR_FILES`` with the planted identity (patient, institution,
+    physicians, operators, accession, comments) in place of their own, written in their own
+    transfer syntax; a file without a file meta (an RT structure set) gets one."""
+    planted = _planted()
+    out = {}
+    for name in VENDOR_FILES:
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            raise SystemExit(f"pydicom's test file {name} is missing: pip install pydicom")
+        ds = pydicom.dcmread(path, force=True)
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.ImplementationClassUID = "2.25.1"
+        for keyword in _IDENTITY:
+            setattr(ds, keyword, planted.get(keyword))
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out[f"vendor-{name.removesuffix('.dcm')}"] = buffer.getvalue()
+    return out
+
+
 def mutate(data: bytes, rng: random.Random) -> bytes:
     """One to five random changes of ``data``'s bytes after the preamble."""
     out = bytearray(data)
@@ -328,14 +378,16 @@ def campaign(
     seconds: int = 20,
     which: list[str] | None = None,
     options: list[str] | None = None,
+    vendor: bool = False,
 ) -> dict[str, Any]:
-    """Clean ``count`` mutants; returns the counts and the findings (also written to
-    ``out``)."""
+    """Clean ``count`` mutants (of :func:`bases`, or of :func:`vendor_bases`); returns the
+    counts and the findings (also written to ``out``)."""
     warnings.simplefilter("ignore")  # pydicom warns of every oddity a mutant has
     rng = random.Random(seed)
     stages = build_stages(config(options), SECRET)
     exempt = set().union(*(KEPT_ON_PURPOSE.get(o, set()) for o in options or ()))
-    originals = {k: v for k, v in bases().items() if which is None or k in which}
+    every = vendor_bases() if vendor else bases()
+    originals = {k: v for k, v in every.items() if which is None or k in which}
     names = sorted(originals)
     out.mkdir(parents=True, exist_ok=True)
     source, cleaned = out / "mutant.dcm", out / "cleaned"
@@ -396,9 +448,14 @@ def main() -> int:
         help="the profile options, comma-separated, instead of the default configuration's "
         "(e.g. retain-uids,retain-long-full-dates,clean-structured-content)",
     )
+    parser.add_argument(
+        "--vendor", action="store_true", help="mutate real scanners' files (VENDOR_FILES)"
+    )
     args = parser.parse_args()
     options = args.options.split(",") if args.options is not None else None
-    result = campaign(args.seed, args.count, args.out, args.seconds, args.base, options)
+    result = campaign(
+        args.seed, args.count, args.out, args.seconds, args.base, options, args.vendor
+    )
     print(f"seed {result['seed']}: {result['counts']}")
     for finding in result["findings"]:
         print(finding)

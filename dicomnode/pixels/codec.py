@@ -118,6 +118,14 @@ class PixelDecodeError(InstanceError):
     reason = "pixel-decode-failed"
 
 
+def panicked(exc: BaseException) -> bool:
+    """Is ``exc`` a panic of a codec written in Rust? pyo3 raises it as
+    ``pyo3_runtime.PanicException``, a ``BaseException`` that ``except Exception`` lets
+    through: pylibjpeg-rle 2.2 panics on a corrupt RLE frame (an index out of bounds), which
+    killed the worker; every such instance cost worker restarts before its quarantine."""
+    return type(exc).__module__ == "pyo3_runtime"
+
+
 @dataclass(frozen=True)
 class PixelLimits:
     """The most the pixel stage decodes: per instance and per frame (``pixels.max_*_mb``)."""
@@ -393,7 +401,9 @@ class FrameSource:
             yield from itertools.islice(decoded, stop)
         except MemoryError:
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            if not (isinstance(exc, Exception) or panicked(exc)):
+                raise  # GeneratorExit (the caller stopped early), KeyboardInterrupt, ...
             raise PixelDecodeError(
                 f"cannot decode the pixel data ({self.syntax.name}, {self.source_photometric}): "
                 f"{type(exc).__name__}; the data may be corrupt or use an option no installed "

@@ -184,7 +184,9 @@ class PixelStage:
             raise out_of_memory("decoding or cleaning the pixel data") from None
         except InstanceError:
             raise
-        except Exception as exc:  # the writer or an encoder: nothing uncleaned goes on
+        except BaseException as exc:  # the writer or an encoder: nothing uncleaned goes on
+            if not (isinstance(exc, Exception) or codec.panicked(exc)):
+                raise
             raise PixelStageError(
                 f"the pixel stage failed writing the pixel data ({type(exc).__name__})"
             ) from exc
