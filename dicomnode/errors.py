@@ -70,3 +70,12 @@ class ScrubError(InstanceError):
     """A rule of the profile could not be applied."""
 
     reason = "scrub-failed"
+
+
+def panicked(exc: BaseException) -> bool:
+    """Is ``exc`` a panic of a codec written in Rust? pyo3 raises it as
+    ``pyo3_runtime.PanicException``, a ``BaseException`` that ``except Exception`` lets
+    through: pylibjpeg-rle 2.2 panics on a corrupt RLE frame (an index out of bounds), which
+    killed the worker; every such instance cost worker restarts before its quarantine. Those
+    who catch ``Exception`` around third-party code take these too."""
+    return type(exc).__module__ == "pyo3_runtime"

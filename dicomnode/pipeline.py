@@ -52,7 +52,7 @@ from pydicom.dataset import Dataset
 from dicomnode.children import STOP_SIGNALS, die_with_parent, stop_signals_held
 from dicomnode.config import Config, PixelConfig, ScrubConfig
 from dicomnode.dicomio import decoded_copy, encode_chunks, read_instance
-from dicomnode.errors import InstanceError
+from dicomnode.errors import InstanceError, panicked
 from dicomnode.filters import FilterAction, Filters
 from dicomnode.limits import apply_worker_limits, lift_from_idle, out_of_memory
 from dicomnode.logs import setup_logging
@@ -389,7 +389,9 @@ class Pipeline:
             started = time.perf_counter()
             chunks = encode_chunks(item.dataset, item.transfer_syntax)
             seconds["encode"] = time.perf_counter() - started
-        except Exception as exc:  # fail closed: every error quarantines
+        except BaseException as exc:  # fail closed: every error quarantines
+            if not (isinstance(exc, Exception) or panicked(exc)):
+                raise  # a stop, an interrupt: the item stays where it is
             if isinstance(exc, MemoryError):
                 exc = out_of_memory(f"running the {stage_name} stage")
             reason = exc.reason if isinstance(exc, InstanceError) else "internal-error"

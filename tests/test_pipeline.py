@@ -86,6 +86,40 @@ def test_a_failing_stage_quarantines_and_forwards_nothing(spool: Spool) -> None:
     assert "model crashed" not in json.dumps(sidecar)  # the type, never a library's message
 
 
+def test_a_panic_in_a_stage_quarantines_it_and_an_interrupt_does_not(spool: Spool) -> None:
+    """A library written in Rust that panics raises pyo3's PanicException, a BaseException:
+    the item is quarantined as any error is, not the worker killed. A KeyboardInterrupt (a
+    stop) is not an item's error: it goes up, the item stays in the worker's hands."""
+
+    class PanicException(BaseException):
+        pass
+
+    PanicException.__module__ = "pyo3_runtime"  # as pyo3 names it
+
+    class Panics:
+        name = "pixels"
+        raises: type[BaseException] = PanicException
+
+        def __call__(self, item: Item) -> None:
+            raise self.raises("index out of bounds")
+
+    built = pipeline(spool)
+    stage = Panics()
+    built.stages.append(stage)
+    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    outcome = built.process(item, "0")
+    assert (outcome.status, outcome.reason, outcome.stage) == (
+        "quarantined",
+        "internal-error",
+        "pixels",
+    )
+    stage.raises = KeyboardInterrupt
+    item = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+    with pytest.raises(KeyboardInterrupt):
+        built.process(item, "0")
+    assert [p.stem for p in spool.held_by("0")] == [item]
+
+
 def test_a_full_spool_defers_instead_of_quarantining(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -201,6 +201,7 @@ def test_an_rle_frame_that_makes_the_decoder_panic_is_refused(tmp_path: Path) ->
 
     from dicomnode.batch import build_stages, clean_file
     from dicomnode.config import Config
+    from dicomnode.errors import panicked
     from tests.conftest import SECRET
 
     ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_RLE.dcm")
@@ -209,7 +210,7 @@ def test_an_rle_frame_that_makes_the_decoder_panic_is_refused(tmp_path: Path) ->
     with pytest.raises(BaseException) as raw:  # what the decoder does with it
         for _ in pydicom.pixels.iter_pixels(ds):
             pass
-    assert codec.panicked(raw.value) and not isinstance(raw.value, Exception)
+    assert panicked(raw.value) and not isinstance(raw.value, Exception)
     with pytest.raises(codec.PixelDecodeError, match="cannot decode the pixel data"):
         list(codec.open_frames(ds).frames())
     ds.PatientName = "Test^Rle"

@@ -62,7 +62,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomnode.errors import InstanceError
+from dicomnode.errors import InstanceError, panicked
 from dicomnode.limits import MB, TooLargeError
 from dicomnode.pixels import streams
 
@@ -116,14 +116,6 @@ _BITS_ALLOCATED = (1, 8, 16, 32)
 
 class PixelDecodeError(InstanceError):
     reason = "pixel-decode-failed"
-
-
-def panicked(exc: BaseException) -> bool:
-    """Is ``exc`` a panic of a codec written in Rust? pyo3 raises it as
-    ``pyo3_runtime.PanicException``, a ``BaseException`` that ``except Exception`` lets
-    through: pylibjpeg-rle 2.2 panics on a corrupt RLE frame (an index out of bounds), which
-    killed the worker; every such instance cost worker restarts before its quarantine."""
-    return type(exc).__module__ == "pyo3_runtime"
 
 
 @dataclass(frozen=True)

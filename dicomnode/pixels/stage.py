@@ -30,7 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicomnode.config import PixelConfig
-from dicomnode.errors import InstanceError
+from dicomnode.errors import InstanceError, panicked
 from dicomnode.limits import out_of_memory
 from dicomnode.pixels import codec
 from dicomnode.pixels.boxes import Box, held, merge, touching
@@ -185,7 +185,7 @@ class PixelStage:
         except InstanceError:
             raise
         except BaseException as exc:  # the writer or an encoder: nothing uncleaned goes on
-            if not (isinstance(exc, Exception) or codec.panicked(exc)):
+            if not (isinstance(exc, Exception) or panicked(exc)):
                 raise
             raise PixelStageError(
                 f"the pixel stage failed writing the pixel data ({type(exc).__name__})"
