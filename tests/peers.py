@@ -12,6 +12,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -111,16 +112,46 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def echo(port: int, calling: str, called: str = "DICOMNODE") -> bool:
-    """A C-ECHO from a well-behaved SCU (pynetdicom) succeeds."""
+def echo(
+    port: int, calling: str, called: str = "DICOMNODE", tls: ssl.SSLContext | None = None
+) -> bool:
+    """A C-ECHO from a well-behaved SCU (pynetdicom) succeeds (over TLS with ``tls``)."""
     ae = AE(ae_title=calling)
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    tls_args = (tls, "localhost") if tls is not None else None
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
     if not assoc.is_established:
         return False
     status = assoc.send_c_echo()
     assoc.release()
     return bool(status is not None and status.Status == 0)
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, and a node and a client certificate signed by it."""
+    openssl = require_tool("openssl")
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "ca-key", "node", "node-key")}
+    paths.update({"client": folder / "client.pem", "client-key": folder / "client-key.pem"})
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run(
+        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA"),
+        *("-keyout", str(paths["ca-key"]), "-out", str(paths["ca"])),
+    )
+    for name in ("node", "client"):
+        csr = folder / f"{name}.csr"
+        run(
+            *("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}"),
+            *("-keyout", str(paths[f"{name}-key"]), "-out", str(csr)),
+        )
+        run(
+            *("x509", "-req", "-in", str(csr), "-CA", str(paths["ca"])),
+            *("-CAkey", str(paths["ca-key"]), "-CAcreateserial", "-days", "1"),
+            *("-out", str(paths[name])),
+        )
+    return paths
 
 
 def make_study(

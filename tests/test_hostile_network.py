@@ -55,6 +55,7 @@ from tests.peers import (
     NodeProcess,
     acknowledged,
     echo,
+    make_certificates,
     make_study,
     running,
     wait_for,
@@ -728,33 +729,6 @@ def test_a_sender_stores_within_seconds_while_100_hostile_sockets_are_open(
 
 
 # -- TLS -----------------------------------------------------------------------------------------
-
-
-def make_certificates(folder: Path) -> dict[str, Path]:
-    """A CA, and a node and a client certificate signed by it."""
-    openssl = require_tool("openssl")
-    paths = {name: folder / f"{name}.pem" for name in ("ca", "ca-key", "node", "node-key")}
-    paths.update({"client": folder / "client.pem", "client-key": folder / "client-key.pem"})
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True)
-
-    run(
-        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA"),
-        *("-keyout", str(paths["ca-key"]), "-out", str(paths["ca"])),
-    )
-    for name in ("node", "client"):
-        csr = folder / f"{name}.csr"
-        run(
-            *("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}"),
-            *("-keyout", str(paths[f"{name}-key"]), "-out", str(csr)),
-        )
-        run(
-            *("x509", "-req", "-in", str(csr), "-CA", str(paths["ca"])),
-            *("-CAkey", str(paths["ca-key"]), "-CAcreateserial", "-days", "1"),
-            *("-out", str(paths[name])),
-        )
-    return paths
 
 
 def test_an_idle_tls_connection_does_not_stall_mutual_tls(tmp_path: Path) -> None:

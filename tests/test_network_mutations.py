@@ -29,6 +29,17 @@ def test_mutated_associations_never_stop_the_node_or_lose_an_instance(tmp_path: 
     assert counts.get("delivered", 0) > 10 and counts.get("quarantined", 0) > 5, counts
 
 
+def test_mutated_associations_inside_mutual_tls_and_many_at_once(tmp_path: Path) -> None:
+    """The same, with the association's bytes mutated inside mutual TLS (what a sender
+    with a valid certificate can do) and eight replayed at once."""
+    result = _tool().campaign(seed=21, count=100, out=tmp_path, parallel=8, tls=True)
+    assert result["findings"] == [], result["findings"]
+    counts = result["counts"]
+    assert counts.get("acknowledged", 0) > 5, counts
+    assert counts.get("not acknowledged", 0) > 30, counts
+    assert counts.get("delivered", 0) > 5, counts
+
+
 def test_each_mutant_has_its_own_instance_and_the_mutations_repeat() -> None:
     tool = _tool()
     assert len(tool.instance_uid(7)) == len(tool.instance_uid(12345)) == len(tool._UID)

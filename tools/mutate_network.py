@@ -17,7 +17,10 @@ Findings:
   delivered nor in quarantine once the node is idle: received and lost;
 - a delivered copy holding a planted string (``tests.phi.leaks``).
 
-    python tools/mutate_network.py --seed 1 --count 300 --out /tmp/network
+``--tls``: the node requires mutual TLS, and the mutated bytes travel inside it (what a sender
+holding a valid certificate can send); ``--parallel``: mutants replayed at once.
+
+    python tools/mutate_network.py --seed 1 --count 300 --out /tmp/network [--tls] [--parallel 12]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import io
 import random
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -45,7 +49,7 @@ from pynetdicom import AE
 
 from dicomnode.scrub.pseudonym import Pseudonymizer
 from tests.conftest import SECRET
-from tests.peers import NodeProcess, echo
+from tests.peers import NodeProcess, echo, make_certificates
 from tests.phi import PHI, leaks, planted_dataset
 
 CALLER = "MUTANT"
@@ -60,14 +64,18 @@ def instance_uid(index: int) -> bytes:
     return _UID[: -len(tail)] + tail
 
 
-def record(port: int) -> bytes:
-    """What a pynetdicom SCU sends to store the planted instance on the node at ``port``."""
+def record(port: int, tls: ssl.SSLContext | None = None) -> bytes:
+    """What a pynetdicom SCU sends to store the planted instance on the node at ``port``
+    (with ``tls``: the forwarder between them speaks TLS to the node, the SCU plain TCP to
+    the forwarder, so that what is recorded is the association's own bytes)."""
     listener = socket.create_server(("127.0.0.1", 0))
     sent: list[bytes] = []
 
     def forward() -> None:
         client, _ = listener.accept()
         upstream = socket.create_connection(("127.0.0.1", port))
+        if tls is not None:
+            upstream = tls.wrap_socket(upstream)
         with client, upstream:
 
             def back() -> None:
@@ -148,10 +156,13 @@ def mutate(stream: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
-def replay(port: int, data: bytes, first: int, seconds: float) -> tuple[bytes, bool]:
-    """Send ``data`` as an SCU would: its first ``first`` bytes (the A-ASSOCIATE-RQ), then,
-    once the node has answered (or half of ``seconds`` has passed), the rest; returns the
-    node's answers until it closes or ``seconds`` pass, and whether it closed."""
+def replay(
+    port: int, data: bytes, first: int, seconds: float, tls: ssl.SSLContext | None = None
+) -> tuple[bytes, bool]:
+    """Send ``data`` as an SCU would (inside TLS with ``tls``): its first ``first`` bytes
+    (the A-ASSOCIATE-RQ), then, once the node has answered (or half of ``seconds`` has
+    passed), the rest; returns the node's answers until it closes or ``seconds`` pass, and
+    whether it closed."""
     received = bytearray()
     started = time.monotonic()
 
@@ -161,7 +172,7 @@ def replay(port: int, data: bytes, first: int, seconds: float) -> tuple[bytes, b
         while time.monotonic() < until:
             try:
                 chunk = sock.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, ssl.SSLWantReadError):
                 continue
             except OSError:
                 return False
@@ -172,7 +183,13 @@ def replay(port: int, data: bytes, first: int, seconds: float) -> tuple[bytes, b
                 return True
         return True
 
-    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), seconds))
+        if tls is not None:
+            try:
+                sock = stack.enter_context(tls.wrap_socket(sock))
+            except OSError:
+                return b"", True  # the node refused the handshake: nothing reached DICOM
         sock.settimeout(0.1)
         with contextlib.suppress(OSError):
             sock.sendall(data[:first])
@@ -213,28 +230,51 @@ def without_pixel_data(data: bytes) -> bytes:
 _BAD_LOG = re.compile(r"Traceback|internal-error|Exception in thread")
 
 
+def client_tls(certificates: dict[str, Path]) -> ssl.SSLContext:
+    """A client's TLS context for the node of :func:`campaign` (its CA, a client certificate)."""
+    context = ssl.create_default_context(cafile=str(certificates["ca"]))
+    context.check_hostname = False
+    context.load_cert_chain(str(certificates["client"]), str(certificates["client-key"]))
+    return context
+
+
 def campaign(
-    seed: int, count: int, out: Path, seconds: float = 3, parallel: int = 4
+    seed: int,
+    count: int,
+    out: Path,
+    seconds: float = 3,
+    parallel: int = 4,
+    tls: bool = False,
 ) -> dict[str, Any]:
-    """Replay ``count`` mutants to a fresh node; returns the counts and the findings."""
+    """Replay ``count`` mutants to a fresh node (over mutual TLS with ``tls``: the bytes
+    mutated are the association's, inside the encryption); returns the counts and the
+    findings."""
     warnings.simplefilter("ignore")
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
-    node = NodeProcess(
-        out / "node",
-        node={
-            "request_timeout_s": 2,
-            "max_connections_per_address": 64,
-            "allowed_callers": [{"ae_title": CALLER}],
-        },
-    )
+    settings: dict[str, Any] = {
+        "request_timeout_s": 2,
+        "max_connections_per_address": 64,
+        "allowed_callers": [{"ae_title": CALLER}],
+    }
+    context = None
+    if tls:
+        certificates = make_certificates(out)
+        settings["tls"] = {
+            "certificate": str(certificates["node"]),
+            "private_key": str(certificates["node-key"]),
+            "ca_certificates": str(certificates["ca"]),
+            "require_client_certificate": True,
+        }
+        context = client_tls(certificates)
+    node = NodeProcess(out / "node", node=settings)
     node.start()
     assert node.proc is not None
     process = node.proc
     counts: Counter[str] = Counter()
     findings: list[dict[str, Any]] = []
     try:
-        base = record(node.port)
+        base = record(node.port, context)
         assert base.count(_UID) == 2, "the UID in the command and in the data set"
         first = _pdus(base)[1]  # the A-ASSOCIATE-RQ's length
         mutants = []
@@ -243,7 +283,7 @@ def campaign(
 
         def one(job: tuple[int, bytes]) -> tuple[int, bool, bool]:
             index, data = job
-            answer, closed = replay(node.port, data, first, seconds)
+            answer, closed = replay(node.port, data, first, seconds, context)
             return index, acknowledged(answer), ended(answer) and not closed
 
         acked: list[int] = []
@@ -254,10 +294,12 @@ def campaign(
                     acked.append(index)
                 if kept_open:
                     findings.append({"kind": "kept open after the end", "mutant": index})
-                if done % 50 == 0 and (process.poll() is not None or not echo(node.port, CALLER)):
+                if done % 50 == 0 and not (
+                    process.poll() is None and echo(node.port, CALLER, tls=context)
+                ):
                     findings.append({"kind": "down", "after": done})
                     break
-        if process.poll() is None and not echo(node.port, CALLER):
+        if process.poll() is None and not echo(node.port, CALLER, tls=context):
             findings.append({"kind": "echo failed at the end"})
         node.wait_idle(300)
         # Every association ends within the request timeout once its peer is gone.
@@ -310,8 +352,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("network-mutants"))
     parser.add_argument("--parallel", type=int, default=4, help="associations at once")
+    parser.add_argument("--tls", action="store_true", help="over mutual TLS")
     args = parser.parse_args()
-    result = campaign(args.seed, args.count, args.out, parallel=args.parallel)
+    result = campaign(args.seed, args.count, args.out, parallel=args.parallel, tls=args.tls)
     print(f"seed {result['seed']}: {result['counts']}")
     for finding in result["findings"]:
         print(finding)
