@@ -101,6 +101,23 @@ def test_mutants_of_real_scanners_files_are_refused_or_cleaned(tmp_path: Path) -
     assert result["counts"].get("cleaned", 0) > 50
 
 
+def test_damaged_compressed_frames_are_refused_or_cleaned(tmp_path: Path) -> None:
+    """Changes inside the Pixel Data value only (``--pixels``) of the vendor files in RLE,
+    JPEG-LS and JPEG 2000: the header reads, the decoders get the damage."""
+    compressed = [
+        "vendor-MR_small_RLE", "vendor-MR_small_jpeg_ls_lossless",
+        "vendor-MR_small_jp2klossless", "vendor-emri_small_jpeg_2k_lossless",
+        "vendor-SC_rgb_rle", "vendor-SC_rgb_rle_16bit_2frame",
+    ]  # fmt: skip
+    result = _tool().campaign(
+        seed=201, count=300, out=tmp_path, which=compressed, vendor=True, pixels=True
+    )
+    assert result["findings"] == [], result["findings"]
+    counts = result["counts"]
+    assert counts.get("refused: pixel-decode-failed", 0) > 100, counts
+    assert counts.get("cleaned", 0) > 30, counts
+
+
 def test_the_mutations_change_the_instances_and_are_repeatable() -> None:
     tool = _tool()
     originals = tool.bases()
