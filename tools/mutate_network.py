@@ -34,7 +34,6 @@ import socket
 import ssl
 import struct
 import sys
-import threading
 import time
 import warnings
 from collections import Counter
@@ -45,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom
-from pynetdicom import AE
+from pynetdicom import AE, transport
 
 from dicomnode.scrub.pseudonym import Pseudonymizer
 from tests.conftest import SECRET
@@ -65,42 +64,36 @@ def instance_uid(index: int) -> bytes:
 
 
 def record(port: int, tls: ssl.SSLContext | None = None) -> bytes:
-    """What a pynetdicom SCU sends to store the planted instance on the node at ``port``
-    (with ``tls``: the forwarder between them speaks TLS to the node, the SCU plain TCP to
-    the forwarder, so that what is recorded is the association's own bytes)."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    """What a pynetdicom SCU sends (over TLS with ``tls``) to store the planted instance on
+    the node at ``port``: every PDU its socket is given to send, the association's own bytes
+    whether or not TLS carries them. (A forwarder in between, as this was, read and wrote
+    one TLS socket from two threads, which OpenSSL does not allow: now and then the request
+    never reached the node. pynetdicom's EVT_DATA_SENT does not do: dicomnode's SCU sends
+    through its own ``send``, which does not emit it.)"""
     sent: list[bytes] = []
+    original = transport.AssociationSocket.send
 
-    def forward() -> None:
-        client, _ = listener.accept()
-        upstream = socket.create_connection(("127.0.0.1", port))
-        if tls is not None:
-            upstream = tls.wrap_socket(upstream)
-        with client, upstream:
+    def send(self: transport.AssociationSocket, bytestream: bytes) -> None:
+        sent.append(bytes(bytestream))
+        original(self, bytestream)
 
-            def back() -> None:
-                with contextlib.suppress(OSError):
-                    while data := upstream.recv(65536):
-                        client.sendall(data)
-
-            threading.Thread(target=back, daemon=True).start()
-            with contextlib.suppress(OSError):
-                while data := client.recv(65536):
-                    sent.append(data)
-                    upstream.sendall(data)
-
-    thread = threading.Thread(target=forward, daemon=True)
-    thread.start()
     ds = planted_dataset()
     ae = AE(ae_title=CALLER)
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", listener.getsockname()[1], ae_title="DICOMNODE")
-    if not assoc.is_established:
-        raise SystemExit("the node did not accept the recording association")
-    status = assoc.send_c_store(ds)
-    assoc.release()
-    thread.join(10)
-    listener.close()
+    transport.AssociationSocket.send = send  # type: ignore[method-assign]
+    try:
+        assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="DICOMNODE",
+            tls_args=(tls, "localhost") if tls is not None else None,
+        )
+        if not assoc.is_established:
+            raise SystemExit("the node did not accept the recording association")
+        status = assoc.send_c_store(ds)
+        assoc.release()
+    finally:
+        transport.AssociationSocket.send = original  # type: ignore[method-assign]
     if status is None or status.Status != 0:
         raise SystemExit(f"the recording C-STORE failed: {status}")
     return b"".join(sent)
