@@ -487,6 +487,7 @@ def test_slots_go_to_accepted_associations_only(node: NodeProcess, tmp_path: Pat
             release(sock)
         for sock in idle:
             sock.close()
+    _slots_back(node)  # every slot it took is free again before the next case
     assert_memory_bounded(node)
 
 
@@ -518,6 +519,7 @@ def test_a_message_that_cannot_be_decoded_aborts_and_frees_its_slot(node: NodePr
     connection was dropped with no A-ABORT and no reason (found by tools/mutate_network.py).
     More of them than there are slots: none may stay taken."""
     log = Log(node)
+    _slots_back(node)
     for n in range(20):  # more than node.max_associations (16)
         answer = associate(node.port, f"127.0.0.{150 + n // 8}")
         assert isinstance(answer, socket.socket), answer

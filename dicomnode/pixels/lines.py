@@ -254,7 +254,7 @@ def _four_times(small: np.ndarray, width: int, height: int) -> np.ndarray:
     OpenCV's nearest-neighbour resize does; where both sides are four times the small
     copy's, each pixel's four copies along a row are made by one multiplication of a 32-bit
     number (its bytes, little-endian) and the rows by one broadcast copy: ~6x faster than
-    the resize, which has no fast path for it (the same pixels; tests/test_lines.py)."""
+    the resize, which has no fast path for it (the same pixels; tests/test_presence.py)."""
     rows, cols = small.shape[:2]
     if small.ndim != 2 or (rows * 4, cols * 4) != (height, width):
         return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
@@ -339,7 +339,7 @@ def _parts(
 def _cells(mask: np.ndarray) -> np.ndarray:
     """A stroke mask (0/255) averaged over 8 x 8 cells, as OpenCV's area resize makes it
     (the mean rounded half up); where both sides are multiples of 8, from the mask's
-    summed-area table, ~1.5x faster (the same cells; tests/test_lines.py)."""
+    summed-area table, ~1.5x faster (the same cells; tests/test_presence.py)."""
     height, width = mask.shape
     if height % 8 or width % 8:
         size = ((width + 7) // 8, (height + 7) // 8)
