@@ -5,9 +5,11 @@ cleaned without a planted string left; never an internal error, a hang or a leak
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from dicomnode.batch import build_stages, clean_file
@@ -116,6 +118,26 @@ def test_damaged_compressed_frames_are_refused_or_cleaned(tmp_path: Path) -> Non
     counts = result["counts"]
     assert counts.get("refused: pixel-decode-failed", 0) > 100, counts
     assert counts.get("cleaned", 0) > 30, counts
+
+
+def test_a_hang_inside_the_pixel_stage_is_reported_as_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The campaign's time limit must not be caught by the code it limits: as an Exception it
+    was, and the pixel stage reported a decoder that never returned as pixel-stage-failed."""
+    import time
+
+    from dicomnode.pixels import codec
+
+    frames = codec.FrameSource.frames
+
+    def stuck(self: codec.FrameSource, stop: int | None = None) -> Iterator[np.ndarray]:
+        time.sleep(5)
+        yield from frames(self, stop)
+
+    monkeypatch.setattr(codec.FrameSource, "frames", stuck)
+    result = _tool().campaign(seed=5, count=2, out=tmp_path, seconds=1, which=["explicit"])
+    assert [f["kind"] for f in result["findings"]] == ["hang"], result
 
 
 def test_the_mutations_change_the_instances_and_are_repeatable() -> None:
