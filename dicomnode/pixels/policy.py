@@ -273,14 +273,13 @@ class _Region:
     keep_only: str | None
 
     def applies(self, header: Mapping[str, Any], texts: dict[str, str] | None = None) -> bool:
-        texts = {} if texts is None else texts
-        for group in self.when:  # loops, not all(any(...)): this runs ~100 times an instance
-            for test in group:
-                if test.holds(header, texts):
-                    break
-            else:
-                return False
-        return True
+        """This region's rule alone (the policy runs all regions' tests together:
+        :meth:`PixelPolicy.decide`; both through :func:`_holds`)."""
+        tests = [test for group in self.when for test in group]
+        numbers = iter(range(len(tests)))
+        plan = tuple(tuple(next(numbers) for _ in group) for group in self.when)
+        known: list[bool | None] = [None] * len(tests)
+        return _holds(plan, tests, known, header, {} if texts is None else texts)
 
 
 def _holds(
@@ -290,8 +289,9 @@ def _holds(
     header: Mapping[str, Any],
     texts: dict[str, str],
 ) -> bool:
-    """:meth:`_Region.applies` for a region's groups of test numbers, each test's outcome
-    kept in ``known`` for the instance's other regions."""
+    """Whether a region's rule holds: every group has a test that holds. ``plan``: the
+    groups as numbers into ``tests``; each outcome is kept in ``known`` for the instance's
+    other regions (loops, not all(any(...)): this runs ~100 times an instance)."""
     for group in plan:
         for index in group:
             held = known[index]
