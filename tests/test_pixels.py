@@ -30,7 +30,7 @@ from dicomnode.dicomio import encode_instance, read_instance
 from dicomnode.errors import ConfigError, InstanceError
 from dicomnode.pixels import PixelStage, TextRemainsError, codec
 from dicomnode.pixels.boxes import Box, corners, held, touching
-from dicomnode.pixels.detect import PaddleOCRDetector, RapidOCRDetector
+from dicomnode.pixels.detect import PaddleOCRDetector, RapidOCRDetector, Remembering
 from dicomnode.pixels.policy import load_policy
 from dicomnode.pixels.presence import candidates
 from dicomnode.pixels.remove import make_remover
@@ -503,3 +503,76 @@ def test_pair_checks_on_many_boxes_agree_with_the_box_methods() -> None:
     )
     assert touching(many, []).tolist() == [False] * len(many)
     assert held([], others).tolist() == []
+
+
+class _Counting:
+    """A detector that counts what it is given (pictures looked at, boxes read)."""
+
+    def __init__(self, inner: RapidOCRDetector) -> None:
+        self.inner, self.name = inner, inner.name
+        self.looked = self.read = 0
+
+    def detect(self, picture: np.ndarray) -> list[Box]:
+        self.looked += 1
+        return self.inner.detect(picture)
+
+    def recognize(self, picture: np.ndarray, boxes: list[Box]) -> list[Box]:
+        self.read += len(boxes)
+        return self.inner.recognize(picture, boxes)
+
+
+def _cine(frames: int = 4) -> Dataset:
+    """An ultrasound loop: the same burned-in text on every frame, and an image that moves
+    (speckle, different on every frame) beside it."""
+    rng = np.random.default_rng(5)
+    loop = []
+    for _ in range(frames):
+        frame = rgb()
+        frame[120:220, 150:300] = rng.integers(0, 200, (100, 150, 1), dtype=np.uint8)
+        loop.append(frame)
+    return through_bytes(make_ds(np.stack(loop), "RGB"))
+
+
+def test_a_loop_s_overlay_is_looked_at_and_read_once_with_the_same_result(
+    detector: RapidOCRDetector,
+) -> None:
+    """The text on every frame of a loop is the same pixels, and the stage's looks and
+    readings of it are answered from memory (``detect.Remembering``): fewer looks, and the
+    cleaned loop byte for byte what looking at every frame afresh gives."""
+    outcomes = []
+    for limit in (0, 1 << 14):  # 0: nothing remembered, every look made
+        counting = _Counting(detector)
+        stage = PixelStage(PixelConfig(), detector=counting)
+        stage._looks.limit = limit
+        ds = _cine()
+        report = stage.clean(ds, header(ds))
+        assert report["distinct_frames"] == 4 and report["frames_changed"] == 4
+        assert not stage._looks._boxes and not stage._looks._readings  # forgotten
+        outcomes.append((bytes(ds.PixelData), report["boxes_by_kind"], counting))
+    (fresh, boxes, every), (remembered, same_boxes, once) = outcomes
+    assert remembered == fresh and same_boxes == boxes
+    assert "QUARTERMAINE" not in readable(detector, through_bytes(ds))
+    assert once.looked < every.looked and once.read <= every.read
+    assert every.looked - once.looked >= 3  # the overlay's crops, on frames 2-4
+
+
+def test_remembering_answers_the_same_pixels_only(detector: RapidOCRDetector) -> None:
+    counting = _Counting(detector)
+    looks = Remembering(counting)
+    picture = rgb()
+    first = looks.detect(picture)
+    assert looks.detect(picture.copy()) == first and counting.looked == 1
+    changed = picture.copy()
+    changed[-1, -1] += 1  # one pixel, far from the text: a new look
+    looks.detect(changed)
+    assert counting.looked == 2
+    line = first[0]
+    read = looks.recognize(picture, [line])
+    # Found again with another score, read again from memory; a box one pixel wider is not.
+    again = looks.recognize(picture, [Box(line.x0, line.y0, line.x1, line.y1, score=0.1)])
+    assert again == read and counting.read == 1
+    looks.recognize(picture, [Box(line.x0, line.y0, line.x1 + 1, line.y1)])
+    assert counting.read == 2
+    looks.forget()
+    looks.detect(picture)
+    assert counting.looked == 3

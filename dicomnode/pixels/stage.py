@@ -34,7 +34,14 @@ from dicomnode.errors import InstanceError, panicked
 from dicomnode.limits import out_of_memory
 from dicomnode.pixels import codec
 from dicomnode.pixels.boxes import Box, held, merge, touching
-from dicomnode.pixels.detect import TextDetector, doubtful, find_text, line_height, make_detector
+from dicomnode.pixels.detect import (
+    Remembering,
+    TextDetector,
+    doubtful,
+    find_text,
+    line_height,
+    make_detector,
+)
 from dicomnode.pixels.evidence import Evidence, Kind
 from dicomnode.pixels.lines import COARSE_SIDE, first_and_rest, load_model
 from dicomnode.pixels.policy import Decision, PixelPolicy, load_policy
@@ -144,6 +151,9 @@ class PixelStage:
             det_model_dir=settings.detector.det_model_dir,
             rec_model_dir=settings.detector.rec_model_dir,
         )
+        # Every look of the stage goes through this: a frame's overlay, the same on every
+        # frame of a loop, is looked at and read once an instance (``Remembering``).
+        self._looks = Remembering(self.detector)
         self.remover = remover or make_remover(
             settings.remover.method,
             model_path=settings.remover.model_path,
@@ -190,6 +200,8 @@ class PixelStage:
             raise PixelStageError(
                 f"the pixel stage failed writing the pixel data ({type(exc).__name__})"
             ) from exc
+        finally:
+            self._looks.forget()  # nothing read in one instance is kept for the next
 
     def _clean(
         self,
@@ -451,7 +463,7 @@ class PixelStage:
         inked = [b for b in found_text if int(ink[b.y0 : b.y1, b.x0 : b.x1].sum()) >= 8]
         if not inked or phi is not None:
             return inked  # sensitive mode has read them already
-        read = self.detector.recognize(picture, inked)
+        read = self._looks.recognize(picture, inked)
         return [b for b in read if _readable(b) and b.score >= 0.5]
 
     def _wide(self, picture: np.ndarray, pieces: list[Box], phi: SensitiveText | None) -> list[Box]:
@@ -491,15 +503,15 @@ class PixelStage:
         words are PHI (sensitive-text mode). Doubtful boxes are read to confirm them: boxes
         taller than a text line (a large title, or anatomy the detector took for text) must
         read clearly."""
-        boxes = find_text(self.detector, picture, regions, pad=pad, tall=True, scale=scale)
+        boxes = find_text(self._looks, picture, regions, pad=pad, tall=True, scale=scale)
         if phi is not None:
-            read = self.detector.recognize(picture, boxes) if boxes else []
+            read = self._looks.recognize(picture, boxes) if boxes else []
             return [b for b in read if phi.is_sensitive(b.text or "", b.score)]
         height = picture.shape[0]
         sure = [b for b in boxes if not doubtful(b, height)]
         unsure = [b for b in boxes if doubtful(b, height)]
         if unsure:
-            for box in self.detector.recognize(picture, unsure):
+            for box in self._looks.recognize(picture, unsure):
                 least = 0.8 if box.height > line_height(height) else 0.5
                 if _readable(box) and box.score >= least:
                     sure.append(box)
