@@ -320,6 +320,15 @@ class PipelineConfig(_Frozen):
         ge=0,
         description="data memory limit of each worker process (RLIMIT_DATA); 0: none",
     )
+    max_item_s: float = Field(
+        default=3600,
+        ge=0,
+        description="longest one instance may stay in a worker's stages; a worker still on it "
+        "then is stopped and restarted, and the instance quarantined as too-slow (a decoder "
+        "that never returns, a loop of thousands of distinct frames each full of text): one "
+        "instance cannot hold a worker for ever. 0: no limit. pydicom's 120-frame colour "
+        "ultrasound loop takes ~100 s on one core",
+    )
 
     @field_validator("worker_memory_mb")
     @classmethod

@@ -12,7 +12,9 @@ that no thread of the listener is forked. Each writes its clean copies on a thre
 (:class:`_Committer`): the fsyncs of one instance overlap the stages of the next. A
 supervisor in the node's process feeds them ids, restarts a worker that dies (its items go
 back to ``incoming/``; after three deaths on the same item it is quarantined as
-``worker-crashed``), and rescans ``incoming/`` for anything not queued.
+``worker-crashed``), kills and replaces one still in an item's stages after
+``pipeline.max_item_s`` (the item: ``too-slow``), and rescans ``incoming/`` for anything not
+queued.
 
 Stopping: :meth:`WorkerPool.close` ends the restarts, :meth:`WorkerPool.stop` lets each worker
 finish the item in hand, and kills one that is still busy at the deadline (its item goes back
@@ -704,6 +706,8 @@ class WorkerPool:
         self._crashes: dict[str, int] = {}
         # Per worker: items whose stages passed and whose outcome has not come yet.
         self._prepared: dict[int, set[str]] = {}
+        # Per worker: when the watch first saw each item it holds (``_slow``).
+        self._held_since: dict[int, dict[str, float]] = {}
         self._lock = threading.Lock()
         self._spawn_lock = threading.Lock()
         self._closing = threading.Event()  # no restarts, no new work
@@ -794,7 +798,12 @@ class WorkerPool:
         last_scan = time.monotonic()
         while not self._stopping.wait(1.0):
             for index, process in list(self._workers.items()):
-                if process.is_alive() or self._closing.is_set():
+                if self._closing.is_set():
+                    continue
+                if process.is_alive():
+                    slow = self._slow(index)
+                    if slow is not None:
+                        self._stop_slow(index, process, slow)
                     continue
                 if process.exitcode == 0 and self._closing.wait(2.0):
                     continue  # it had the node's stop signal too (the process group's)
@@ -810,7 +819,47 @@ class WorkerPool:
                 last_scan = time.monotonic()
                 self.rescan()
 
-    def _recover_worker(self, index: int, exitcode: int | None = None) -> None:
+    def _slow(self, index: int) -> str | None:
+        """The item worker ``index`` has held in its stages for longer than
+        ``pipeline.max_item_s`` (seen in its ``work/`` folder, once a second), if any. An item
+        whose stages passed, and that its writer thread is writing, is not: the writing is
+        bounded by the disk, not by what the instance holds."""
+        limit = self.config.pipeline.max_item_s
+        if not limit:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            prepared = set(self._prepared.get(index, ()))
+        held = {path.stem for path in self.spool.held_by(str(index))}
+        since = self._held_since.setdefault(index, {})
+        for gone in set(since) - held:
+            del since[gone]
+        for item_id in held - set(since):
+            since[item_id] = now
+        late = [i for i in held - prepared if now - since[i] > limit]
+        return min(late, key=since.__getitem__) if late else None
+
+    def _stop_slow(self, index: int, process: BaseProcess, item_id: str) -> None:
+        """Kill worker ``index``, still on ``item_id`` past the limit: the item is quarantined
+        as ``too-slow`` (run again, it would hold the next worker as long), what else it held
+        goes back to ``incoming/``, and a new worker takes its place."""
+        limit = self.config.pipeline.max_item_s
+        log.error(
+            "worker %d still on item %s after %.0f s (pipeline.max_item_s); stopping it, the "
+            "item goes to quarantine/too-slow",
+            index,
+            item_id,
+            limit,
+        )
+        process.kill()
+        process.join(5)
+        self._held_since.pop(index, None)
+        self._recover_worker(index, process.exitcode, slow=item_id)
+        self._spawn(index)
+
+    def _recover_worker(
+        self, index: int, exitcode: int | None = None, *, slow: str | None = None
+    ) -> None:
         """Give a dead worker's items back to ``incoming/``, counting the death against each;
         not against an item the pool knows had passed its stages and was being written (the
         worker said so) while the stages of another ran, unless the writing itself failed
@@ -819,10 +868,15 @@ class WorkerPool:
         with self._lock:
             prepared = self._prepared.pop(index, set())
         held = self.spool.held_by(str(index))
-        if exitcode == WRITER_FAILED or all(path.stem in prepared for path in held):
+        if slow is not None:
+            prepared = {path.stem for path in held}  # the slow one is to blame, no other
+        elif exitcode == WRITER_FAILED or all(path.stem in prepared for path in held):
             prepared = set()  # the writing failed, or no other item to blame: every item counts
         for path in held:
             item_id = path.stem
+            if item_id == slow:
+                self._too_slow(path)
+                continue
             with self._lock:
                 self._queued.discard(item_id)
                 if item_id in prepared:
@@ -849,6 +903,28 @@ class WorkerPool:
             else:
                 os.replace(path, self.spool.incoming / path.name)
                 self.submit(item_id)
+
+    def _too_slow(self, path: Path) -> None:
+        item_id = path.stem
+        limit = self.config.pipeline.max_item_s
+        with self._lock:
+            self._queued.discard(item_id)
+            self._crashes.pop(item_id, None)
+        self.spool.to_quarantine(
+            path,
+            "too-slow",
+            {"stage": "worker", "message": f"still in the stages after {limit:g} s"},
+        )
+        self.on_outcome(
+            Outcome(
+                item_id,
+                "quarantined",
+                calling_ae_of(item_id),
+                "too-slow",
+                "worker",
+                project=project_of(item_id),
+            )
+        )
 
     def close(self) -> None:
         """Stop restarting workers and taking new work (first thing when the node stops: its

@@ -202,6 +202,16 @@ REASONS: dict[str, Reason] = {
             + ".",
         ),
         Reason(
+            "too-slow",
+            Kind.QUARANTINE,
+            "The instance was still in a worker's stages after pipeline.max_item_s; the worker "
+            "was stopped and restarted (a decoder that never returned, or very many distinct "
+            "frames to clean).",
+            "If it is real data (a long loop), raise pipeline.max_item_s, reload the node, "
+            + _RETRY.format(name="too-slow")
+            + "; otherwise report it with the log lines.",
+        ),
+        Reason(
             "no-project",
             Kind.QUARANTINE,
             "No project of the configuration takes the instance (its project could not be "

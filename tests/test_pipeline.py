@@ -373,3 +373,68 @@ def test_a_full_spool_found_by_the_writer_thread_defers(
     committer.close()
     assert [o.status for o in reported] == ["deferred"]
     assert spool.pending() == [item] and spool.held_by("0") == []
+
+
+def _slow_loop() -> bytes:
+    """An ultrasound loop of 60 distinct 480 x 640 colour frames with text on every frame:
+    seconds of the pixel stage's thorough check per frame on one core."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
+
+    rng = np.random.default_rng(3)
+    base = Image.new("RGB", (640, 480))
+    draw = ImageDraw.Draw(base)
+    for row in range(0, 480, 24):
+        draw.text((8, row), f"SMITH JOHN 1234567 {row}", fill=(255, 255, 255))
+    frames = np.repeat(np.asarray(base)[None], 60, axis=0).copy()
+    frames[:, 100:400, 200:600] = rng.integers(0, 160, (60, 300, 400, 1), dtype=np.uint8)
+    ds = planted_dataset()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality = "US"
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 60, 480, 640
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = frames.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_an_instance_that_holds_a_worker_too_long_is_quarantined_and_the_worker_replaced(
+    tmp_path: Path,
+) -> None:
+    """``pipeline.max_item_s``: a worker still in an instance's stages after the limit (here a
+    real loop the pixel stage takes a minute for; in the field also a decoder that never
+    returns) is killed, the instance quarantined as too-slow (run again it would hold the
+    next worker as long), and a new worker cleans what comes next."""
+    config = Config(
+        spool={"path": str(tmp_path / "spool")}, pipeline={"workers": 1, "max_item_s": 2}
+    )
+    spool = Spool(config.spool.path).create([d.name for d in config.destinations])
+    outcomes: list[Outcome] = []
+    pool = WorkerPool(config, SECRET, spool, outcomes.append)
+    pool.start()
+    try:
+        wait_for(lambda: pool.ready == 1, 90, "the worker to load its pipeline", 0.05)
+        first = pool._workers[0].pid
+        slow = spool.write_incoming(_slow_loop(), "US1")
+        pool.submit(slow)
+        wait_for(lambda: outcomes, 60, "the slow instance's outcome", 0.1)
+        assert [(o.id, o.status, o.reason, o.stage) for o in outcomes] == [
+            (slow, "quarantined", "too-slow", "worker")
+        ]
+        assert (spool.quarantine / "too-slow" / f"{slow}.dcm").exists()
+        assert not spool.held_by("0") and spool.pending() == []
+        wait_for(
+            lambda: pool.ready == 1 and pool._workers[0].pid != first, 90, "a new worker", 0.05
+        )
+        quick = spool.write_incoming(to_bytes(planted_dataset()), "CT1")
+        pool.submit(quick)
+        wait_for(lambda: len(outcomes) == 2, 60, "the next instance's outcome", 0.1)
+        assert (outcomes[1].id, outcomes[1].status) == (quick, "clean")
+    finally:
+        pool.stop(10)
