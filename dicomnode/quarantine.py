@@ -324,7 +324,7 @@ def _iso(when: float | None) -> str | None:
 def _received(item_id: str) -> float | None:
     """The receive time a spool id starts with (nanoseconds), if it does."""
     head = item_id.split("_", 1)[0]
-    return int(head) / 1e9 if head.isdigit() and len(head) >= 19 else None
+    return int(head) / 1e9 if head.isdecimal() and len(head) >= 19 else None
 
 
 def _load(path: Path, folder_reason: str) -> Quarantined | None:

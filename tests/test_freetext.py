@@ -276,3 +276,20 @@ def test_word_files_expand_suffixes(tmp_path: Path) -> None:
     path = tmp_path / "words.txt"
     path.write_text("# comment\nscan -ned -s  # forms\nct mr\n", encoding="utf-8")
     assert read_words(path) == ["scan", "scanned", "scans", "ct", "mr"]
+
+
+@pytest.mark.parametrize("digit", ["²", "³", "¹", "⁴", "①", "٣"])
+def test_digits_int_cannot_read_are_text_not_a_crash(cleaner: TextCleaner, digit: str) -> None:
+    """``str.isdigit`` is true of superscripts and circled numbers, which ``int`` cannot read:
+    a birth date with one (a byte of a date changed in transit, found by the mutation
+    campaign through the node) made the cleaner raise, and every instance of it was
+    quarantined as scrub-failed. Such a date is not a date; the text around it is cleaned as
+    any other."""
+    who = Identity()
+    who.add(Kind.NAME, "Quartermaine^Zebulon")
+    who.add(Kind.DATE, f"2{digit}000101")
+    who.add(Kind.DATE, "19550817")
+    text = f"Zebulon seen 17.08.1955, lesion 2{digit}{digit} mm, dose 1{digit} mGy {digit}{digit}{digit}{digit}"
+    cleaned = cleaner.clean(text, who)
+    assert "Zebulon" not in cleaned and "1955" not in cleaned
+    assert "[DATE]" in cleaned and "lesion" in cleaned

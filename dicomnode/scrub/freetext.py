@@ -440,7 +440,7 @@ class _Matcher:
         dates: set[tuple[int, int, int]] = set()
         for value in values.get(Kind.DATE, ()):
             digits = value.strip()[:8]
-            if len(digits) == 8 and digits.isdigit():
+            if len(digits) == 8 and digits.isdecimal():  # int() reads these; not '²'
                 ymd = (int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
                 if _valid_date(*ymd):
                     dates.add(ymd)
@@ -552,7 +552,7 @@ class _Matcher:
         atoms: list[tuple[_Token, int | None, int]] = []  # token, month if a name, number
         for token in tokens:
             low = token.low
-            if low.isdigit():
+            if low.isdecimal():  # int() reads these; '²' is a digit it cannot read
                 if len(low) in (6, 8) and self._compact(low):
                     spans.append((token.start, token.end, Kind.DATE))
                 elif len(low) <= 4:

@@ -81,7 +81,7 @@ def _format_tm(seconds: int, parts: int, fraction: str) -> str:
 
 def _parse_da(value: str) -> dt.date:
     text = value.strip()
-    if len(text) != 8 or not text.isdigit():
+    if len(text) != 8 or not text.isdecimal():
         raise ValueError("not a DA value")
     return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
 

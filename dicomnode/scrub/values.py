@@ -116,7 +116,7 @@ def shift_date(value: str, days: int) -> str:
     if "-" in value:
         return "-".join(shift_date(part, days) if part else "" for part in value.split("-"))
     text = value.strip()
-    if len(text) != 8 or not text.isdigit():
+    if len(text) != 8 or not text.isdecimal():
         raise ValueError("not a DA value")
     shifted = dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])) + dt.timedelta(days=days)
     return f"{shifted.year:04d}{shifted.month:02d}{shifted.day:02d}"
