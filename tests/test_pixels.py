@@ -576,3 +576,26 @@ def test_remembering_answers_the_same_pixels_only(detector: RapidOCRDetector) ->
     looks.forget()
     looks.detect(picture)
     assert counting.looked == 3
+
+
+@pytest.mark.parametrize("odd", [False, True])
+def test_native_pixel_data_after_the_image_is_removed(stage: PixelStage, odd: bool) -> None:
+    """Bytes after the image (and its pad byte) belong to no frame and no check looks at
+    them: a name and an ID there went out with a frame left unchanged (found by the mutation
+    campaign through the node). They are dropped; the image stays byte for byte."""
+    if odd:
+        frame = np.full((5, 7), 40, np.uint8)  # 35 bytes: one pad byte to an even length
+        ds = through_bytes(make_ds(frame, "MONOCHROME2", modality="CT"))
+    else:
+        ds = read_instance(PYDICOM_FILES / "CT_small.dcm")
+    image = bytes(ds.PixelData)
+    needed = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+    ds.PixelData = image[:needed] + (b"\x07" if odd else b"") + b"Vandersloot^Hidden MRN8837461 "
+    report = stage.clean(ds, header(ds))
+    assert report["frames_changed"] == 0
+    assert report["bytes_after_image_removed"] == 30  # the pad byte is kept, as a zero
+    out = read_instance(encode_instance(ds)).PixelData
+    assert out == image[:needed] + (b"\x00" if odd else b"")
+    assert "bytes after the image removed" in str(ds.DeidentificationMethod)
+    ds.PixelData = image  # the image and its pad only: nothing to remove
+    assert stage.clean(ds, header(ds))["bytes_after_image_removed"] == 0

@@ -263,10 +263,8 @@ def _check_pixel_data(ds: Dataset, shape: Geometry, syntax: UID) -> None:
     both without decoding.
     """
     data = ds.PixelData or b""
-    if syntax in UNCOMPRESSED or (syntax.is_transfer_syntax and not syntax.is_encapsulated):
-        needed = shape.stored_bytes
-        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
-            needed = needed * 2 // 3  # two chroma samples per pixel pair (PS3.3 C.7.6.3.1.2)
+    if _native(syntax):
+        needed = _native_bytes(ds, shape)
         if len(data) < needed:
             raise PixelDecodeError(
                 f"the Pixel Data holds {len(data)} bytes and the header ({shape.describe()}) "
@@ -304,6 +302,33 @@ def _check_pixel_data(ds: Dataset, shape: Geometry, syntax: UID) -> None:
             f"the header declares {shape.frames} frame(s) and the Pixel Data holds {count}; "
             "the instance is truncated or its header is wrong"
         )
+
+
+def _native(syntax: UID) -> bool:
+    return syntax in UNCOMPRESSED or (syntax.is_transfer_syntax and not syntax.is_encapsulated)
+
+
+def _native_bytes(ds: Dataset, shape: Geometry) -> int:
+    """Bytes of native Pixel Data the header declares (without the pad to an even length)."""
+    needed = shape.stored_bytes
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        needed = needed * 2 // 3  # two chroma samples per pixel pair (PS3.3 C.7.6.3.1.2)
+    return needed
+
+
+def _trim(ds: Dataset, needed: int) -> int:
+    """Drop native Pixel Data bytes after the image and its pad byte; how many were dropped.
+
+    They belong to no frame, no viewer shows them and no check of the pixel stage looks at
+    them, so they can hold anything (a report, a name; found by the mutation campaign through
+    the node: a planted name and study ID passed in a frame left unchanged). The image
+    itself is kept byte for byte."""
+    data = ds.PixelData or b""
+    keep = needed + needed % 2
+    if len(data) <= keep:
+        return 0
+    ds.PixelData = bytes(data[:needed]) + b"\x00" * (needed % 2)
+    return len(data) - keep
 
 
 def _head(fragments: tuple[bytes, ...]) -> bytes:
@@ -371,6 +396,8 @@ class FrameSource:
         self.geometry = geometry(ds)
         _check_budget(self.geometry, limits or PixelLimits())
         _check_pixel_data(ds, self.geometry, self.syntax)
+        #: Native Pixel Data bytes after the image, dropped (``_trim``).
+        self.trimmed = _trim(ds, _native_bytes(ds, self.geometry)) if _native(self.syntax) else 0
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
         self.source_photometric = photometric
         self.lossy = self.syntax not in UNCOMPRESSED and not _is_lossless(self.syntax)

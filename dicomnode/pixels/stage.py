@@ -265,6 +265,8 @@ class PixelStage:
         if writer is not None:
             what = writer.finish()
             _mark_derived(ds)
+        elif source.trimmed:
+            what = f"unchanged; {source.trimmed} bytes after the image removed"
         if evidence.remains:
             # Every frame is cleaned and written: the data set is the cleaned copy, which
             # goes to quarantine beside the original, never onward. It says what it is.
@@ -282,6 +284,7 @@ class PixelStage:
             "boxes": boxes,
             "boxes_by_kind": evidence.counts(),
             "pixel_data": what,
+            "bytes_after_image_removed": source.trimmed,
             "seconds": seconds,
         }
 
