@@ -120,6 +120,24 @@ def test_damaged_compressed_frames_are_refused_or_cleaned(tmp_path: Path) -> Non
     assert counts.get("cleaned", 0) > 30, counts
 
 
+@pytest.mark.parametrize(("seed", "count", "vendor"), [(4, 150, False), (101, 300, True)])
+def test_mutants_sent_to_a_node_are_finished_or_refused_and_the_node_serves_on(
+    tmp_path: Path, seed: int, count: int, vendor: bool
+) -> None:
+    """The same mutants over C-STORE to a node whose projects match on the header, so the
+    listener reads each one's header before it acknowledges: every acknowledged one has an
+    outcome, the node answers C-ECHO after each, no traceback, no planted string in a clean
+    copy. Seed 101 of real scanners' files holds a birth date with a superscript digit ('2³'):
+    the free-text cleaner raised on it and the instance went to scrub-failed with no reason of
+    its own (tests/test_freetext.py)."""
+    result = _tool().node_campaign(seed=seed, count=count, out=tmp_path, vendor=vendor)
+    assert result["findings"] == [], result["findings"]
+    counts = result["counts"]
+    assert counts.get("acknowledged", 0) > 40, counts
+    assert counts.get("clean copies read", 0) > 30, counts
+    assert counts.get("audit: quarantined", 0) > 5, counts
+
+
 def test_a_hang_inside_the_pixel_stage_is_reported_as_a_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
