@@ -581,8 +581,9 @@ def test_remembering_answers_the_same_pixels_only(detector: RapidOCRDetector) ->
 @pytest.mark.parametrize("odd", [False, True])
 def test_native_pixel_data_after_the_image_is_removed(stage: PixelStage, odd: bool) -> None:
     """Bytes after the image (and its pad byte) belong to no frame and no check looks at
-    them: a name and an ID there went out with a frame left unchanged (found by the mutation
-    campaign through the node). They are dropped; the image stays byte for byte."""
+    them: a name and an ID there went out with a frame left unchanged (seen while triaging
+    the mutation campaign through the node). They are dropped; the image stays byte for
+    byte."""
     if odd:
         frame = np.full((5, 7), 40, np.uint8)  # 35 bytes: one pad byte to an even length
         ds = through_bytes(make_ds(frame, "MONOCHROME2", modality="CT"))

@@ -320,9 +320,10 @@ def _trim(ds: Dataset, needed: int) -> int:
     """Drop native Pixel Data bytes after the image and its pad byte; how many were dropped.
 
     They belong to no frame, no viewer shows them and no check of the pixel stage looks at
-    them, so they can hold anything (a report, a name; found by the mutation campaign through
-    the node: a planted name and study ID passed in a frame left unchanged). The image
-    itself is kept byte for byte."""
+    them, so they can hold anything (a name and an ID appended after a CT slice went out with
+    the slice, which was left unchanged; seen while triaging the campaign through the node).
+    The image itself is kept byte for byte. (Encapsulated data has its own such places, bytes
+    after a frame's end of image or fragments after the last frame: not handled yet.)"""
     data = ds.PixelData or b""
     keep = needed + needed % 2
     if len(data) <= keep:
