@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import random
 import signal
@@ -509,6 +510,24 @@ def _outside_the_image(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _settled(audit: Path, acknowledged: int) -> bool:
+    """Every acknowledged instance has an outcome in the audit trail, every clean one its
+    delivery."""
+    import json
+
+    if not audit.exists():
+        return acknowledged == 0
+    events: collections.Counter[str] = collections.Counter()
+    for line in audit.read_text().splitlines():
+        with contextlib.suppress(ValueError):  # a line being written
+            events[json.loads(line)["event"]] += 1
+    finished = events["cleaned"] + events["quarantined"] + events["dropped"]
+    return (
+        finished == acknowledged
+        and events["delivered"] + events["dead-lettered"] >= events["cleaned"]
+    )
+
+
 def node_campaign(seed: int, count: int, out: Path, vendor: bool = False) -> dict[str, Any]:
     """Send ``count`` mutants to a node over C-STORE (the listener's path: the received
     file, its file meta, the SOP class check, the header read to match projects) and clean
@@ -577,7 +596,15 @@ def node_campaign(seed: int, count: int, out: Path, vendor: bool = False) -> dic
                 counts["acknowledged"] += 1
             else:
                 counts[f"refused by the listener: {code}"] += 1
-            wait_for(node.idle, 60, "the node to clean the mutant", 0.02)
+            # Done when the audit trail has every acknowledged instance's outcome and every
+            # clean one's delivery (the spool alone is empty a moment before the folder
+            # destination has the file; on a busy machine the next mutant overwrote it).
+            wait_for(
+                lambda: _settled(node.audit, counts["acknowledged"]),
+                60,
+                "the node to clean and deliver the mutant",
+                0.02,
+            )
             for clean in (out / "clean").rglob("*.dcm") if (out / "clean").exists() else ():
                 leaked = sorted(set(leaks(readable(_outside_the_image(clean.read_bytes())))))
                 clean.unlink()
