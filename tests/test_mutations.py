@@ -16,6 +16,8 @@ from dicomnode.batch import build_stages, clean_file
 from tests.conftest import SECRET, load_tool
 from tests.phi import leaks
 
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
 
 def _tool() -> ModuleType:
     return load_tool("mutate_instances")
@@ -129,8 +131,20 @@ def test_mutants_sent_to_a_node_are_finished_or_refused_and_the_node_serves_on(
     outcome, the node answers C-ECHO after each, no traceback, no planted string in a clean
     copy. Seed 101 of real scanners' files holds a birth date with a superscript digit ('2³'):
     the free-text cleaner raised on it and the instance went to scrub-failed with no reason of
-    its own (tests/test_freetext.py)."""
-    result = _tool().node_campaign(seed=seed, count=count, out=tmp_path, vendor=vendor)
+    its own (tests/test_freetext.py).
+
+    In a process of its own: pynetdicom as this process has it after other tests (dicomnode's
+    modules set up its C-STORE encoding) sent other mutants, fewer of them readable."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(TOOLS / "mutate_instances.py"), "--node", "--json"]
+    command += ["--seed", str(seed), "--count", str(count), "--out", str(tmp_path)]
+    run = subprocess.run(
+        command + (["--vendor"] if vendor else []), capture_output=True, text=True, timeout=280
+    )
+    result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["findings"] == [], result["findings"]
     counts = result["counts"]
     assert counts.get("acknowledged", 0) > 40, counts

@@ -666,6 +666,7 @@ def main() -> int:
     parser.add_argument(
         "--node", action="store_true", help="send the mutants to a node over C-STORE instead"
     )
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = parser.parse_args()
     options = args.options.split(",") if args.options is not None else None
     if args.node:
@@ -681,9 +682,14 @@ def main() -> int:
             args.vendor,
             args.pixels,
         )
-    print(f"seed {result['seed']}: {result['counts']}")
-    for finding in result["findings"]:
-        print(finding)
+    if args.json:
+        import json
+
+        print(json.dumps(result))
+    else:
+        print(f"seed {result['seed']}: {result['counts']}")
+        for finding in result["findings"]:
+            print(finding)
     bad = [f for f in result["findings"] if f["kind"] != "leak"]
     return 1 if bad else 0
 
