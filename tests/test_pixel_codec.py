@@ -10,6 +10,7 @@ import re
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -219,3 +220,108 @@ def test_an_rle_frame_that_makes_the_decoder_panic_is_refused(tmp_path: Path) ->
     outcome = clean_file(build_stages(Config(), SECRET), path, tmp_path / "out")
     assert outcome.reason == "pixel-decode-failed", outcome.message
     assert outcome.output is None
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _with_frame(name: str, change: Any) -> Dataset:
+    """pydicom's file ``name`` with its one frame's codestream changed by ``change``."""
+    from pydicom.encaps import encapsulate
+
+    from dicomnode.dicomio import encode_instance, read_instance
+
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([change(frame)])
+    return read_instance(encode_instance(ds))
+
+
+NAME = b"Vandersloot^Henrietta 8837461"
+
+
+def _jpeg_with_extras(frame: bytes) -> bytes:
+    exif = b"Exif\x00\x00" + NAME
+    return frame[:2] + _segment(0xE1, exif) + _segment(0xFE, NAME) + frame[2:] + NAME
+
+
+def _j2k_with_extras(frame: bytes) -> bytes:
+    siz_end = 4 + int.from_bytes(frame[4:6], "big")  # SOC, SIZ marker, then its length
+    return frame[:siz_end] + _segment(0x64, b"\x00\x01" + NAME) + frame[siz_end:] + NAME
+
+
+def _j2k_with_a_tile_part_comment(frame: bytes) -> bytes:
+    sot = frame.index(b"\xff\x90")
+    comment = _segment(0x64, b"\x00\x01" + NAME)
+    psot = int.from_bytes(frame[sot + 6 : sot + 10], "big")
+    head = frame[: sot + 6] + (psot + len(comment) if psot else 0).to_bytes(4, "big")
+    return head + frame[sot + 10 : sot + 12] + comment + frame[sot + 12 :]
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "removed"),
+    [
+        ("SC_rgb_jpeg_dcmtk.dcm", _jpeg_with_extras, "a comment"),
+        ("MR_small_jpeg_ls_lossless.dcm", _jpeg_with_extras, "an APP1 segment"),
+        ("MR_small_jp2klossless.dcm", _j2k_with_extras, "a comment"),
+        ("MR_small_jp2klossless.dcm", _j2k_with_a_tile_part_comment, "re-encoded"),
+    ],
+    ids=["jpeg", "jpeg-ls", "j2k", "j2k-tile-part"],
+)
+def test_what_a_codestream_holds_besides_the_image_is_removed(
+    name: str, change: Any, removed: str
+) -> None:
+    """A decoder skips application segments (EXIF with its dates and GPS place, XMP),
+    comments and bytes after the end of a frame, and so did every check: a frame left
+    unchanged went out with a name in them. They are cut out, the codestream kept byte for
+    byte otherwise (the same pixels, nothing compressed again); what cannot be cut out by
+    itself (a comment inside a JPEG 2000 tile-part) makes the frame written anew."""
+    from dicomnode.config import PixelConfig
+    from dicomnode.dicomio import encode_instance, read_instance
+    from dicomnode.pipeline import header_snapshot
+    from dicomnode.pixels import PixelStage
+
+    ds = _with_frame(name, change)
+    assert NAME in bytes(ds.PixelData)
+    pixels = ds.pixel_array.copy()
+    stage = PixelStage(PixelConfig())
+    report = stage.clean(ds, header_snapshot(ds, stage.policy.fields))
+    assert report["frames_changed"] == 0
+    assert any(removed in what for what in report["removed_from_codestreams"]), report
+    out = read_instance(encode_instance(ds))
+    assert NAME not in encode_instance(out)
+    assert np.array_equal(out.pixel_array, pixels)
+    if removed != "re-encoded":  # cut out: the rest of the codestream as it was
+        assert out.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert len(out.PixelData) < len(_with_frame(name, change).PixelData)
+
+
+def test_codestreams_of_real_files_walk_to_their_end() -> None:
+    """Every JPEG, JPEG-LS and JPEG 2000 file pydicom ships walks to its end: nothing of them
+    is mistaken for more than image but their comments and application segments."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    from dicomnode.pixels import streams
+
+    walked = 0
+    for path in sorted(PYDICOM_FILES.glob("*.dcm")):
+        ds = pydicom.dcmread(path, force=True)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is None or not syntax.is_encapsulated or "PixelData" not in ds:
+            continue
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if syntax in codec._JPEG_FAMILY:
+            strip = streams.jpeg_image_only
+        elif syntax in codec._J2K_FAMILY:
+            strip = streams.j2k_image_only  # type: ignore[assignment]
+        else:
+            continue
+        for fragments in generate_fragmented_frames(ds.PixelData, number_of_frames=frames):
+            _frame, removed = strip(b"".join(fragments))
+            assert all(
+                what in ("a comment", "a JP2 file wrapper") or what.startswith("an APP")
+                for what in removed
+            ), (path.name, removed)
+            walked += 1
+    assert walked > 30

@@ -31,11 +31,12 @@ value (G.2 note 2: free unless the IOD constrains it, as US does for YBR_FULL).
 
 from __future__ import annotations
 
+import collections
 import io
 import itertools
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -322,14 +323,61 @@ def _trim(ds: Dataset, needed: int) -> int:
     They belong to no frame, no viewer shows them and no check of the pixel stage looks at
     them, so they can hold anything (a name and an ID appended after a CT slice went out with
     the slice, which was left unchanged; seen while triaging the campaign through the node).
-    The image itself is kept byte for byte. (Encapsulated data has its own such places, bytes
-    after a frame's end of image or fragments after the last frame: not handled yet.)"""
+    The image itself is kept byte for byte. (Encapsulated data's like places:
+    :func:`image_only`.)"""
     data = ds.PixelData or b""
     keep = needed + needed % 2
     if len(data) <= keep:
         return 0
     ds.PixelData = bytes(data[:needed]) + b"\x00" * (needed % 2)
     return len(data) - keep
+
+
+def image_only(ds: Dataset, source: FrameSource) -> list[str] | None:
+    """Encapsulated Pixel Data rebuilt from each frame's codestream alone
+    (``streams.jpeg_image_only``, ``streams.j2k_image_only``) when a frame carries more:
+    application segments, comments, bytes after its end, data after the last frame. Returns
+    what was removed ([] when nothing was: ``ds`` untouched), or None when it cannot be cut
+    out by itself (the caller re-encodes the frames). The codestreams are kept byte for
+    byte: nothing is decoded or compressed again. Native and RLE data: [] (RLE segments are
+    not walked yet)."""
+    syntax = source.syntax
+    if syntax in _JPEG_FAMILY:
+        strip: Callable[[bytes], tuple[bytes | None, list[str]]] = streams.jpeg_image_only
+    elif syntax in _J2K_FAMILY:
+        strip = streams.j2k_image_only
+    else:
+        return []
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    frames: list[bytes] = []
+    removed: list[str] = []
+    try:
+        found = generate_fragmented_frames(
+            ds.PixelData, number_of_frames=len(source), extended_offsets=extended
+        )
+        for index, fragments in enumerate(found):
+            if index >= len(source):
+                removed.append("data after the last frame")
+                break
+            frame, what = strip(b"".join(fragments))
+            if frame is None:
+                return None
+            frames.append(frame)
+            removed += what
+    except (ValueError, IndexError, KeyError, EOFError, struct.error):
+        return None  # not walked to its end (streams.StreamError is a ValueError)
+    if not removed:
+        return []
+    if extended is not None:
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+            frames
+        )
+    else:
+        ds.PixelData = encapsulate(frames, has_bot=len(frames) > 1)
+    counted = collections.Counter(removed)
+    return [what if n == 1 else f"{what} (x{n})" for what, n in sorted(counted.items())]
 
 
 def _head(fragments: tuple[bytes, ...]) -> bytes:

@@ -262,11 +262,21 @@ class PixelStage:
             else:
                 writer.repeat(seen.slot)
         what = "unchanged"
-        if writer is not None:
+        removed: list[str] | None = []
+        if writer is None:
+            # Frames kept as received keep their codestreams only: what a decoder skips
+            # (comments, EXIF, bytes after the end) no check here looked at.
+            removed = codec.image_only(ds, source)
+            if removed is None:  # not to be cut out by itself: the frames written anew
+                writer = self._writer(ds, source, len(source))
+                what = f"{writer.finish()}, for what its codestreams held besides the image"
+            elif removed:
+                what = f"unchanged; {', '.join(removed)} removed"
+            elif source.trimmed:
+                what = f"unchanged; {source.trimmed} bytes after the image removed"
+        else:
             what = writer.finish()
             _mark_derived(ds)
-        elif source.trimmed:
-            what = f"unchanged; {source.trimmed} bytes after the image removed"
         if evidence.remains:
             # Every frame is cleaned and written: the data set is the cleaned copy, which
             # goes to quarantine beside the original, never onward. It says what it is.
@@ -285,6 +295,7 @@ class PixelStage:
             "boxes_by_kind": evidence.counts(),
             "pixel_data": what,
             "bytes_after_image_removed": source.trimmed,
+            "removed_from_codestreams": removed if removed is not None else ["re-encoded"],
             "seconds": seconds,
         }
 

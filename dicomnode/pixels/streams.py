@@ -15,7 +15,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["Declared", "StreamError", "declared_j2k", "declared_jpeg", "rle_segments"]
+__all__ = [
+    "Declared",
+    "StreamError",
+    "declared_j2k",
+    "declared_jpeg",
+    "j2k_image_only",
+    "jpeg_image_only",
+    "rle_segments",
+]
 
 # SOF markers of T.81 (C4 DHT, C8 JPG and CC DAC are not frame headers) and JPEG-LS SOF55.
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
@@ -160,3 +168,176 @@ def rle_segments(stream: bytes | memoryview) -> int:
     if not 1 <= count <= 15:
         raise StreamError(f"the RLE header declares {count} segments; PS3.5 G.4 allows 1 to 15")
     return count
+
+
+# -- what a codestream carries besides the image -------------------------------------------
+
+_APP = range(0xE0, 0xF0)
+_COM = 0xFE
+_EOI = 0xD9
+_SOS = 0xDA
+
+
+def jpeg_image_only(stream: bytes | memoryview) -> tuple[bytes, list[str]]:
+    """A JPEG (T.81) or JPEG-LS (T.87) frame without what is not image, and what that was:
+    application segments (EXIF, with its dates, camera and GPS place; XMP; IPTC captions; a
+    JFIF thumbnail, a second picture nobody looks at), comments, bytes after the end of image.
+    Kept: a JFIF APP0 with no thumbnail, Adobe's APP14 and JPEG-LS's "mrfx" APP8 (they say
+    how the colours were transformed). A decoder skips the rest, and so did the pixel stage: a
+    frame it left unchanged went out with them (a name in a comment). Nothing that decodes
+    moves: the segments dropped are self-contained, and no JPEG segment points at another.
+
+    Walks the segments by their lengths and each scan's entropy-coded data to the marker
+    that ends it (T.81 B.1.1.5: 0xFF00 and RSTn inside a scan; T.87 A.1: in JPEG-LS a 0xFF
+    is followed by a bit of 0, so a byte under 0x80). Raises :class:`StreamError` on a stream
+    that cannot be walked.
+    """
+    data = bytes(stream)
+    if data[:2] != b"\xff\xd8":
+        raise StreamError("the frame does not start with a JPEG SOI marker")
+    removed: list[str] = []
+    kept = [data[:2]]
+    position, end, lossless_ls = 2, len(data), False
+    while True:
+        if position >= end or data[position] != 0xFF:
+            raise StreamError(f"no JPEG marker where one is expected (byte {position})")
+        start = position
+        while position < end and data[position] == 0xFF:
+            position += 1
+        if position >= end:
+            raise StreamError("the JPEG stream ends without an EOI marker")
+        marker = data[position]
+        position += 1
+        if marker == _EOI:
+            kept.append(b"\xff\xd9")
+            if end - position > 1:  # one byte: the pad to an even length (PS3.5 A.4)
+                removed.append(f"{end - position} bytes after the end of image")
+            return b"".join(kept), removed
+        if marker in _STANDALONE:
+            kept.append(data[start:position])
+            continue
+        if position + 2 > end:
+            raise StreamError("a JPEG marker segment runs past the end of the frame")
+        length = int.from_bytes(data[position : position + 2], "big")
+        if length < 2 or position + length > end:
+            raise StreamError("a JPEG marker segment runs past the end of the frame")
+        body = data[position + 2 : position + length]
+        position += length
+        if marker == _SOF55:
+            lossless_ls = True
+        if marker == _COM:
+            removed.append("a comment")
+            continue
+        if marker in _APP and not _image_app(marker, body):
+            removed.append(f"an APP{marker - 0xE0} segment")
+            continue
+        if marker == _SOS:
+            position = _scan_end(data, position, lossless_ls)
+        kept.append(data[start:position])
+
+
+def _image_app(marker: int, body: bytes) -> bool:
+    """An application segment that says how to decode the image, and nothing else (each is a
+    few fixed bytes: no room for more)."""
+    if marker == 0xE0 and body[:5] == b"JFIF\x00":
+        return len(body) == 14 and body[12] == 0 and body[13] == 0  # no thumbnail
+    if marker == 0xEE and body[:5] == b"Adobe":
+        return len(body) <= 12  # version, flags, colour transform
+    return marker == 0xE8 and body[:4] == b"mrfx" and len(body) == 5  # JPEG-LS colour transform
+
+
+def _scan_end(data: bytes, position: int, lossless_ls: bool) -> int:
+    """The offset of the marker that ends the entropy-coded data starting at ``position``."""
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= len(data):
+            raise StreamError("a JPEG scan runs to the end of the frame without EOI")
+        after = data[position + 1]
+        if lossless_ls:
+            if after < 0x80:  # a stuffed bit, not a marker
+                position += 2
+                continue
+        elif after == 0x00 or 0xD0 <= after <= 0xD7:  # stuffing, or a restart marker
+            position += 2
+            continue
+        if after == 0xFF:  # fill bytes before a marker
+            position += 1
+            continue
+        return position
+
+
+def j2k_image_only(stream: bytes | memoryview) -> tuple[bytes | None, list[str]]:
+    """A JPEG 2000 frame without what is not image, and what that was: comment segments
+    (COM) of the main header, bytes after the end of codestream. None instead of the frame
+    when what is there cannot be cut out by itself: a JP2 file's boxes around the codestream
+    (XML, UUID; its colour box may matter to a decoder) or a comment in a tile-part header
+    (cutting it would change the tile-part's length and any TLM index): the caller
+    re-encodes the image instead. Main-header segments are self-contained; tile-parts are
+    found by their own lengths (Psot, T.800 A.4.2), which do not change.
+
+    Raises :class:`StreamError` on a stream that cannot be walked.
+    """
+    data = bytes(stream)
+    removed: list[str] = []
+    start = _codestream_start(memoryview(data))
+    whole = True
+    if start:
+        removed.append("a JP2 file wrapper")
+        whole = False
+    if data[start : start + 2] != b"\xff\x4f":
+        raise StreamError("the frame does not start with a JPEG 2000 SOC marker")
+    kept = [data[start : start + 2]]
+    position, end = start + 2, len(data)
+    while True:
+        if position + 2 > end or data[position] != 0xFF:
+            raise StreamError(f"no JPEG 2000 marker where one is expected (byte {position})")
+        marker = data[position + 1]
+        if marker == 0xD9:  # EOC
+            kept.append(b"\xff\xd9")
+            if end - position - 2 > 1:
+                removed.append(f"{end - position - 2} bytes after the end of the codestream")
+            return (b"".join(kept) if whole else None), removed
+        if position + 4 > end:
+            raise StreamError("a JPEG 2000 marker segment runs past the end of the frame")
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0x90:  # SOT: the tile-part's header, then its data, Psot bytes in all
+            if length != 10 or position + 12 > end:
+                raise StreamError("a JPEG 2000 SOT segment is malformed")
+            psot = int.from_bytes(data[position + 6 : position + 10], "big")
+            if psot == 0:  # the last tile-part: it runs to the EOC that ends the frame
+                tile_end = data.rfind(b"\xff\xd9", max(position, end - 3))
+                if tile_end < 0:
+                    raise StreamError("the last JPEG 2000 tile-part has no EOC after it")
+            else:
+                tile_end = position + psot
+            if tile_end > end or (psot and psot < 14):
+                raise StreamError("a JPEG 2000 tile-part runs past the end of the frame")
+            comments = _tile_header_comments(data, position + 12, tile_end)
+            if comments:
+                removed += comments
+                whole = False
+            kept.append(data[position:tile_end])
+            position = tile_end
+            continue
+        if length < 2 or position + 2 + length > end:
+            raise StreamError("a JPEG 2000 marker segment runs past the end of the frame")
+        if marker == 0x64:
+            removed.append("a comment")
+        else:
+            kept.append(data[position : position + 2 + length])
+        position += 2 + length
+
+
+def _tile_header_comments(data: bytes, position: int, end: int) -> list[str]:
+    """COM segments of a tile-part header (from after SOT to SOD)."""
+    found = []
+    while position + 2 <= end and data[position] == 0xFF and data[position + 1] != 0x93:
+        if position + 4 > end:
+            break
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if data[position + 1] == 0x64:
+            found.append("a comment")
+        if length < 2:
+            break
+        position += 2 + length
+    return found
