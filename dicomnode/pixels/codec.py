@@ -333,7 +333,7 @@ def _trim(ds: Dataset, needed: int) -> int:
     return len(data) - keep
 
 
-def image_only(ds: Dataset, source: FrameSource) -> list[str] | None:
+def image_only(ds: Dataset, frames: int) -> list[str] | None:
     """Encapsulated Pixel Data rebuilt from each frame's codestream alone
     (``streams.jpeg_image_only``, ``streams.j2k_image_only``) when a frame carries more:
     application segments, comments, bytes after its end, data after the last frame. Returns
@@ -341,7 +341,7 @@ def image_only(ds: Dataset, source: FrameSource) -> list[str] | None:
     out by itself (the caller re-encodes the frames). The codestreams are kept byte for
     byte: nothing is decoded or compressed again. Native and RLE data: [] (RLE segments are
     not walked yet)."""
-    syntax = source.syntax
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax in _JPEG_FAMILY:
         strip: Callable[[bytes], tuple[bytes | None, list[str]]] = streams.jpeg_image_only
     elif syntax in _J2K_FAMILY:
@@ -351,20 +351,20 @@ def image_only(ds: Dataset, source: FrameSource) -> list[str] | None:
     extended = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-    frames: list[bytes] = []
+    kept: list[bytes] = []
     removed: list[str] = []
     try:
         found = generate_fragmented_frames(
-            ds.PixelData, number_of_frames=len(source), extended_offsets=extended
+            ds.PixelData, number_of_frames=frames, extended_offsets=extended
         )
         for index, fragments in enumerate(found):
-            if index >= len(source):
+            if index >= frames:
                 removed.append("data after the last frame")
                 break
             frame, what = strip(b"".join(fragments))
             if frame is None:
                 return None
-            frames.append(frame)
+            kept.append(frame)
             removed += what
     except (ValueError, IndexError, KeyError, EOFError, struct.error):
         return None  # not walked to its end (streams.StreamError is a ValueError)
@@ -372,10 +372,10 @@ def image_only(ds: Dataset, source: FrameSource) -> list[str] | None:
         return []
     if extended is not None:
         ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
-            frames
+            kept
         )
     else:
-        ds.PixelData = encapsulate(frames, has_bot=len(frames) > 1)
+        ds.PixelData = encapsulate(kept, has_bot=len(kept) > 1)
     counted = collections.Counter(removed)
     return [what if n == 1 else f"{what} (x{n})" for what, n in sorted(counted.items())]
 

@@ -266,16 +266,18 @@ class PixelStage:
         if writer is None:
             # Frames kept as received keep their codestreams only: what a decoder skips
             # (comments, EXIF, bytes after the end) no check here looked at.
-            removed = codec.image_only(ds, source)
+            removed = codec.image_only(ds, len(source))
             if removed is None:  # not to be cut out by itself: the frames written anew
                 writer = self._writer(ds, source, len(source))
                 what = f"{writer.finish()}, for what its codestreams held besides the image"
+                codec.image_only(ds, len(source))  # the encoder's own comment
             elif removed:
                 what = f"unchanged; {', '.join(removed)} removed"
             elif source.trimmed:
                 what = f"unchanged; {source.trimmed} bytes after the image removed"
         else:
             what = writer.finish()
+            codec.image_only(ds, len(source))  # the encoder's own comment (OpenJPEG's)
             _mark_derived(ds)
         if evidence.remains:
             # Every frame is cleaned and written: the data set is the cleaned copy, which
