@@ -12,6 +12,7 @@ References: ITU-T T.81 B.2 (JPEG markers and the frame header), ITU-T T.87 / ISO
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -246,24 +247,20 @@ def _image_app(marker: int, body: bytes) -> bool:
     return marker == 0xE8 and body[:4] == b"mrfx" and len(body) == 5  # JPEG-LS colour transform
 
 
+# The marker that ends a scan's entropy-coded data: an 0xFF followed by neither a stuffed 0x00
+# nor a restart marker (T.81 B.1.1.5; fill bytes 0xFF are skipped by the caller), or, in
+# JPEG-LS, by a byte with its high bit set (T.87 A.1). Searched for by the regular expression
+# engine: a scan made of 0xFF00 pairs costs a pass over it, not a Python step per pair.
+_SCAN_END = re.compile(rb"\xff(?=[\x01-\xcf\xd8-\xfe])")
+_SCAN_END_LS = re.compile(rb"\xff(?=[\x80-\xfe])")
+
+
 def _scan_end(data: bytes, position: int, lossless_ls: bool) -> int:
     """The offset of the marker that ends the entropy-coded data starting at ``position``."""
-    while True:
-        position = data.find(b"\xff", position)
-        if position < 0 or position + 1 >= len(data):
-            raise StreamError("a JPEG scan runs to the end of the frame without EOI")
-        after = data[position + 1]
-        if lossless_ls:
-            if after < 0x80:  # a stuffed bit, not a marker
-                position += 2
-                continue
-        elif after == 0x00 or 0xD0 <= after <= 0xD7:  # stuffing, or a restart marker
-            position += 2
-            continue
-        if after == 0xFF:  # fill bytes before a marker
-            position += 1
-            continue
-        return position
+    found = (_SCAN_END_LS if lossless_ls else _SCAN_END).search(data, position)
+    if found is None:
+        raise StreamError("a JPEG scan runs to the end of the frame without EOI")
+    return found.start()
 
 
 def j2k_image_only(stream: bytes | memoryview) -> tuple[bytes | None, list[str]]:
