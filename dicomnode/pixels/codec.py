@@ -380,6 +380,22 @@ def image_only(ds: Dataset, frames: int) -> list[str] | None:
     return [what if n == 1 else f"{what} (x{n})" for what, n in sorted(counted.items())]
 
 
+def _own_codestream(piece: bytes, syntax: UID | None) -> bytes:
+    """A frame this node encoded, without what its encoder wrote besides the image
+    (OpenJPEG's "Created by OpenJPEG" comment): the output holds the image only, and the
+    stage run again on it changes nothing."""
+    strip = streams.j2k_image_only if syntax in _J2K_FAMILY else None
+    if syntax in _JPEG_FAMILY:
+        strip = streams.jpeg_image_only
+    if strip is None:
+        return piece
+    try:
+        kept, _removed = strip(piece)
+    except streams.StreamError:
+        return piece  # our encoder's own stream, as it wrote it
+    return piece if kept is None else kept
+
+
 def _head(fragments: tuple[bytes, ...]) -> bytes:
     """The first bytes of a frame (whole fragments until 1 MB), without joining the rest."""
     if not fragments or len(fragments[0]) >= _HEAD:
@@ -716,7 +732,8 @@ class FrameWriter:
 
     def _encode(self, frame: np.ndarray) -> bytes:
         if self._encoder is not None:
-            return bytes(self._encoder.encode(frame, **self._options))
+            piece = bytes(self._encoder.encode(frame, **self._options))
+            return _own_codestream(piece, self.target)
         if self.attributes.get("PlanarConfiguration") == 1:
             frame = np.moveaxis(frame, -1, 0)  # samples, rows, columns
         dtype = frame.dtype.newbyteorder(self._byte_order)

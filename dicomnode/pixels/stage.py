@@ -270,14 +270,12 @@ class PixelStage:
             if removed is None:  # not to be cut out by itself: the frames written anew
                 writer = self._writer(ds, source, len(source))
                 what = f"{writer.finish()}, for what its codestreams held besides the image"
-                codec.image_only(ds, len(source))  # the encoder's own comment
             elif removed:
                 what = f"unchanged; {', '.join(removed)} removed"
             elif source.trimmed:
                 what = f"unchanged; {source.trimmed} bytes after the image removed"
         else:
             what = writer.finish()
-            codec.image_only(ds, len(source))  # the encoder's own comment (OpenJPEG's)
             _mark_derived(ds)
         if evidence.remains:
             # Every frame is cleaned and written: the data set is the cleaned copy, which
