@@ -995,7 +995,7 @@ class _GatedHandler(RequestHandler):
                 and not dul.is_alive()
                 and assoc.requestor.primitive is None
             ):
-                dul.to_user_queue.put(None)
+                dul.to_user_queue.put(None)  # type: ignore[arg-type]  # the wait's timeout value
         assoc.dul.join(5)
 
 

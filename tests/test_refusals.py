@@ -402,7 +402,16 @@ def test_a_wrong_called_ae_title_is_logged_and_counted_like_a_refused_caller(
     make_study(tmp_path / "study", series=1, per_series=1)
     wrong_calling = storescu(node.port, tmp_path / "study", aet="INTRUDER")
     assert wrong_calling.returncode != 0
+    # the listener processes report refusals to the node's registry over a queue: the sender
+    # can see its refusal before the count arrives
     for reason in ("called-ae", "calling-ae"):
+        wait_for(
+            lambda reason=reason: (
+                _metric(node, "dicomnode_stores_refused_total", reason=reason) > before[reason]
+            ),
+            10,
+            f"the {reason} refusal to be counted",
+        )
         assert _metric(node, "dicomnode_stores_refused_total", reason=reason) == before[reason] + 1
     wait_for(lambda: "called AE title is not DICOMNODE" in node.log.read_text(), 10, "the line")
     assert re.search(
