@@ -259,15 +259,60 @@ def _j2k_with_a_tile_part_comment(frame: bytes) -> bytes:
     return head + frame[sot + 10 : sot + 12] + comment + frame[sot + 12 :]
 
 
+def _rle_frame(offsets: list[int], segments: list[bytes]) -> bytes:
+    header = len(segments).to_bytes(4, "little")
+    header += b"".join(o.to_bytes(4, "little") for o in offsets).ljust(60, b"\x00")
+    return header + b"".join(segments)
+
+
+def _rle_segments(frame: bytes) -> list[bytes]:
+    count = int.from_bytes(frame[:4], "little")
+    offsets = [int.from_bytes(frame[4 + 4 * n : 8 + 4 * n], "little") for n in range(count)]
+    return [frame[a:b] for a, b in zip(offsets, [*offsets[1:], len(frame)], strict=True)]
+
+
+def _rle_with_bytes_after_rows(frame: bytes) -> bytes:
+    """NAME after the first segment's rows (the second segment's offset moved) and after
+    the last's."""
+    first, second = _rle_segments(frame)
+    first += NAME + b"\x00" * (len(NAME) % 2)
+    return _rle_frame([64, 64 + len(first)], [first, second + NAME])
+
+
+def _rle_with_a_long_literal_run(frame: bytes) -> bytes:
+    """The last run of the last segment a literal run carrying NAME past the rows."""
+    from dicomnode.pixels import streams
+
+    first, second = _rle_segments(frame)
+    last, needed = streams._last_run(second, 0, len(second), 64 * 64)
+    control = second[last]
+    values = (
+        second[last + 1 : last + 1 + needed]
+        if control < 128
+        else second[last + 1 : last + 2] * needed
+    )
+    assert needed + len(NAME) <= 128
+    second = second[:last] + bytes([needed + len(NAME) - 1]) + values + NAME
+    return _rle_frame([64, 64 + len(first)], [first, second])
+
+
+def _rle_with_a_gap_after_its_header(frame: bytes) -> bytes:
+    first, second = _rle_segments(frame)
+    gap = NAME + b"\x00" * (len(NAME) % 2)
+    return _rle_frame([64 + len(gap), 64 + len(gap) + len(first)], [gap + first, second])
+
+
 @pytest.mark.parametrize(
     ("name", "change", "removed"),
     [
+        ("MR_small_RLE.dcm", _rle_with_bytes_after_rows, "bytes after an RLE segment's rows"),
+        ("MR_small_RLE.dcm", _rle_with_a_gap_after_its_header, "between the RLE header"),
         ("SC_rgb_jpeg_dcmtk.dcm", _jpeg_with_extras, "a comment"),
         ("MR_small_jpeg_ls_lossless.dcm", _jpeg_with_extras, "an APP1 segment"),
         ("MR_small_jp2klossless.dcm", _j2k_with_extras, "a comment"),
         ("MR_small_jp2klossless.dcm", _j2k_with_a_tile_part_comment, "re-encoded"),
     ],
-    ids=["jpeg", "jpeg-ls", "j2k", "j2k-tile-part"],
+    ids=["rle-after-rows", "rle-gap", "jpeg", "jpeg-ls", "j2k", "j2k-tile-part"],
 )
 def test_what_a_codestream_holds_besides_the_image_is_removed(
     name: str, change: Any, removed: str
@@ -295,6 +340,49 @@ def test_what_a_codestream_holds_besides_the_image_is_removed(
     if removed != "re-encoded":  # cut out: the rest of the codestream as it was
         assert out.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
         assert len(out.PixelData) < len(_with_frame(name, change).PixelData)
+
+
+def test_an_rle_literal_run_longer_than_the_rows_is_cut_to_them() -> None:
+    """Bytes of the last literal run past the rows decode to nothing shown (pydicom's decoder
+    drops them with a warning; pylibjpeg-rle's panics, so the node quarantines such a frame
+    as undecodable): the walk cuts the run to what the rows take."""
+    from pydicom.encaps import encapsulate
+
+    from dicomnode.pixels import streams
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_RLE.dcm")
+    pixels = ds.pixel_array.copy()
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    longer = _rle_with_a_long_literal_run(frame)
+    kept, removed = streams.rle_image_only(longer, 64 * 64)
+    assert removed == ["bytes of a literal run past an RLE segment's rows"]
+    assert NAME not in kept and len(kept) <= len(frame) + 1
+    ds.PixelData = encapsulate([kept])
+    assert np.array_equal(ds.pixel_array, pixels)
+    assert streams.rle_image_only(kept, 64 * 64) == (kept, [])
+    slots = kept[:60] + b"Vand" + kept[64:]  # the header's last, unused, offset
+    cleared, removed = streams.rle_image_only(slots, 64 * 64)
+    assert removed == ["offsets in the RLE header's unused slots"] and cleared == kept
+
+
+def test_rle_frames_of_real_files_are_kept_as_they_are() -> None:
+    """Every RLE file pydicom ships: nothing found beside the image, the frame unchanged."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    from dicomnode.pixels import streams
+
+    walked = 0
+    for path in sorted(PYDICOM_FILES.glob("*.dcm")):
+        ds = pydicom.dcmread(path, force=True)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax != pydicom.uid.RLELossless or "PixelData" not in ds:
+            continue
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        for fragments in generate_fragmented_frames(ds.PixelData, number_of_frames=frames):
+            frame = b"".join(fragments)
+            assert streams.rle_image_only(frame, ds.Rows * ds.Columns) == (frame, []), path.name
+            walked += 1
+    assert walked >= 26
 
 
 def test_codestreams_of_real_files_walk_to_their_end() -> None:

@@ -32,6 +32,7 @@ value (G.2 note 2: free unless the IOD constrains it, as US does for YBR_FULL).
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import itertools
 import logging
@@ -339,13 +340,15 @@ def image_only(ds: Dataset, frames: int) -> list[str] | None:
     application segments, comments, bytes after its end, data after the last frame. Returns
     what was removed ([] when nothing was: ``ds`` untouched), or None when it cannot be cut
     out by itself (the caller re-encodes the frames). The codestreams are kept byte for
-    byte: nothing is decoded or compressed again. Native and RLE data: [] (RLE segments are
-    not walked yet)."""
+    byte: nothing is decoded or compressed again (RLE: a run past the rows is shortened).
+    Native data: [] (``_trim`` cuts what follows its image)."""
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax in _JPEG_FAMILY:
         strip: Callable[[bytes], tuple[bytes | None, list[str]]] = streams.jpeg_image_only
     elif syntax in _J2K_FAMILY:
         strip = streams.j2k_image_only
+    elif syntax == RLELossless:
+        strip = functools.partial(streams.rle_image_only, length=int(ds.Rows) * int(ds.Columns))
     else:
         return []
     extended = None
