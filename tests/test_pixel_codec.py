@@ -365,6 +365,63 @@ def test_an_rle_literal_run_longer_than_the_rows_is_cut_to_them() -> None:
     assert removed == ["offsets in the RLE header's unused slots"] and cleared == kept
 
 
+def test_damaged_rle_frames_are_refused_or_cut_to_the_same_rows() -> None:
+    """Random damage to real RLE frames (bytes changed, cut out, put in; the header too):
+    the walk either refuses the frame (it is then written anew from its decoded pixels) or
+    returns one that decodes to the same rows as the damaged one did, and that it keeps as
+    it is when walked again."""
+    import random
+    import struct
+    import warnings
+
+    from pydicom.pixels.decoders.rle import _rle_decode_segment
+
+    from dicomnode.pixels import streams
+
+    def rows(frame: bytes, length: int) -> list[bytes]:
+        count = int.from_bytes(frame[:4], "little")
+        offsets = struct.unpack_from("<15I", frame, 4)[:count]
+        ends = [*offsets[1:], len(frame)]
+        return [
+            bytes(_rle_decode_segment(frame[a:b]))[:length]
+            for a, b in zip(offsets, ends, strict=True)
+        ]
+
+    frames = []
+    for name in ("MR_small_RLE.dcm", "SC_rgb_rle_16bit.dcm", "rtdose_rle.dcm"):
+        ds = pydicom.dcmread(PYDICOM_FILES / name)
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        length = ds.Rows * ds.Columns
+        frames += [(f, length) for f in generate_frames(ds.PixelData, number_of_frames=count)]
+    rng = random.Random(7)
+    outcomes = {"refused": 0, "kept or cut": 0}
+    for _ in range(1500):
+        frame, length = rng.choice(frames)
+        damaged = bytearray(frame)
+        for _ in range(rng.randint(1, 6)):
+            where = rng.randrange(len(damaged))
+            what = rng.random()
+            if what < 0.5:
+                damaged[where] = rng.randrange(256)
+            elif what < 0.7:
+                damaged[rng.randrange(64)] = rng.randrange(256)
+            elif what < 0.85:
+                del damaged[where : where + rng.randint(1, 50)]
+            else:
+                damaged[where:where] = rng.randbytes(rng.randint(1, 40))
+        try:
+            kept, _removed = streams.rle_image_only(bytes(damaged), length)
+        except streams.StreamError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["kept or cut"] += 1
+        assert streams.rle_image_only(kept, length) == (kept, [])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's decoder warns of what it drops
+            assert rows(kept, length) == rows(bytes(damaged), length)
+    assert min(outcomes.values()) > 300, outcomes
+
+
 def test_rle_frames_of_real_files_are_kept_as_they_are() -> None:
     """Every RLE file pydicom ships: nothing found beside the image, the frame unchanged."""
     from pydicom.encaps import generate_fragmented_frames

@@ -375,7 +375,7 @@ def rle_image_only(stream: bytes | memoryview, length: int) -> tuple[bytes, list
     segments = []
     for start, end in zip(used, ends, strict=True):
         if _decodes_to(data[start:end], length):
-            segments.append(data[start:end] + b"\x00" * ((end - start) % 2))
+            segments.append(data[start:end])  # as it is: a pad after a control byte decodes
             continue
         last, needed = _last_run(data, start, end, length)
         control = data[last]
