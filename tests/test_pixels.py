@@ -578,6 +578,50 @@ def test_remembering_answers_the_same_pixels_only(detector: RapidOCRDetector) ->
     assert counting.looked == 3
 
 
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless], ids=["native", "rle"])
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_what_bits_outside_bits_stored_hold_is_cleared(
+    stage: PixelStage, syntax: str, signed: bool
+) -> None:
+    """Older scanners drew overlays (text, a name) into the unused high bits of the Pixel
+    Data's words (OverlayBitPosition). No viewer shows those bits and the check sees each
+    pixel's BitsStored bits only (pydicom drops the rest as it decodes), so a frame left
+    unchanged went out with the bitmap in it (the scrubber removes the 60xx attributes that
+    say where it is, not the bits). The frames are written anew from the values checked;
+    a frame whose unused bits hold only what its values imply is kept as it was."""
+    rng = np.random.default_rng(3)
+    values = rng.integers(-1000 if signed else 0, 2000 if signed else 4000, (64, 64))
+    overlay = np.zeros((64, 64), np.uint16)
+    overlay[20:30, 4:60:3] = 1  # a row of marks: characters, as far as bits go
+    words = (values.astype(np.int16).view(np.uint16) & 0x0FFF) | (overlay << 14)
+
+    def instance(frame: np.ndarray) -> Dataset:
+        ds = make_ds(frame, "MONOCHROME2", syntax, modality="CT")
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        return through_bytes(ds)
+
+    ds = instance(words)
+    report = stage.clean(ds, header(ds))
+    assert report["frames_changed"] == 0 and report["frames_with_unused_bits_cleared"] == 1
+    assert "for what bits outside BitsStored held" in report["pixel_data"]
+    out = read_instance(encode_instance(ds))
+    assert out.file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(out.pixel_array, values)
+    stored = codec.decode(out).arrays[0].astype(np.int64)  # as the node decodes it
+    assert np.array_equal(stored, values)
+    raw = pydicom.pixels.pixel_array(out, raw=True, correct_unused_bits=False).view(np.uint16)
+    assert np.array_equal(
+        raw, values.astype(np.int16).view(np.uint16) & (0xFFFF if signed else 0x0FFF)
+    )
+    # Words whose unused bits hold what their values imply: nothing to do.
+    clean = values.astype(np.int16).view(np.uint16) & (0xFFFF if signed else 0x0FFF)
+    ds = instance(clean)
+    before = bytes(ds.PixelData)
+    report = stage.clean(ds, header(ds))
+    assert report["frames_with_unused_bits_cleared"] == 0 and report["pixel_data"] == "unchanged"
+    assert bytes(ds.PixelData) == before
+
+
 @pytest.mark.parametrize("odd", [False, True])
 def test_native_pixel_data_after_the_image_is_removed(stage: PixelStage, odd: bool) -> None:
     """Bytes after the image (and its pad byte) belong to no frame and no check looks at

@@ -475,6 +475,16 @@ class FrameSource:
         elif photometric == "YBR_FULL_422":
             photometric = "YBR_FULL"
         self.photometric = photometric  # of the decoded arrays
+        # Each pixel's value is its BitsStored bits; what the rest of its word holds, no
+        # viewer shows and no check sees (pydicom drops it as it decodes): an overlay of an
+        # older scanner (a name, drawn there), or anything a sender hides there. Frames whose
+        # unused bits hold something are counted; the caller writes them anew.
+        stored = _whole(ds, "BitsStored", 1, 64, default=self.geometry.bits_allocated)
+        grey = self.geometry.samples == 1 or self.raw  # no colour conversion after decoding
+        self._unused = self.geometry.bits_allocated - stored if grey else 0
+        #: Frames decoded so far whose bits outside BitsStored were not what their value
+        #: implies (zero, or the sign's): :meth:`frames` yields them without.
+        self.unused_bits = 0
 
     def __len__(self) -> int:
         return self.geometry.frames
@@ -483,9 +493,11 @@ class FrameSource:
         """Decoded frames in order (the first ``stop`` only, if given), one at a time."""
         if stop == 0:
             return
-        decoded = iter_pixels(self.ds, raw=self.raw)
+        shift = self._unused
+        decoded = iter_pixels(self.ds, raw=self.raw, correct_unused_bits=not shift)
         try:
-            yield from itertools.islice(decoded, stop)
+            for frame in itertools.islice(decoded, stop):
+                yield self._used_bits(frame, shift) if shift else frame
         except MemoryError:
             raise
         except BaseException as exc:
@@ -500,6 +512,19 @@ class FrameSource:
             close = getattr(decoded, "close", None)
             if close is not None:
                 close()  # frees the decoder's state now, not at garbage collection
+
+    def _used_bits(self, frame: np.ndarray, shift: int) -> np.ndarray:
+        """``frame`` with each value's unused bits as its BitsStored bits imply (pydicom's
+        own correction: shifted out and back, so signed values keep their sign), counted
+        in :attr:`unused_bits` when that changed anything."""
+        if frame.dtype.kind not in "iu" or frame.dtype.itemsize * 8 != self.geometry.bits_allocated:
+            return frame
+        used = frame.copy()
+        np.left_shift(used, shift, out=used)
+        np.right_shift(used, shift, out=used)
+        if not np.array_equal(used, frame):
+            self.unused_bits += 1
+        return used
 
 
 def open_frames(ds: Dataset, limits: PixelLimits | None = None) -> FrameSource:

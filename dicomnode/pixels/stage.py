@@ -263,7 +263,14 @@ class PixelStage:
                 writer.repeat(seen.slot)
         what = "unchanged"
         removed: list[str] | None = []
-        if writer is None:
+        unused_bits = source.unused_bits  # frames whose bits outside BitsStored held more
+        if writer is None and unused_bits:
+            # What was checked is each pixel's BitsStored bits: the frames are written anew
+            # from those, without what the rest of each word held (a legacy overlay: text).
+            writer = self._writer(ds, source, len(source))
+            what = f"{writer.finish()}, for what bits outside BitsStored held"
+            removed = None
+        elif writer is None:
             # Frames kept as received keep their codestreams only: what a decoder skips
             # (comments, EXIF, bytes after the end) no check here looked at.
             removed = codec.image_only(ds, len(source))
@@ -295,6 +302,7 @@ class PixelStage:
             "boxes_by_kind": evidence.counts(),
             "pixel_data": what,
             "bytes_after_image_removed": source.trimmed,
+            "frames_with_unused_bits_cleared": unused_bits,
             "removed_from_codestreams": removed if removed is not None else ["re-encoded"],
             "seconds": seconds,
         }
