@@ -622,6 +622,66 @@ def test_what_bits_outside_bits_stored_hold_is_cleared(
     assert bytes(ds.PixelData) == before
 
 
+def _parametric_map(keyword: str, text: bool) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """A parametric map (Float or Double Float Pixel Data) of a smooth blob on NaN (no
+    value), with a name and an ID burned in at a value of its own: the instance, the values
+    and where the text is."""
+    ds = make_ds(np.zeros((1, 192, 256), np.uint8), "MONOCHROME2", modality="MR")
+    del ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.30"
+    dtype = codec.FLOAT_PIXELS[keyword]
+    ds.BitsAllocated = 32 if dtype == "f4" else 64
+    yy, xx = np.mgrid[0:192, 0:256]
+    values = 1.5 * np.exp(-((xx - 128.0) ** 2 + (yy - 110.0) ** 2) / 3000.0)
+    values[values < 0.05] = np.nan
+    picture = Image.new("L", (256, 192))
+    if text:
+        ImageDraw.Draw(picture).text((8, 8), "VANDERSLOOT 8837461", fill=255, font=_font(16))
+    strokes = np.asarray(picture) > 127
+    values[strokes] = 2.5
+    setattr(ds, keyword, values.astype("<" + dtype).tobytes())
+    return through_bytes(ds), values, strokes
+
+
+@pytest.mark.parametrize("keyword", ["FloatPixelData", "DoubleFloatPixelData"])
+def test_text_in_float_pixel_data_is_removed(stage: PixelStage, keyword: str) -> None:
+    """A parametric map keeps its values as floats, which pydicom's decoders do not read;
+    the stage passed them unchecked ("no pixel data"), and a name burned into a map went out.
+    They are checked and cleaned as a grey frame is and written back as floats (NaN, "no
+    value", kept where no text was); a text-free map is kept byte for byte."""
+    ds, values, strokes = _parametric_map(keyword, text=True)
+    report = stage.clean(ds, header(ds))
+    assert report["checked"] and report["frames_changed"] == 1, report
+    out = read_instance(encode_instance(ds))
+    cleaned = np.frombuffer(out[keyword].value, "<" + codec.FLOAT_PIXELS[keyword]).reshape(192, 256)
+    assert not np.any(cleaned[strokes] == 2.5)
+    far = np.zeros_like(strokes)
+    far[80:, :] = True  # well away from the text: as it was, NaN included
+    expected = values.astype(cleaned.dtype)
+    assert np.array_equal(cleaned[far], expected[far], equal_nan=True)
+    assert "DERIVED" in out.ImageType
+    ds, _values, _strokes = _parametric_map(keyword, text=False)
+    before = bytes(ds[keyword].value)
+    report = stage.clean(ds, header(ds))
+    assert report["frames_changed"] == 0 and bytes(ds[keyword].value) == before
+
+
+def test_float_pixel_data_that_the_header_does_not_describe_is_refused(stage: PixelStage) -> None:
+    """Shorter than the header declares: refused; longer: what follows the image dropped;
+    Pixel Data beside Float Pixel Data (one would pass unchecked): refused."""
+    ds, _values, _strokes = _parametric_map("FloatPixelData", text=False)
+    image = bytes(ds.FloatPixelData)
+    ds.FloatPixelData = image[:-4]
+    with pytest.raises(codec.PixelDecodeError, match="holds 196,604 bytes"):
+        stage.clean(ds, header(ds))
+    ds.FloatPixelData = image + b"Vandersloot^Henrietta 88374610"
+    report = stage.clean(ds, header(ds))
+    assert report["bytes_after_image_removed"] == 30 and bytes(ds.FloatPixelData) == image
+    ds.PixelData = b"\x00" * (192 * 256)
+    with pytest.raises(codec.PixelDecodeError, match="one kind of pixel data"):
+        stage.clean(ds, header(ds))
+
+
 @pytest.mark.parametrize("odd", [False, True])
 def test_native_pixel_data_after_the_image_is_removed(stage: PixelStage, odd: bool) -> None:
     """Bytes after the image (and its pad byte) belong to no frame and no check looks at

@@ -69,6 +69,7 @@ from dicomnode.limits import MB, TooLargeError
 from dicomnode.pixels import streams
 
 __all__ = [
+    "FLOAT_PIXELS",
     "FrameSource",
     "FrameWriter",
     "Frames",
@@ -79,6 +80,7 @@ __all__ = [
     "display",
     "encode",
     "fill_value",
+    "float_frames",
     "geometry",
     "open_frames",
 ]
@@ -527,6 +529,41 @@ class FrameSource:
         return used
 
 
+#: Pixel values kept as floats (a parametric map's): the keyword and its numpy type.
+FLOAT_PIXELS = {"FloatPixelData": "f4", "DoubleFloatPixelData": "f8"}
+
+
+def float_frames(ds: Dataset, keyword: str, limits: PixelLimits | None = None) -> np.ndarray:
+    """The frames of Float or Double Float Pixel Data (frames x rows x columns, read-only,
+    a view of the value), read here: they are always native and one sample per pixel
+    (PS3.5 A.1, PS3.3 C.7.6.3), and pydicom's decoders do not read them. Bytes after the
+    image are dropped from the value, as for Pixel Data (:func:`_trim`); a value shorter
+    than the header declares, or a header that cannot describe it, is
+    :class:`PixelDecodeError`; more than the limits allow, ``too-large``."""
+    rows = _whole(ds, "Rows", 1, 65535)
+    columns = _whole(ds, "Columns", 1, 65535)
+    frames = _whole(ds, "NumberOfFrames", 1, None, default=1)
+    if _whole(ds, "SamplesPerPixel", 1, 4, default=1) != 1:
+        raise _header_error(f"{keyword} has one sample per pixel; SamplesPerPixel says more")
+    dtype = np.dtype(FLOAT_PIXELS[keyword])
+    shape = Geometry(rows, columns, frames, 1, dtype.itemsize * 8)
+    _check_budget(shape, limits or PixelLimits())
+    if UID(ds.file_meta.TransferSyntaxUID) == ExplicitVRBigEndian:
+        dtype = dtype.newbyteorder(">")
+    else:
+        dtype = dtype.newbyteorder("<")
+    data = ds[keyword].value or b""
+    needed = shape.stored_bytes
+    if len(data) < needed:
+        raise PixelDecodeError(
+            f"{keyword} holds {len(data):,} bytes; the header declares {shape.describe()} "
+            f"({needed:,} bytes). Ask the sender for a corrected instance"
+        )
+    if len(data) > needed:
+        ds[keyword].value = data = bytes(data[:needed])
+    return np.frombuffer(data, dtype).reshape(frames, rows, columns)
+
+
 def open_frames(ds: Dataset, limits: PixelLimits | None = None) -> FrameSource:
     """:class:`FrameSource` of ``ds``: checked, nothing decoded yet."""
     return FrameSource(ds, limits)
@@ -587,14 +624,27 @@ def display_grey(
 
 def _stretched(frame: np.ndarray, photometric: str, span: tuple[float, float] | None) -> np.ndarray:
     """A frame's values as 8 bits (:func:`_to_uint8`), MONOCHROME1 turned over."""
-    picture = frame if frame.dtype == np.uint8 else _to_uint8(frame.astype(np.float32), span)
+    if frame.dtype.kind == "f":  # NaN as the lowest value, infinities as the ends
+        span = span if span is not None else value_span(frame)
+        values = np.nan_to_num(
+            frame.astype(np.float64), nan=span[0], posinf=span[1], neginf=span[0]
+        )
+        picture = _to_uint8(values.astype(np.float32), span)
+    else:
+        picture = frame if frame.dtype == np.uint8 else _to_uint8(frame.astype(np.float32), span)
     if photometric == "MONOCHROME1":
         picture = 255 - picture
     return picture
 
 
 def value_span(frame: np.ndarray) -> tuple[float, float]:
-    """The range of a frame's values (what :func:`display` stretches to 0-255)."""
+    """The range of a frame's values (what :func:`display` stretches to 0-255); of its
+    finite values, for floats (NaN marks "no value" in a parametric map)."""
+    if frame.dtype.kind == "f":
+        finite = frame[np.isfinite(frame)]
+        if not finite.size:
+            return 0.0, 0.0
+        return float(finite.min()), float(finite.max())
     return float(frame.min()), float(frame.max())
 
 
@@ -634,7 +684,8 @@ def fill_value(frame: np.ndarray, photometric: str, ds: Dataset) -> np.ndarray:
         return np.array([0, half, half], frame.dtype)
     if frame.ndim == 3:
         return np.zeros(frame.shape[-1], frame.dtype)
-    return np.array(frame.min(), frame.dtype)
+    low = value_span(frame)[0] if frame.dtype.kind == "f" else frame.min()
+    return np.array(low, frame.dtype)
 
 
 def _palette_size(ds: Dataset) -> int:

@@ -186,9 +186,17 @@ class PixelStage:
         decision = self.policy.decide(header)
         if not decision.check:
             return {"checked": False, "why": decision.why}
-        if "PixelData" not in ds:
+        floats = [k for k in codec.FLOAT_PIXELS if k in ds]
+        if "PixelData" not in ds and not floats:
             return {"checked": False, "why": "no pixel data"}
+        if len(floats) + ("PixelData" in ds) > 1:  # PS3.3 C.7.6.3: one of the three
+            raise codec.PixelDecodeError(
+                f"the instance holds {' and '.join(['PixelData', *floats][-2:])}; an image has "
+                "one kind of pixel data. Ask the sender for a corrected instance"
+            )
         try:
+            if floats:
+                return self._clean_floats(ds, header, decision, identity, floats[0])
             return self._clean(ds, header, decision, identity)
         except MemoryError:
             raise out_of_memory("decoding or cleaning the pixel data") from None
@@ -304,6 +312,66 @@ class PixelStage:
             "bytes_after_image_removed": source.trimmed,
             "frames_with_unused_bits_cleared": unused_bits,
             "removed_from_codestreams": removed if removed is not None else ["re-encoded"],
+            "seconds": seconds,
+        }
+
+    def _clean_floats(
+        self,
+        ds: Dataset,
+        header: dict[str, Any],
+        decision: Decision,
+        identity: tuple[str, ...],
+        keyword: str,
+    ) -> dict[str, Any]:
+        """Float or Double Float Pixel Data (a parametric map): each frame checked and
+        cleaned as a grey frame is, the values written back as floats. It passed unchecked
+        before (text burned into a map went out)."""
+        size = len(ds[keyword].value or b"")
+        frames = codec.float_frames(ds, keyword, self.limits)
+        trimmed = size - len(ds[keyword].value)
+        phi = SensitiveText(identity) if self.sensitive else None
+        regions = bool(decision.regions or decision.keep_only)
+        check, check_why = choose(self.presence, header, "MONOCHROME2", regions)
+        evidence = Evidence(len(frames), frames.shape[2], frames.shape[1])
+        cleaned: np.ndarray | None = None
+        changed = boxes = 0
+        seconds: dict[str, float] = {}
+        for index, frame in enumerate(frames):
+            result = self._clean_one(frame, index, "MONOCHROME2", ds, decision, phi, check)
+            result.record(evidence, index)
+            boxes += len(result.boxes)
+            for name, value in result.seconds.items():
+                seconds[name] = seconds.get(name, 0.0) + value
+            if result.cleaned is not None:
+                if cleaned is None:
+                    cleaned = frames.copy()
+                cleaned[index] = result.cleaned
+                changed += 1
+        what = "unchanged"
+        if cleaned is not None:
+            ds[keyword].value = cleaned.tobytes()  # the same byte order and type
+            what = f"{keyword} written anew"
+            _mark_derived(ds)
+        elif trimmed:
+            what = f"unchanged; {trimmed} bytes after the image removed"
+        if evidence.remains:
+            _stamp_held(ds)
+            raise TextRemainsError(_remains_message(evidence), evidence)
+        _stamp(ds, what)
+        return {
+            "checked": True,
+            "why": decision.why,
+            "presence": check.value,
+            "presence_why": check_why,
+            "frames": len(frames),
+            "distinct_frames": len(frames),
+            "frames_changed": changed,
+            "boxes": boxes,
+            "boxes_by_kind": evidence.counts(),
+            "pixel_data": what,
+            "bytes_after_image_removed": trimmed,
+            "frames_with_unused_bits_cleared": 0,
+            "removed_from_codestreams": [],
             "seconds": seconds,
         }
 
