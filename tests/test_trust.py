@@ -127,6 +127,38 @@ def test_private_elements_nested_in_a_safe_private_sequence_are_not_trusted(
     assert again.private_block(group, creator)[0x01].value == pytest.approx(1.5)
 
 
+def test_pixel_data_in_an_item_is_removed(scrubber: Scrubber) -> None:
+    """Pixel data belongs at the top of an instance: the pixel stage looks there only, so an
+    image (or any bytes) in an item of a kept sequence went out unlooked at. Removed at any
+    depth, in every kind (Pixel Data, Float and Double Float Pixel Data, the offset tables);
+    the instance's own Pixel Data stays."""
+    ds = planted_dataset()
+    ds.Rows = ds.Columns = 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel = 8, 8, 7, 1
+    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
+    ds.PixelData = bytes(range(256))
+    hidden = b"NAME=QUILLFEATHER^IMOGEN MRN=88"
+    inner = Dataset()
+    inner.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    inner.ReferencedSOPInstanceUID = "1.2.3.4"
+    inner.add_new(0x7FE00010, "OB", hidden)
+    inner.add_new(0x7FE00001, "OV", b"\x00" * 8)
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = "1.2.3.5"
+    item.Rows = item.Columns = 4
+    item.add_new(0x7FE00008, "OF", hidden[:16])
+    item.add_new(0x7FE00009, "OD", hidden[:16])
+    item.SourceImageSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([item])
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert b"QUILLFEATHER" not in out.upper() and b"NAME=" not in out
+    again = pydicom.dcmread(io.BytesIO(out))
+    kept = again.ReferencedImageSequence[0]
+    assert kept.Rows == 4 and not [e for e in kept.iterall() if e.tag.group == 0x7FE0]
+    assert again.PixelData == bytes(range(256))
+
+
 def test_a_safe_private_sequence_sent_as_un_is_read_not_copied(scrubber: Scrubber) -> None:
     ds = planted_dataset()
     group, creator, low = SAFE_SEQ

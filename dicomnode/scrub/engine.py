@@ -358,6 +358,13 @@ class Scrubber:
                 del elements[tag]
                 state.report.removed += 1
                 continue
+            if group == 0x7FE0 and path:
+                # Pixel data belongs at the top of an instance (the Icon Image Sequence's
+                # aside, removed whole): in an item, it is an image the pixel stage never
+                # looks at, and it went out as it came (a name in a referenced image's item).
+                del elements[tag]
+                state.report.removed += 1
+                continue
             elem = elements[tag]
             entry = table.get(tag)
             if entry is None:
