@@ -342,6 +342,39 @@ def test_what_a_codestream_holds_besides_the_image_is_removed(
         assert len(out.PixelData) < len(_with_frame(name, change).PixelData)
 
 
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm"])
+def test_bytes_in_a_single_frames_offset_table_are_removed(name: str) -> None:
+    """The Basic Offset Table (the first item of encapsulated Pixel Data) of a single frame
+    is read by no decoder: a name put there went out with the frame left unchanged. A table
+    that is not the frames' offsets is rebuilt; the frame's codestream is kept byte for
+    byte; a real file's table is kept (every encapsulated file of pydicom's)."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+
+    from dicomnode.config import PixelConfig
+    from dicomnode.dicomio import encode_instance, read_instance
+    from dicomnode.pipeline import header_snapshot
+    from dicomnode.pixels import PixelStage
+
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    pixels = ds.pixel_array.copy()
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    data = encapsulate([frame], has_bot=False)
+    table = NAME + b"\x00" * (-len(NAME) % 4)
+    ds.PixelData = data[:4] + struct.pack("<I", len(table)) + table + data[8:]
+    ds = read_instance(encode_instance(ds))
+    stage = PixelStage(PixelConfig())
+    report = stage.clean(ds, header_snapshot(ds, stage.policy.fields))
+    assert report["removed_from_codestreams"] == [
+        "an offset table that holds more than the frames' offsets"
+    ]
+    out = read_instance(encode_instance(ds))
+    assert NAME not in encode_instance(out)
+    assert next(generate_frames(out.PixelData, number_of_frames=1)) == frame
+    assert np.array_equal(out.pixel_array, pixels)
+
+
 def test_an_rle_literal_run_longer_than_the_rows_is_cut_to_them() -> None:
     """Bytes of the last literal run past the rows decode to nothing shown (pydicom's decoder
     drops them with a warning; pylibjpeg-rle's panics, so the node quarantines such a frame

@@ -358,6 +358,8 @@ def image_only(ds: Dataset, frames: int) -> list[str] | None:
         extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
     kept: list[bytes] = []
     removed: list[str] = []
+    if not _offsets_only(bytes(ds.PixelData), frames, extended):
+        removed.append("an offset table that holds more than the frames' offsets")
     try:
         found = generate_fragmented_frames(
             ds.PixelData, number_of_frames=frames, extended_offsets=extended
@@ -383,6 +385,36 @@ def image_only(ds: Dataset, frames: int) -> list[str] | None:
         ds.PixelData = encapsulate(kept, has_bot=len(kept) > 1)
     counted = collections.Counter(removed)
     return [what if n == 1 else f"{what} (x{n})" for what, n in sorted(counted.items())]
+
+
+def _offsets_only(data: bytes, frames: int, extended: tuple[Any, Any] | None) -> bool:
+    """Do the Basic Offset Table (the first item of encapsulated Pixel Data) and the
+    Extended Offset Table hold nothing but the frames' offsets (and lengths)? Decoders read
+    the basic table of a multi-frame instance only, and the frames then as the offsets say,
+    so bytes in a single frame's table, or beyond the frames' entries, are seen by no one
+    (a name there went out with a frame left unchanged). A table that is there must have
+    one entry a frame, the first 0, each the start of an item; the extended table's two
+    values 8 bytes a frame."""
+    if len(data) < 8 or data[:4] != b"\xfe\xff\x00\xe0":
+        return False
+    length = int.from_bytes(data[4:8], "little")
+    if extended is not None:
+        sizes = [len(bytes(v)) for v in extended]
+        return length == 0 and sizes == [8 * frames, 8 * frames]
+    if length == 0:
+        return True
+    if length != 4 * frames or 8 + length > len(data):
+        return False
+    offsets = struct.unpack_from(f"<{frames}I", data, 8)
+    starts, position = set(), 8 + length  # items after the table, from 0
+    while position + 8 <= len(data) and data[position : position + 4] == b"\xfe\xff\x00\xe0":
+        starts.add(position - 8 - length)
+        position += 8 + int.from_bytes(data[position + 4 : position + 8], "little")
+    return (
+        offsets[0] == 0
+        and all(o in starts for o in offsets)
+        and list(offsets) == sorted(set(offsets))
+    )
 
 
 def _own_codestream(piece: bytes, syntax: UID | None) -> bytes:
