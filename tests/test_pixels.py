@@ -622,6 +622,31 @@ def test_what_bits_outside_bits_stored_hold_is_cleared(
     assert bytes(ds.PixelData) == before
 
 
+def test_text_squeezed_by_an_extreme_pixel_is_looked_for_over_the_rest(stage: PixelStage) -> None:
+    """Shown stretched over its whole range, a CT slice with one pixel at 32767 has all its
+    anatomy in a few grey levels, and a name written 1,000 above air (plain in any CT
+    window) was not found: the frame is looked at again over the bulk of its values. A
+    slice without such a pixel is looked at once."""
+    from dicomnode.synth_anatomy import ct_slice
+
+    stored = ct_slice(np.random.default_rng(7), 512).astype(np.int32) + 1024
+    assert len(codec.value_spans(stored.astype(np.int16))) == 1
+    picture = Image.new("L", (512, 512))
+    ImageDraw.Draw(picture).text(
+        (20, 20), "VANDERSLOOT^HENRIETTA 8837461", fill=255, font=_font(22)
+    )
+    strokes = np.asarray(picture) > 127
+    stored[strokes] = 1000
+    stored[500, 500] = 32767
+    frame = stored.astype(np.int16)
+    assert len(codec.value_spans(frame)) == 2
+    ds = through_bytes(make_ds(frame, "MONOCHROME2", modality="CT"))
+    report = stage.clean(ds, header(ds))
+    assert report["frames_changed"] == 1, report
+    out = np.frombuffer(ds.PixelData, "<i2").reshape(512, 512)
+    assert not np.any(out[strokes] == 1000)
+
+
 def _parametric_map(keyword: str, text: bool) -> tuple[Dataset, np.ndarray, np.ndarray]:
     """A parametric map (Float or Double Float Pixel Data) of a smooth blob on NaN (no
     value), with a name and an ID burned in at a value of its own: the instance, the values

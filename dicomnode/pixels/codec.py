@@ -83,6 +83,8 @@ __all__ = [
     "float_frames",
     "geometry",
     "open_frames",
+    "value_span",
+    "value_spans",
 ]
 
 log = logging.getLogger(__name__)
@@ -678,6 +680,32 @@ def value_span(frame: np.ndarray) -> tuple[float, float]:
             return 0.0, 0.0
         return float(finite.min()), float(finite.max())
     return float(frame.min()), float(frame.max())
+
+
+#: A frame is looked at over the bulk of its values too when its whole range is this many
+#: times wider: the bulk then has a quarter of the grey levels or less (64 of 256).
+SQUEEZED = 4.0
+
+
+def value_spans(frame: np.ndarray) -> list[tuple[float, float]]:
+    """The spans a grey frame is looked at over: its range (:func:`value_span`), and the
+    range of the bulk of its values (0.5th to 99.5th percentile, of every eighth pixel each
+    way) when the whole range is ``SQUEEZED`` times wider. A few extreme values (an MR
+    spike, a PET bladder, a pixel set to hide text) otherwise show everything else in a
+    few grey levels, below what the presence check sees as a stroke. 8-bit and colour
+    frames are shown as they are: one span."""
+    full = value_span(frame)
+    if frame.dtype == np.uint8 or frame.ndim != 2 or full[1] - full[0] <= 255:
+        return [full]
+    sample = frame[::8, ::8]
+    if frame.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if sample.size < 16:
+        return [full]
+    low, high = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    if high > low and (high - low) * SQUEEZED < full[1] - full[0]:
+        return [full, (low, high)]
+    return [full]
 
 
 def _palette_is_16_bit(ds: Dataset) -> bool:

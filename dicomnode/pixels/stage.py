@@ -414,10 +414,44 @@ class PixelStage:
     ) -> FrameResult:
         """Find, remove, verify; what verification still reads after a second, solid fill is
         returned as ``remains`` (the caller quarantines the instance once all frames are
-        done). ``check``: the presence check of the first look (``presence.choose``)."""
+        done). ``check``: the presence check of the first look (``presence.choose``).
+
+        The frame is looked at stretched over its values' range; where a few extreme values
+        squeeze all the others into a few grey levels (a spike, a hot bladder, or one pixel
+        a sender set to hide a line from that look: text 1,000 above air beside one pixel at
+        32767 was not found), it is looked at again over the bulk of its values
+        (``codec.value_spans``), and what that finds is removed too."""
+        spans = codec.value_spans(frame)
+        result = self._clean_at(frame, photometric, ds, decision, phi, check, spans[0])
+        if len(spans) == 1:
+            return result
+        first = result.cleaned if result.cleaned is not None else frame
+        again = self._clean_at(first, photometric, ds, decision, phi, check, spans[1])
+        seconds = dict(result.seconds)
+        for name, value in again.seconds.items():
+            seconds[name] = seconds.get(name, 0.0) + value
+        return FrameResult(
+            again.cleaned if again.cleaned is not None else result.cleaned,
+            result.boxes + again.boxes,
+            seconds,
+            found=result.found + again.found,
+            regions=result.regions + [r for r in again.regions if r not in result.regions],
+            remains=result.remains + again.remains,
+        )
+
+    def _clean_at(
+        self,
+        frame: np.ndarray,
+        photometric: str,
+        ds: Dataset,
+        decision: Decision,
+        phi: SensitiveText | None,
+        check: Presence,
+        span: tuple[float, float],
+    ) -> FrameResult:
+        """:meth:`clean_frame` with the frame shown stretched over ``span``."""
         seconds: dict[str, float] = {}
         started = time.perf_counter()
-        span = codec.value_span(frame)
         learned = check is Presence.LEARNED
         # A grey frame is looked at by the learned check in its one plane; its three are
         # made only when something is to be looked at closer (not on a text-free frame).
