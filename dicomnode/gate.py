@@ -995,7 +995,8 @@ class _GatedHandler(RequestHandler):
                 and not dul.is_alive()
                 and assoc.requestor.primitive is None
             ):
-                dul.to_user_queue.put(None)  # type: ignore[arg-type]  # the wait's timeout value
+                waiting: Any = dul.to_user_queue  # typed for primitives; None is its timeout
+                waiting.put(None)
         assoc.dul.join(5)
 
 
