@@ -32,6 +32,42 @@ def test_no_planted_phi_in_output(
     assert leaks(out) == []
 
 
+def test_links_to_the_originals_are_removed(scrubber: Scrubber) -> None:
+    """Retrieve URL and its kin (Pixel Data Provider URL, the storage URIs, Storage URL) are
+    in no Table E.1-1 row and went out as they came: a URL to the clinical PACS holds the
+    site's host, the original UIDs and at times the patient ID; a procedure step's Contact
+    URI and Contact Display Name, a person. Removed at every depth; a coding scheme's URL
+    (public) is kept."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = planted_dataset()
+    host = "https://pacs.stswithin.example"
+    link = f"{host}/wado?studyUID={ds.StudyInstanceUID}&patientID={PHI['pid']}"
+    ds.RetrieveURL = link
+    ds.add_new(0x00287FE0, "UR", f"{host}/jpip/{ds.SOPInstanceUID}")
+    ds.add_new(0x00080407, "UR", f"{host}/store/{PHI['name_family']}/")
+    ds.add_new(0x00080409, "UR", f"file:///archive/{PHI['pid']}/ct1.dcm")
+    ds.add_new(0x0008040B, "UR", f"{PHI['name_family']}_ct1.dcm")
+    ds.add_new(0x00404073, "UR", f"{host}/objects/{PHI['pid']}")
+    ds.add_new(0x0074100A, "UR", "mailto:p.underhill@stswithin.example")
+    ds.add_new(0x0074100C, "LO", "Philippa Underhill")
+    item = Dataset()
+    item.SeriesInstanceUID = ds.SeriesInstanceUID
+    item.RetrieveURL = link
+    ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].RetrieveURL = link
+    ds.ReferencedStudySequence = Sequence([item])
+    code = Dataset()
+    code.CodingSchemeDesignator, code.CodingSchemeURL = "SCT", "http://snomed.info/sct"
+    ds.CodingSchemeIdentificationSequence = Sequence([code])
+    out = scrub_bytes(scrubber, to_bytes(ds))
+    assert b"stswithin" not in out and b"Underhill" not in out and leaks(out) == []
+    assert ds.StudyInstanceUID.encode() not in out and ds.SOPInstanceUID.encode() not in out
+    again = pydicom.dcmread(io.BytesIO(out))
+    assert not [e for e in again.iterall() if e.VR == "UR" and "snomed" not in str(e.value)]
+    assert again.CodingSchemeIdentificationSequence[0].CodingSchemeURL == "http://snomed.info/sct"
+
+
 def test_output_round_trips_and_every_element_decodes(scrubber: Scrubber) -> None:
     out = scrub_bytes(scrubber, to_bytes(planted_dataset()))
     ds = pydicom.dcmread(io.BytesIO(out))
