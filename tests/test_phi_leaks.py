@@ -36,8 +36,8 @@ def test_links_to_the_originals_are_removed(scrubber: Scrubber) -> None:
     """Retrieve URL and its kin (Pixel Data Provider URL, the storage URIs, Storage URL) are
     in no Table E.1-1 row and went out as they came: a URL to the clinical PACS holds the
     site's host, the original UIDs and at times the patient ID; a procedure step's Contact
-    URI and Contact Display Name, a person. Removed at every depth; a coding scheme's URL
-    (public) is kept."""
+    URI and Contact Display Name, a person; Storage Media File-set ID, a disc's label. Removed
+    at every depth; a coding scheme's URL (public) is kept."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
@@ -52,6 +52,7 @@ def test_links_to_the_originals_are_removed(scrubber: Scrubber) -> None:
     ds.add_new(0x00404073, "UR", f"{host}/objects/{PHI['pid']}")
     ds.add_new(0x0074100A, "UR", "mailto:p.underhill@stswithin.example")
     ds.add_new(0x0074100C, "LO", "Philippa Underhill")
+    ds.add_new(0x00880130, "SH", PHI["name_family"][:16])  # a disc's label
     item = Dataset()
     item.SeriesInstanceUID = ds.SeriesInstanceUID
     item.RetrieveURL = link
