@@ -518,12 +518,16 @@ class FrameSource:
         stored = _whole(ds, "BitsStored", 1, 64, default=self.geometry.bits_allocated)
         grey = self.geometry.samples == 1 or self.raw  # no colour conversion after decoding
         self._unused = self.geometry.bits_allocated - stored if grey else 0
-        #: Frames decoded so far whose bits outside BitsStored were not what their value
-        #: implies (zero, or the sign's): :meth:`frames` yields them without.
-        self.unused_bits = 0
+        self._unused_frames: set[int] = set()
 
     def __len__(self) -> int:
         return self.geometry.frames
+
+    @property
+    def unused_bits(self) -> int:
+        """Frames decoded so far whose bits outside BitsStored were not what their value
+        implies (zero, or the sign's): :meth:`frames` yields them without."""
+        return len(self._unused_frames)
 
     def frames(self, stop: int | None = None) -> Iterator[np.ndarray]:
         """Decoded frames in order (the first ``stop`` only, if given), one at a time."""
@@ -532,8 +536,8 @@ class FrameSource:
         shift = self._unused
         decoded = iter_pixels(self.ds, raw=self.raw, correct_unused_bits=not shift)
         try:
-            for frame in itertools.islice(decoded, stop):
-                yield self._used_bits(frame, shift) if shift else frame
+            for index, frame in enumerate(itertools.islice(decoded, stop)):
+                yield self._used_bits(frame, shift, index) if shift else frame
         except MemoryError:
             raise
         except BaseException as exc:
@@ -549,7 +553,7 @@ class FrameSource:
             if close is not None:
                 close()  # frees the decoder's state now, not at garbage collection
 
-    def _used_bits(self, frame: np.ndarray, shift: int) -> np.ndarray:
+    def _used_bits(self, frame: np.ndarray, shift: int, index: int) -> np.ndarray:
         """``frame`` with each value's unused bits as its BitsStored bits imply (pydicom's
         own correction: shifted out and back, so signed values keep their sign), counted
         in :attr:`unused_bits` when that changed anything."""
@@ -559,7 +563,7 @@ class FrameSource:
         np.left_shift(used, shift, out=used)
         np.right_shift(used, shift, out=used)
         if not np.array_equal(used, frame):
-            self.unused_bits += 1
+            self._unused_frames.add(index)
         return used
 
 
