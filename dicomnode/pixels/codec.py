@@ -699,10 +699,11 @@ def value_spans(frame: np.ndarray) -> list[tuple[float, float]]:
     few grey levels, below what the presence check sees as a stroke. 8-bit and colour
     frames are shown as they are: one span."""
     full = value_span(frame)
-    if frame.dtype == np.uint8 or frame.ndim != 2 or full[1] - full[0] <= 255:
+    floats = frame.dtype.kind == "f"  # any scale: 0 to 2.5 is as deep as 0 to 4095
+    if frame.dtype == np.uint8 or frame.ndim != 2 or (not floats and full[1] - full[0] <= 255):
         return [full]
     sample = frame[::8, ::8]
-    if frame.dtype.kind == "f":
+    if floats:
         sample = sample[np.isfinite(sample)]
     if sample.size < 16:
         return [full]
