@@ -292,27 +292,12 @@ class PixelStage:
         else:
             what = writer.finish()
             _mark_derived(ds)
-        if evidence.remains:
-            # Every frame is cleaned and written: the data set is the cleaned copy, which
-            # goes to quarantine beside the original, never onward. It says what it is.
-            _stamp_held(ds)
-            raise TextRemainsError(_remains_message(evidence), evidence)
-        _stamp(ds, what)
-        return {
-            "checked": True,
-            "why": decision.why,
-            "presence": check.value,
-            "presence_why": check_why,
-            "frames": len(source),
-            "distinct_frames": len(done),
-            "frames_changed": changed,
-            "boxes": boxes,
-            "boxes_by_kind": evidence.counts(),
-            "pixel_data": what,
+        _close(ds, evidence, what)
+        counts = (len(source), len(done), changed, boxes)
+        return _report(decision, (check, check_why), evidence, what, seconds, counts) | {
             "bytes_after_image_removed": source.trimmed,
             "frames_with_unused_bits_cleared": unused_bits,
             "removed_from_codestreams": removed if removed is not None else ["re-encoded"],
-            "seconds": seconds,
         }
 
     def _clean_floats(
@@ -354,25 +339,12 @@ class PixelStage:
             _mark_derived(ds)
         elif trimmed:
             what = f"unchanged; {trimmed} bytes after the image removed"
-        if evidence.remains:
-            _stamp_held(ds)
-            raise TextRemainsError(_remains_message(evidence), evidence)
-        _stamp(ds, what)
-        return {
-            "checked": True,
-            "why": decision.why,
-            "presence": check.value,
-            "presence_why": check_why,
-            "frames": len(frames),
-            "distinct_frames": len(frames),
-            "frames_changed": changed,
-            "boxes": boxes,
-            "boxes_by_kind": evidence.counts(),
-            "pixel_data": what,
+        _close(ds, evidence, what)
+        counts = (len(frames), len(frames), changed, boxes)
+        return _report(decision, (check, check_why), evidence, what, seconds, counts) | {
             "bytes_after_image_removed": trimmed,
             "frames_with_unused_bits_cleared": 0,
             "removed_from_codestreams": [],
-            "seconds": seconds,
         }
 
     def _clean_one(
@@ -648,6 +620,42 @@ def _learned(picture: np.ndarray, photometric: str) -> tuple[list[Box], list[Box
     if photometric in ("MONOCHROME1", "MONOCHROME2") and picture.ndim == 3:
         picture = np.ascontiguousarray(picture[:, :, 0])
     return first_and_rest(picture)
+
+
+def _close(ds: Dataset, evidence: Evidence, what: str) -> None:
+    """Stamp what was done, or, where text remains after every frame was cleaned and
+    written, raise it: the data set is then the cleaned copy, which goes to quarantine beside
+    the original, never onward, and says what it is."""
+    if evidence.remains:
+        _stamp_held(ds)
+        raise TextRemainsError(_remains_message(evidence), evidence)
+    _stamp(ds, what)
+
+
+def _report(
+    decision: Decision,
+    check: tuple[Presence, str],
+    evidence: Evidence,
+    what: str,
+    seconds: dict[str, float],
+    counts: tuple[int, int, int, int],
+) -> dict[str, Any]:
+    """The stage's report (no PHI), as every kind of pixel data has it; ``counts``: frames,
+    distinct frames, frames changed, boxes removed."""
+    frames, distinct, changed, boxes = counts
+    return {
+        "checked": True,
+        "why": decision.why,
+        "presence": check[0].value,
+        "presence_why": check[1],
+        "frames": frames,
+        "distinct_frames": distinct,
+        "frames_changed": changed,
+        "boxes": boxes,
+        "boxes_by_kind": evidence.counts(),
+        "pixel_data": what,
+        "seconds": seconds,
+    }
 
 
 def _not_in(more: list[Box], boxes: list[Box]) -> list[Box]:
