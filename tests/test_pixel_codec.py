@@ -246,6 +246,11 @@ def _jpeg_with_extras(frame: bytes) -> bytes:
     return frame[:2] + _segment(0xE1, exif) + _segment(0xFE, NAME) + frame[2:] + NAME
 
 
+def _jpeg_with_a_reserved_segment(frame: bytes) -> bytes:
+    """NAME in a JPG0 segment (0xFFF0, reserved for extensions: decoders skip it)."""
+    return frame[:2] + _segment(0xF0, NAME) + frame[2:]
+
+
 def _j2k_with_extras(frame: bytes) -> bytes:
     siz_end = 4 + int.from_bytes(frame[4:6], "big")  # SOC, SIZ marker, then its length
     return frame[:siz_end] + _segment(0x64, b"\x00\x01" + NAME) + frame[siz_end:] + NAME
@@ -308,11 +313,22 @@ def _rle_with_a_gap_after_its_header(frame: bytes) -> bytes:
         ("MR_small_RLE.dcm", _rle_with_bytes_after_rows, "bytes after an RLE segment's rows"),
         ("MR_small_RLE.dcm", _rle_with_a_gap_after_its_header, "between the RLE header"),
         ("SC_rgb_jpeg_dcmtk.dcm", _jpeg_with_extras, "a comment"),
+        ("SC_rgb_jpeg_dcmtk.dcm", _jpeg_with_a_reserved_segment, "a reserved segment (0xFFF0)"),
+        ("MR_small_jpeg_ls_lossless.dcm", _jpeg_with_a_reserved_segment, "a reserved segment"),
         ("MR_small_jpeg_ls_lossless.dcm", _jpeg_with_extras, "an APP1 segment"),
         ("MR_small_jp2klossless.dcm", _j2k_with_extras, "a comment"),
         ("MR_small_jp2klossless.dcm", _j2k_with_a_tile_part_comment, "re-encoded"),
     ],
-    ids=["rle-after-rows", "rle-gap", "jpeg", "jpeg-ls", "j2k", "j2k-tile-part"],
+    ids=[
+        "rle-after-rows",
+        "rle-gap",
+        "jpeg",
+        "jpeg-reserved",
+        "jpeg-ls-reserved",
+        "jpeg-ls",
+        "j2k",
+        "j2k-tile-part",
+    ],
 )
 def test_what_a_codestream_holds_besides_the_image_is_removed(
     name: str, change: Any, removed: str

@@ -177,6 +177,9 @@ def rle_segments(stream: bytes | memoryview) -> int:
 # -- what a codestream carries besides the image -------------------------------------------
 
 _APP = range(0xE0, 0xF0)
+# The segments that say how to decode a frame: SOFn, DHT, DAC (0xC0-0xCF but JPG, 0xC8), SOS,
+# DQT, DNL, DRI, DHP, EXP (0xDA-0xDF), and JPEG-LS's SOF55 and LSE (T.87 C.2).
+_DECODING = frozenset({*range(0xC0, 0xD0), *range(0xDA, 0xE0), 0xF7, 0xF8}) - {0xC8}
 _COM = 0xFE
 _EOI = 0xD9
 _SOS = 0xDA
@@ -185,7 +188,8 @@ _SOS = 0xDA
 def jpeg_image_only(stream: bytes | memoryview) -> tuple[bytes, list[str]]:
     """A JPEG (T.81) or JPEG-LS (T.87) frame without what is not image, and what that was:
     application segments (EXIF, with its dates, camera and GPS place; XMP; IPTC captions; a
-    JFIF thumbnail, a second picture nobody looks at), comments, bytes after the end of image.
+    JFIF thumbnail, a second picture nobody looks at), comments, JPGn and reserved segments,
+    bytes after the end of image.
     Kept: a JFIF APP0 with no thumbnail, Adobe's APP14 and JPEG-LS's "mrfx" APP8 (they say
     how the colours were transformed). A decoder skips the rest, and so did the pixel stage: a
     frame it left unchanged went out with them (a name in a comment). Nothing that decodes
@@ -234,6 +238,11 @@ def jpeg_image_only(stream: bytes | memoryview) -> tuple[bytes, list[str]]:
             continue
         if marker in _APP and not _image_app(marker, body):
             removed.append(f"an APP{marker - 0xE0} segment")
+            continue
+        if marker not in _APP and marker not in _DECODING:
+            # JPGn and reserved markers (T.81 B.1.1.3): a decoder skips them as it skips
+            # a comment, and they can hold as much.
+            removed.append(f"a reserved segment (0xFF{marker:02X})")
             continue
         if marker == _SOS:
             position = _scan_end(data, position, lossless_ls)
