@@ -256,6 +256,12 @@ def _j2k_with_extras(frame: bytes) -> bytes:
     return frame[:siz_end] + _segment(0x64, b"\x00\x01" + NAME) + frame[siz_end:] + NAME
 
 
+def _j2k_with_a_reserved_segment(frame: bytes) -> bytes:
+    """NAME in a main-header segment of a marker no part of JPEG 2000 defines (0xFF6A)."""
+    siz_end = 4 + int.from_bytes(frame[4:6], "big")
+    return frame[:siz_end] + _segment(0x6A, NAME + b"\x00" * (len(NAME) % 2)) + frame[siz_end:]
+
+
 def _j2k_with_a_tile_part_comment(frame: bytes) -> bytes:
     sot = frame.index(b"\xff\x90")
     comment = _segment(0x64, b"\x00\x01" + NAME)
@@ -317,6 +323,7 @@ def _rle_with_a_gap_after_its_header(frame: bytes) -> bytes:
         ("MR_small_jpeg_ls_lossless.dcm", _jpeg_with_a_reserved_segment, "a reserved segment"),
         ("MR_small_jpeg_ls_lossless.dcm", _jpeg_with_extras, "an APP1 segment"),
         ("MR_small_jp2klossless.dcm", _j2k_with_extras, "a comment"),
+        ("MR_small_jp2klossless.dcm", _j2k_with_a_reserved_segment, "a reserved segment"),
         ("MR_small_jp2klossless.dcm", _j2k_with_a_tile_part_comment, "re-encoded"),
     ],
     ids=[
@@ -327,6 +334,7 @@ def _rle_with_a_gap_after_its_header(frame: bytes) -> bytes:
         "jpeg-ls-reserved",
         "jpeg-ls",
         "j2k",
+        "j2k-reserved",
         "j2k-tile-part",
     ],
 )

@@ -275,14 +275,23 @@ def _scan_end(data: bytes, position: int, lossless_ls: bool) -> int:
     return found.start()
 
 
+# Main-header segments that say how to decode a JPEG 2000 frame: Part 1's (T.800 A.2: CAP of
+# Part 15 (HTJ2K), SIZ, COD, COC, TLM, PLM, CPF, QCD, QCC, RGN, POC, PPM, CRG) and Part 2's
+# multi-component and extension segments (0xFF70-0xFF79: DCO, VMS, DFS, ADS, MCT, MCC, NLT,
+# MCO, CBD, ATK).
+_J2K_DECODING = frozenset({0x50, 0x51, 0x52, 0x53, 0x55, 0x57, 0x59, *range(0x5C, 0x61), 0x63})
+_J2K_DECODING |= frozenset(range(0x70, 0x7A))
+
+
 def j2k_image_only(stream: bytes | memoryview) -> tuple[bytes | None, list[str]]:
     """A JPEG 2000 frame without what is not image, and what that was: comment segments
-    (COM) of the main header, bytes after the end of codestream. None instead of the frame
-    when what is there cannot be cut out by itself: a JP2 file's boxes around the codestream
-    (XML, UUID; its colour box may matter to a decoder) or a comment in a tile-part header
-    (cutting it would change the tile-part's length and any TLM index): the caller
-    re-encodes the image instead. Main-header segments are self-contained; tile-parts are
-    found by their own lengths (Psot, T.800 A.4.2), which do not change.
+    (COM) and reserved segments of the main header, bytes after the end of codestream. None
+    instead of the frame when what is there cannot be cut out by itself: a JP2 file's boxes
+    around the codestream (XML, UUID; its colour box may matter to a decoder) or a comment
+    in a tile-part header (cutting it would change the tile-part's length and any TLM
+    index): the caller re-encodes the image instead. Main-header segments are
+    self-contained; tile-parts are found by their own lengths (Psot, T.800 A.4.2), which do
+    not change.
 
     Raises :class:`StreamError` on a stream that cannot be walked.
     """
@@ -332,6 +341,8 @@ def j2k_image_only(stream: bytes | memoryview) -> tuple[bytes | None, list[str]]
             raise StreamError("a JPEG 2000 marker segment runs past the end of the frame")
         if marker == 0x64:
             removed.append("a comment")
+        elif marker not in _J2K_DECODING:
+            removed.append(f"a reserved segment (0xFF{marker:02X})")  # a decoder skips it
         else:
             kept.append(data[position : position + 2 + length])
         position += 2 + length
