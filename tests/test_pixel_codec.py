@@ -262,9 +262,9 @@ def _j2k_with_a_reserved_segment(frame: bytes) -> bytes:
     return frame[:siz_end] + _segment(0x6A, NAME + b"\x00" * (len(NAME) % 2)) + frame[siz_end:]
 
 
-def _j2k_with_a_tile_part_comment(frame: bytes) -> bytes:
+def _j2k_with_a_tile_part_comment(frame: bytes, marker: int = 0x64) -> bytes:
     sot = frame.index(b"\xff\x90")
-    comment = _segment(0x64, b"\x00\x01" + NAME)
+    comment = _segment(marker, b"\x00\x01" + NAME + b"\x00" * (len(NAME) % 2))
     psot = int.from_bytes(frame[sot + 6 : sot + 10], "big")
     head = frame[: sot + 6] + (psot + len(comment) if psot else 0).to_bytes(4, "big")
     return head + frame[sot + 10 : sot + 12] + comment + frame[sot + 12 :]
@@ -497,6 +497,19 @@ def test_rle_frames_of_real_files_are_kept_as_they_are() -> None:
             assert streams.rle_image_only(frame, ds.Rows * ds.Columns) == (frame, []), path.name
             walked += 1
     assert walked >= 26
+
+
+def test_a_reserved_segment_in_a_tile_part_header_has_the_frame_written_anew() -> None:
+    """Inside a tile-part it cannot be cut out by itself (Psot, TLM), as a comment there
+    cannot: the frame is written anew. (OpenJPEG refuses such a frame, so through the stage
+    it is pixel-decode-failed; another decoder may skip the segment.)"""
+    from dicomnode.pixels import streams
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_jp2klossless.dcm")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    kept, removed = streams.j2k_image_only(_j2k_with_a_tile_part_comment(frame, 0x6A))
+    assert kept is None and "a reserved segment (0xFF6A)" in removed
+    assert streams.j2k_image_only(frame)[1] == ["a comment"]  # its encoder's, in the header
 
 
 def test_codestreams_of_real_files_walk_to_their_end() -> None:

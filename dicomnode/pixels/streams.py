@@ -281,6 +281,8 @@ def _scan_end(data: bytes, position: int, lossless_ls: bool) -> int:
 # MCO, CBD, ATK).
 _J2K_DECODING = frozenset({0x50, 0x51, 0x52, 0x53, 0x55, 0x57, 0x59, *range(0x5C, 0x61), 0x63})
 _J2K_DECODING |= frozenset(range(0x70, 0x7A))
+# ... and of a tile-part header: COD, COC, PLT, QCD, QCC, RGN, POC, PPT (T.800 A.4), Part 2's.
+_J2K_TILE_DECODING = frozenset({0x52, 0x53, 0x58, *range(0x5C, 0x60), 0x61, *range(0x70, 0x7A)})
 
 
 def j2k_image_only(stream: bytes | memoryview) -> tuple[bytes | None, list[str]]:
@@ -349,14 +351,17 @@ def j2k_image_only(stream: bytes | memoryview) -> tuple[bytes | None, list[str]]
 
 
 def _tile_header_comments(data: bytes, position: int, end: int) -> list[str]:
-    """COM segments of a tile-part header (from after SOT to SOD)."""
+    """COM and reserved segments of a tile-part header (from after SOT to SOD)."""
     found = []
     while position + 2 <= end and data[position] == 0xFF and data[position + 1] != 0x93:
         if position + 4 > end:
             break
         length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if data[position + 1] == 0x64:
+        marker = data[position + 1]
+        if marker == 0x64:
             found.append("a comment")
+        elif marker not in _J2K_TILE_DECODING:
+            found.append(f"a reserved segment (0xFF{marker:02X})")
         if length < 2:
             break
         position += 2 + length
