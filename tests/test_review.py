@@ -828,6 +828,28 @@ def _node_config(tmp_path: Path, port: int) -> Config:
     )
 
 
+def test_a_parametric_maps_float_values_are_shown(tmp_path: Path) -> None:
+    """A quarantined parametric map (Float Pixel Data, which the pixel stage now checks) is
+    shown to the reviewer as a grey frame, NaN ("no value") as black, with its masks."""
+    from dicomnode.review.inspect import frames
+
+    ds = _instance()
+    del ds.PixelData, ds.WindowCenter, ds.WindowWidth
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.30"
+    ds.BitsAllocated = 32
+    values = np.linspace(0.0, 2.0, ROWS * COLUMNS, dtype="<f4").reshape(ROWS, COLUMNS)
+    values[:4, :] = np.nan
+    ds.FloatPixelData = values.tobytes()
+    path = tmp_path / "map.dcm"
+    path.write_bytes(encode_instance(ds))
+    shown = frames(str(path), 256, {0: [(0, 40, COLUMNS, ROWS)]}, None, Config())
+    assert (shown["frames"], shown["rows"], shown["columns"]) == (1, ROWS, COLUMNS)
+    picture = np.asarray(Image.open(io.BytesIO(shown["pngs"][0])).convert("L"))
+    assert picture.shape == (ROWS, COLUMNS)
+    assert picture[:4].max() == 0 and picture[4:40].max() > 100  # NaN black, values shown
+    assert picture[40:].max() == 0  # the mask
+
+
 def test_the_node_serves_the_page_and_a_taken_port_is_one_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

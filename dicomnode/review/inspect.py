@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -307,34 +307,36 @@ def frames(
     ``masks`` boxes of each frame filled black first."""
     from dicomnode.dicomio import read_instance
     from dicomnode.errors import InstanceError
-    from dicomnode.pixels.codec import PixelLimits, open_frames
+    from dicomnode.pixels.codec import FLOAT_PIXELS, PixelLimits, float_frames, open_frames
 
     limits = PixelLimits(config.pixels.max_decoded_mb, config.pixels.max_frame_mb)
+    stop = MAX_FRAMES if only is None else only + 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             ds = read_instance(path)
-            if "PixelData" not in ds:
+            floats = [k for k in FLOAT_PIXELS if k in ds]
+            if "PixelData" in ds:
+                source = open_frames(ds, limits)
+                decoded: Iterator[Any] = source.frames(stop)
+                photometric, geometry = source.photometric, source.geometry
+                shape = (geometry.frames, geometry.rows, geometry.columns)
+            elif floats:  # a parametric map's values: shown as a grey frame is
+                values = float_frames(ds, floats[0], limits)
+                decoded, photometric, shape = iter(values[:stop]), "MONOCHROME2", values.shape
+            else:
                 return {"pngs": [], "frames": 0, "rows": 0, "columns": 0}
-            source = open_frames(ds, limits)
-            stop = MAX_FRAMES if only is None else only + 1
             pngs: list[bytes] = []
-            for index, frame in enumerate(source.frames(stop)):
+            for index, frame in enumerate(decoded):
                 if only is not None and index != only:
                     continue
-                picture = _picture(frame, source.photometric, ds)
+                picture = _picture(frame, photometric, ds)
                 for x0, y0, x1, y1 in masks.get(index, []):
                     picture[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = 0
                 pngs.append(_png(picture, size))
         except InstanceError as exc:
             raise InspectError(str(exc)) from None
-    geometry = source.geometry
-    return {
-        "pngs": pngs,
-        "frames": geometry.frames,
-        "rows": geometry.rows,
-        "columns": geometry.columns,
-    }
+    return {"pngs": pngs, "frames": shape[0], "rows": shape[1], "columns": shape[2]}
 
 
 _CALLS: dict[str, Callable[..., Any]] = {"summaries": summaries, "header": header, "frames": frames}
