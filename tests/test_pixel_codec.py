@@ -479,6 +479,24 @@ def test_damaged_rle_frames_are_refused_or_cut_to_the_same_rows() -> None:
     assert min(outcomes.values()) > 300, outcomes
 
 
+def test_a_long_rle_tail_is_walked_not_decoded_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment longer than its rows can be encoded in is not handed to the decoder whole (a
+    tail of repeat runs decodes 64 times its size): it is walked, and the tail cut."""
+    from dicomnode.pixels import streams
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_RLE.dcm")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    first, second = _rle_segments(frame)
+    tail = b"\x81\x00" * 50_000  # 100 kB that would decode to 6.4 MB
+    longer = _rle_frame([64, 64 + len(first)], [first, second + tail])
+    sizes: list[int] = []
+    decode = streams.decode_segment
+    monkeypatch.setattr(streams, "decode_segment", lambda s: sizes.append(len(s)) or decode(s))
+    kept, removed = streams.rle_image_only(longer, 64 * 64)
+    assert kept == frame and removed == [f"{len(tail)} bytes after an RLE segment's rows"]
+    assert max(sizes) < 64 * 64 * 2
+
+
 def test_rle_frames_of_real_files_are_kept_as_they_are() -> None:
     """Every RLE file pydicom ships: nothing found beside the image, the frame unchanged."""
     from pydicom.encaps import generate_fragmented_frames

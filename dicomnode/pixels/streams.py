@@ -398,8 +398,12 @@ def rle_image_only(stream: bytes | memoryview, length: int) -> tuple[bytes, list
     if used[0] > 64:
         removed.append(f"{used[0] - 64} bytes between the RLE header and its first segment")
     segments = []
+    # A segment holds at most its rows and a control byte per 128 of them; a longer one holds
+    # more, and is walked without being decoded whole (a repeat run decodes 2 bytes to 128: a
+    # long tail of them would have the decoder allocate 64 times its size).
+    most = length + length // 128 + 2
     for start, end in zip(used, ends, strict=True):
-        if _decodes_to(data[start:end], length):
+        if end - start <= most and _decodes_to(data[start:end], length):
             segments.append(data[start:end])  # as it is: a pad after a control byte decodes
             continue
         last, needed = _last_run(data, start, end, length)
